@@ -1,0 +1,54 @@
+# The two commands a fresh Debian 12 machine needs: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GUEST := var/guest
+DEMO_CONFIG := deploy/demo/vdi.toml
+export VDI_CONFIG ?= $(DEMO_CONFIG)
+
+.PHONY: setup system venv web-deps translations guest demo demo-stop test lint unit bench clean
+
+setup: system venv web-deps translations guest
+
+system:
+	@deploy/bootstrap.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+web/node_modules/.package-lock.json: web/package.json
+	@cd web && npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web-deps: web/node_modules/.package-lock.json
+
+translations: venv
+	@$(VENV)/bin/pybabel compile -q -d web/locale -D messages
+
+guest:
+	@deploy/guest/build-image.sh $(GUEST)
+
+demo: setup
+	@deploy/demo/start.sh
+
+demo-stop:
+	@deploy/demo/stop.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -q -ra
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf var/demo var/test

@@ -1,0 +1,96 @@
+"""Server-side web sessions. The cookie holds a random id; the database only its hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from vdi.domain import Principal, Role, utc_now
+from vdi.models import SessionRow
+
+TOUCH_EVERY = timedelta(seconds=60)
+
+
+def hash_secret(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class WebSession:
+    id_hash: str
+    principal: Principal
+    csrf: str
+    created_at: datetime
+
+
+class SessionStore:
+    def __init__(self, sessions: sessionmaker[Session], *, idle_s: int, absolute_s: int,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self._sessions = sessions
+        self._idle = timedelta(seconds=idle_s)
+        self._absolute = timedelta(seconds=absolute_s)
+        self._clock = clock
+
+    def create(self, principal: Principal, source: str) -> tuple[str, WebSession]:
+        """A new session (always a fresh id: no fixation). Returns (cookie value, session)."""
+        raw = secrets.token_urlsafe(32)
+        now = self._clock()
+        row = SessionRow(id_hash=hash_secret(raw), username=principal.username,
+                         display_name=principal.display_name,
+                         roles=sorted(r.value for r in principal.roles),
+                         groups=sorted(principal.groups), csrf=secrets.token_urlsafe(24),
+                         source=source[:64], created_at=now, last_seen_at=now)
+        with self._sessions.begin() as s:
+            s.add(row)
+        return raw, _to_session(row)
+
+    def get(self, raw: str | None) -> WebSession | None:
+        """The live session for a cookie value, or None (unknown, ended, idle or too old).
+        Refreshes last_seen at most once a minute."""
+        if not raw or len(raw) > 128:
+            return None
+        now = self._clock()
+        with self._sessions.begin() as s:
+            row = s.get(SessionRow, hash_secret(raw))
+            if row is None or row.ended_at is not None:
+                return None
+            if now - row.last_seen_at > self._idle or now - row.created_at > self._absolute:
+                row.ended_at = now
+                return None
+            if now - row.last_seen_at > TOUCH_EVERY:
+                row.last_seen_at = now
+            return _to_session(row)
+
+    def is_live(self, id_hash: str) -> bool:
+        now = self._clock()
+        with self._sessions() as s:
+            row = s.get(SessionRow, id_hash)
+            return bool(row and row.ended_at is None
+                        and now - row.last_seen_at <= self._idle
+                        and now - row.created_at <= self._absolute)
+
+    def end(self, id_hash: str) -> None:
+        """End the session; idempotent."""
+        with self._sessions.begin() as s:
+            s.execute(update(SessionRow).where(SessionRow.id_hash == id_hash,
+                                               SessionRow.ended_at.is_(None))
+                      .values(ended_at=self._clock()))
+
+    def live_for_user(self, username: str) -> list[str]:
+        with self._sessions() as s:
+            return list(s.scalars(select(SessionRow.id_hash).where(
+                SessionRow.username == username, SessionRow.ended_at.is_(None))))
+
+
+def _to_session(row: SessionRow) -> WebSession:
+    principal = Principal(username=row.username, display_name=row.display_name,
+                          roles=frozenset(Role(r) for r in row.roles),
+                          groups=frozenset(row.groups))
+    return WebSession(id_hash=row.id_hash, principal=principal, csrf=row.csrf,
+                      created_at=row.created_at)

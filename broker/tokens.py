@@ -1,0 +1,93 @@
+"""One-time console tokens: random, stored as a hash, short-lived, bound to the user,
+the web session, the desktop and the console kind (Nova's lesson, OSSN-0008)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.sessions import hash_secret
+from vdi.domain import utc_now
+from vdi.models import ConsoleTokenRow
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32)
+
+
+class TokenRejected(Exception):
+    """The token cannot open a console; `reason` is for the audit log, not the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ConsoleGrant:
+    username: str
+    session_hash: str
+    desktop_id: str
+    kind: str
+
+
+class TokenStore:
+    def __init__(self, sessions: sessionmaker[Session], *, ttl_s: int,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self._sessions = sessions
+        self._ttl = timedelta(seconds=ttl_s)
+        self._clock = clock
+
+    @property
+    def ttl_s(self) -> int:
+        return int(self._ttl.total_seconds())
+
+    def issue(self, *, username: str, session_hash: str, desktop_id: str,
+              kind: str = "vnc") -> str:
+        """A new token (256 random bits). Only its hash is stored."""
+        raw = secrets.token_urlsafe(32)
+        now = self._clock()
+        with self._sessions.begin() as s:
+            s.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.expires_at < now))
+            s.add(ConsoleTokenRow(token_hash=hash_secret(raw), username=username,
+                                  session_hash=session_hash, desktop_id=desktop_id, kind=kind,
+                                  expires_at=now + self._ttl))
+        return raw
+
+    def consume(self, raw: str, *, session_hash: str | None, kind: str = "vnc") -> ConsoleGrant:
+        """Use the token once. Raises TokenRejected when it is malformed, unknown, used,
+        expired, of another kind, or presented with another session's cookie."""
+        if not TOKEN_RE.match(raw):
+            raise TokenRejected("malformed token")
+        now = self._clock()
+        h = hash_secret(raw)
+        with self._sessions.begin() as s:
+            row = s.get(ConsoleTokenRow, h)
+            if row is None:
+                raise TokenRejected("unknown token")
+            if row.used_at is not None:
+                raise TokenRejected("token already used")
+            if row.expires_at <= now:
+                raise TokenRejected("token expired")
+            if row.kind != kind:
+                raise TokenRejected("token for another console kind")
+            if session_hash is None or row.session_hash != session_hash:
+                raise TokenRejected("token bound to another session")
+            claimed = s.execute(update(ConsoleTokenRow)
+                                .where(ConsoleTokenRow.token_hash == h,
+                                       ConsoleTokenRow.used_at.is_(None))
+                                .values(used_at=now))
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise TokenRejected("token already used")
+            return ConsoleGrant(username=row.username, session_hash=row.session_hash,
+                                desktop_id=row.desktop_id, kind=row.kind)
+
+    def revoke_session(self, session_hash: str) -> None:
+        """Unused tokens of an ended session die with it."""
+        with self._sessions.begin() as s:
+            s.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.session_hash == session_hash,
+                                                    ConsoleTokenRow.used_at.is_(None)))

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs and starts the system parts the broker needs on a Debian 12 machine, as root.
+# Idempotent: what is installed is not installed again, what runs is not restarted.
+#   - Debian packages: libvirt + QEMU, OpenLDAP slapd, Chromium and a CJK font for the
+#     browser tests, the tools the guest image builder uses
+#   - libvirtd (and virtlogd) started without systemd when they are not running
+set -euo pipefail
+packages=(
+  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils
+  dnsmasq-base slapd ldap-utils chromium fonts-noto-cjk busybox-static cpio e2fsprogs
+  xz-utils gettext
+)
+if [[ $(id -u) -ne 0 ]]; then
+  echo "bootstrap: run as root (it installs Debian packages and starts libvirtd)" >&2
+  exit 1
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  # slapd's own database is not used (the project runs its own slapd from a config file).
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Without udev, /dev/kvm stays root-only; libvirt then re-probes QEMU on every domain
+# start (about a minute each). Give it the group udev would.
+if [[ -e /dev/kvm ]] && getent group kvm >/dev/null; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+mkdir -p /var/log/libvirt /var/run/libvirt
+if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
+if ! pgrep -x libvirtd >/dev/null; then
+  libvirtd -d
+fi
+for _ in $(seq 1 50); do
+  if virsh -c qemu:///system version >/dev/null 2>&1; then
+    echo "bootstrap: libvirtd is running"
+    exit 0
+  fi
+  sleep 0.2
+done
+echo "bootstrap: libvirtd did not come up; see /var/log/libvirt/libvirtd.log" >&2
+exit 1

@@ -1,0 +1,101 @@
+"""The hypervisor interface: what the broker needs of one libvirt host.
+
+Every method blocks; callers run them in a worker thread with a deadline
+(see `pools.calls.HostCalls`). Implementations translate their library's errors into
+the exceptions below. Values crossing this boundary are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class HypervisorError(Exception):
+    """A hypervisor operation failed; the message is safe to show an admin."""
+
+
+class HostUnavailable(HypervisorError):
+    """The host did not answer (down, refusing, or too slow). Says nothing about its desktops."""
+
+
+class DomainNotFound(HypervisorError):
+    """The host answered and has no such domain."""
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """A published golden image version as paths on one host."""
+
+    disk_path: str
+    kernel_path: str
+    initrd_path: str
+    cmdline: str
+    disk_bytes: int
+
+
+@dataclass(frozen=True)
+class DesktopSpec:
+    name: str
+    desktop_id: str
+    pool_id: str
+    vcpus: int
+    memory_mib: int
+    image: ImageFiles
+
+
+@dataclass(frozen=True)
+class GraphicsEndpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    desktop_id: str
+    pool_id: str
+    running: bool
+
+
+class Hypervisor(Protocol):
+    uri: str
+
+    def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
+        """Copy vmlinuz, initrd.img and disk.qcow2 from source_dir into the host's storage.
+        Idempotent: a version already there is reused."""
+        ...
+
+    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+        """Make the linked clone, define and start the domain, return where its console
+        listens. Idempotent: whatever step already happened is reused."""
+        ...
+
+    def graphics_endpoint(self, name: str) -> GraphicsEndpoint:
+        """Where a running domain's VNC server listens. Raises DomainNotFound."""
+        ...
+
+    def set_console_password(self, name: str, password: str, valid_s: int) -> None:
+        """Set a fresh VNC password on a running domain, valid for new connections for
+        valid_s seconds. Raises DomainNotFound, ValueError for an empty password."""
+        ...
+
+    def destroy_desktop(self, name: str) -> None:
+        """Stop and undefine the domain and delete its overlay disk. Idempotent."""
+        ...
+
+    def list_desktops(self) -> list[DomainInfo]:
+        """Domains on this host that carry the broker's metadata."""
+        ...
+
+    def serial_log_path(self, name: str) -> str:
+        """Where the host writes the domain's serial console."""
+        ...
+
+
+def new_vnc_password() -> str:
+    """VNC authentication uses at most 8 characters: take 8 random ones (~47 bits)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))

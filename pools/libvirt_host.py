@@ -1,0 +1,387 @@
+"""The libvirt adapter: the only module of the project that imports libvirt.
+
+One `LibvirtHost` per host URI. Methods block (call them through `pools.calls`), are
+idempotent where the interface says so, and raise only `pools.hypervisor` errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from xml.etree import ElementTree as ET
+from xml.sax.saxutils import quoteattr
+
+import libvirt
+
+from pools.hypervisor import (
+    DesktopSpec,
+    DomainInfo,
+    DomainNotFound,
+    GraphicsEndpoint,
+    HostUnavailable,
+    HypervisorError,
+    ImageFiles,
+    new_vnc_password,
+)
+
+log = logging.getLogger(__name__)
+METADATA_NS = "urn:vdi-broker:desktop:1"
+METADATA_KEY = "vdi"
+IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.qcow2")
+CMDLINE = "console=tty0 console=ttyS0 quiet"
+T = TypeVar("T")
+
+# libvirt prints every error to stderr unless a handler is registered.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_CONNECTION_ERRORS = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+    libvirt.VIR_ERR_AUTH_FAILED,
+    libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+}
+
+
+class LibvirtHost:
+    def __init__(self, uri: str, *, storage_pool: str, storage_dir: Path,
+                 domain_type: str = "auto", graphics_listen: str = "127.0.0.1",
+                 log_dir: Path = Path("/var/log/libvirt/qemu"),
+                 cache_dir: Path | None = None) -> None:
+        self.uri = uri
+        self.storage_pool = storage_pool
+        self.storage_dir = storage_dir
+        self.domain_type_setting = domain_type
+        self.graphics_listen = graphics_listen
+        self.log_dir = log_dir
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._domain_type: str | None = None if domain_type == "auto" else domain_type
+        self._cache_file = None
+        if cache_dir is not None:
+            safe = "".join(c if c.isalnum() else "_" for c in uri)
+            self._cache_file = cache_dir / f"{safe}.domain-type"
+
+    # -- connection -----------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as e:
+                raise HostUnavailable(f"host {self.uri} does not answer: {_msg(e)}") from e
+            return self._conn
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Translate libvirt errors; drop the connection when it is the transport failing."""
+        try:
+            yield
+        except libvirt.libvirtError as e:
+            code = e.get_error_code()
+            if code in _CONNECTION_ERRORS:
+                with self._lock:
+                    self._conn = None
+                raise HostUnavailable(f"host {self.uri}: {what}: {_msg(e)}") from e
+            if code == libvirt.VIR_ERR_NO_DOMAIN:
+                raise DomainNotFound(f"host {self.uri}: {what}: no such domain") from e
+            raise HypervisorError(f"host {self.uri}: {what}: {_msg(e)}") from e
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+
+    # -- storage ----------------------------------------------------------------------
+
+    def _pool(self) -> Any:
+        conn = self._connection()
+        with self._errors("storage pool"):
+            try:
+                pool = conn.storagePoolLookupByName(self.storage_pool)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                xml = (f"<pool type='dir'><name>{_x(self.storage_pool)}</name>"
+                       f"<target><path>{_x(str(self.storage_dir))}</path></target></pool>")
+                pool = conn.storagePoolDefineXML(xml, 0)
+                pool.build(0)
+                pool.setAutostart(1)
+            if not pool.isActive():
+                pool.create(0)
+            return pool
+
+    def _volume(self, pool: Any, name: str) -> Any | None:
+        try:
+            return pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
+
+    def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
+        pool = self._pool()
+        paths: dict[str, str] = {}
+        sizes: dict[str, int] = {}
+        with self._errors(f"publish image {image_id} v{version}"):
+            pool.refresh(0)
+            for fname in IMAGE_FILES:
+                src = source_dir / fname
+                if not src.is_file():
+                    raise HypervisorError(f"image file {src} is missing (build the image first)")
+                vol_name = f"{image_id}-v{version}-{fname}"
+                vol = self._volume(pool, vol_name)
+                if vol is None:
+                    vol = self._upload(pool, vol_name, src)
+                paths[fname] = vol.path()
+                sizes[fname] = vol.info()[1]
+        disk_bytes = self._virtual_size(paths["disk.qcow2"], source_dir / "disk.qcow2")
+        return ImageFiles(disk_path=paths["disk.qcow2"], kernel_path=paths["vmlinuz"],
+                          initrd_path=paths["initrd.img"], cmdline=CMDLINE,
+                          disk_bytes=disk_bytes)
+
+    def _upload(self, pool: Any, vol_name: str, src: Path) -> Any:
+        """Upload into a temporary volume, then make it visible under its final name only
+        by creating it complete: a crash mid-upload leaves a '.part' volume, never a torn one."""
+        size = src.stat().st_size
+        part = self._volume(pool, vol_name + ".part")
+        if part is not None:
+            part.delete(0)
+        vol = pool.createXML(
+            f"<volume><name>{_x(vol_name)}.part</name><capacity unit='bytes'>{size}</capacity>"
+            "<target><format type='raw'/></target></volume>", 0)
+        conn = self._connection()
+        stream = conn.newStream(0)
+        vol.upload(stream, 0, size, 0)
+        with src.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                stream.send(chunk)
+        stream.finish()
+        fmt = "qcow2" if vol_name.endswith(".qcow2") else "raw"  # a copy converts to this
+        final = pool.createXMLFrom(
+            f"<volume><name>{_x(vol_name)}</name><capacity unit='bytes'>{size}</capacity>"
+            f"<target><format type='{fmt}'/></target></volume>", vol, 0)
+        vol.delete(0)
+        return final
+
+    @staticmethod
+    def _virtual_size(host_path: str, local_copy: Path) -> int:
+        """The qcow2 virtual size, read from its header (bytes 24..32, big endian)."""
+        with local_copy.open("rb") as f:
+            header = f.read(32)
+        if header[:4] != b"QFI\xfb":
+            raise HypervisorError(f"{host_path} is not a qcow2 image")
+        return int.from_bytes(header[24:32], "big")
+
+    # -- domains ----------------------------------------------------------------------
+
+    def domain_type(self, image: ImageFiles) -> str:
+        """The domain type that boots here: the setting, else KVM only if a probe guest
+        under KVM reaches its init within a bound, else TCG ('qemu')."""
+        if self._domain_type is None and self._cache_file and self._cache_file.exists():
+            cached = self._cache_file.read_text().strip()
+            if cached in ("kvm", "qemu"):
+                self._domain_type = cached
+        if self._domain_type is None:
+            self._domain_type = self._detect_domain_type(image)
+            log.info("host %s: domain type %s (detected)", self.uri, self._domain_type)
+            if self._cache_file:
+                self._cache_file.parent.mkdir(parents=True, exist_ok=True)
+                self._cache_file.write_text(self._domain_type + "\n")
+        return self._domain_type
+
+    def _detect_domain_type(self, image: ImageFiles) -> str:
+        conn = self._connection()
+        with self._errors("capabilities"):
+            caps = conn.getCapabilities()
+        if "<domain type='kvm'" not in caps and '<domain type="kvm"' not in caps:
+            return "qemu"
+        if not self._is_local():
+            return "qemu"  # cannot read a remote serial log; the setting can force kvm
+        name = f"vdi-probe-kvm-{secrets.token_hex(3)}"
+        serial = self.log_dir / f"{name}.serial.log"
+        xml = self._domain_xml(name, "kvm", "probe", "probe", 1, 128, image, None, serial,
+                               new_vnc_password())
+        with self._errors("probe kvm"):
+            dom = conn.createXML(xml, 0)
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if serial.exists() and b"VDI-READY" in serial.read_bytes():
+                    return "kvm"
+                time.sleep(0.2)
+            return "qemu"
+        finally:
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                pass
+            serial.unlink(missing_ok=True)
+
+    def _is_local(self) -> bool:
+        return self.uri.startswith(("qemu:///", "qemu+unix:///"))
+
+    def _domain_xml(self, name: str, dtype: str, desktop_id: str, pool_id: str, vcpus: int,
+                    memory_mib: int, image: ImageFiles, disk: str | None, serial: Path,
+                    password: str) -> str:
+        disk_xml = ""
+        if disk:
+            disk_xml = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                        f"<source file={quoteattr(disk)}/><target dev='vda' bus='virtio'/>"
+                        "</disk>")
+        return f"""<domain type='{dtype}'>
+  <name>{_x(name)}</name>
+  <metadata><vdi:desktop xmlns:vdi='{METADATA_NS}' id={quoteattr(desktop_id)}
+    pool={quoteattr(pool_id)}/></metadata>
+  <memory unit='MiB'>{int(memory_mib)}</memory>
+  <vcpu>{int(vcpus)}</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{_x(image.kernel_path)}</kernel><initrd>{_x(image.initrd_path)}</initrd>
+    <cmdline>{_x(image.cmdline)}</cmdline></os>
+  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    {disk_xml}
+    <serial type='file'><source path={quoteattr(str(serial))} append='on'/>
+      <target port='0'/></serial>
+    <graphics type='vnc' autoport='yes' listen={quoteattr(self.graphics_listen)}
+      passwd={quoteattr(password)}/>
+    <video><model type='vga'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+        dtype = self.domain_type(spec.image)
+        conn = self._connection()
+        pool = self._pool()
+        with self._errors(f"create desktop {spec.name}"):
+            vol_name = f"{spec.name}.qcow2"
+            vol = self._volume(pool, vol_name)
+            if vol is None:
+                vol = pool.createXML(
+                    f"<volume><name>{_x(vol_name)}</name>"
+                    f"<capacity unit='bytes'>{spec.image.disk_bytes}</capacity>"
+                    "<target><format type='qcow2'/></target>"
+                    f"<backingStore><path>{_x(spec.image.disk_path)}</path>"
+                    "<format type='qcow2'/></backingStore></volume>", 0)
+            try:
+                dom = conn.lookupByName(spec.name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                # The initial password is random and never stored: the console is unusable
+                # until the broker sets a per-connection one.
+                xml = self._domain_xml(spec.name, dtype, spec.desktop_id, spec.pool_id,
+                                       spec.vcpus, spec.memory_mib, spec.image, vol.path(),
+                                       self.log_dir / f"{spec.name}.serial.log",
+                                       new_vnc_password())
+                dom = conn.defineXML(xml)
+            if not dom.isActive():
+                dom.create()
+        return self.graphics_endpoint(spec.name)
+
+    def _lookup(self, name: str) -> Any:
+        conn = self._connection()
+        with self._errors(f"look up {name}"):
+            return conn.lookupByName(name)
+
+    def graphics_endpoint(self, name: str) -> GraphicsEndpoint:
+        dom = self._lookup(name)
+        with self._errors(f"graphics of {name}"):
+            if not dom.isActive():
+                raise HypervisorError(f"desktop {name} is not running")
+            root = ET.fromstring(dom.XMLDesc(0))
+        g = root.find("./devices/graphics[@type='vnc']")
+        if g is None or int(g.get("port", "-1")) <= 0:
+            raise HypervisorError(f"desktop {name} has no VNC console")
+        host = g.get("listen") or self.graphics_listen
+        return GraphicsEndpoint(host=host, port=int(g.get("port", "0")))
+
+    def set_console_password(self, name: str, password: str, valid_s: int) -> None:
+        if not password or len(password) > 8:
+            raise ValueError("a VNC password must have 1 to 8 characters")
+        dom = self._lookup(name)
+        with self._errors(f"set console password of {name}"):
+            root = ET.fromstring(dom.XMLDesc(0))
+            g = root.find("./devices/graphics[@type='vnc']")
+            if g is None:
+                raise HypervisorError(f"desktop {name} has no VNC console")
+            until = (datetime.now(UTC) + timedelta(seconds=valid_s)).strftime("%Y-%m-%dT%H:%M:%S")
+            g.set("passwd", password)
+            g.set("passwdValidTo", until)
+            g.set("connected", "keep")
+            # The XML holds the password: it goes to libvirt only, never to a log.
+            dom.updateDeviceFlags(ET.tostring(g, encoding="unicode"),
+                                  libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def destroy_desktop(self, name: str) -> None:
+        conn = self._connection()
+        pool = self._pool()
+        with self._errors(f"destroy desktop {name}"):
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                dom = None
+            if dom is not None:
+                if dom.isActive():
+                    _ignore_gone(dom.destroy)
+                _ignore_gone(dom.undefine)
+            vol = self._volume(pool, f"{name}.qcow2")
+            if vol is not None:
+                vol.delete(0)
+        if self._is_local():
+            (self.log_dir / f"{name}.serial.log").unlink(missing_ok=True)
+
+    def list_desktops(self) -> list[DomainInfo]:
+        conn = self._connection()
+        out: list[DomainInfo] = []
+        with self._errors("list domains"):
+            for dom in conn.listAllDomains(0):
+                try:
+                    meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+                except libvirt.libvirtError:
+                    continue  # not one of ours
+                el = ET.fromstring(meta)
+                out.append(DomainInfo(name=dom.name(), desktop_id=el.get("id", ""),
+                                      pool_id=el.get("pool", ""), running=bool(dom.isActive())))
+        return out
+
+    def serial_log_path(self, name: str) -> str:
+        return str(self.log_dir / f"{name}.serial.log")
+
+
+def _ignore_gone(fn: Callable[[], T]) -> None:
+    try:
+        fn()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+            raise
+
+
+def _msg(e: Any) -> str:
+    return str(e.get_error_message() or e).strip()
+
+
+def _x(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

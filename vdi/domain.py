@@ -1,0 +1,77 @@
+"""Domain types that cross module boundaries: enums and frozen dataclasses only."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+class Role(enum.StrEnum):
+    STAFF = "staff"
+    HELPDESK = "helpdesk"
+    ADMIN = "admin"
+
+
+class DesktopState(enum.StrEnum):
+    """Life cycle of one desktop; every change is a compare-and-set in the database.
+
+    provisioning -> ready -> assigned -> reclaiming -> ready | deleted; plus error and
+    maintenance. Whether a user is connected is not a state: it is the tunnels open.
+    """
+
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    ASSIGNED = "assigned"
+    RECLAIMING = "reclaiming"
+    DELETED = "deleted"
+    ERROR = "error"
+    MAINTENANCE = "maintenance"
+
+
+class PoolKind(enum.StrEnum):
+    FLOATING = "floating"
+    DEDICATED = "dedicated"
+
+
+@dataclass(frozen=True)
+class Pool:
+    id: str
+    display_name: str
+    kind: PoolKind
+    image: str
+    vcpus: int
+    memory_mib: int
+    min_ready: int
+    max_size: int
+    entitled_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Desktop:
+    id: str
+    pool_id: str
+    state: DesktopState
+    host_uri: str
+    domain_name: str
+    assigned_user: str | None
+    vnc_host: str | None
+    vnc_port: int | None
+    created_at: datetime
+    last_input_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is logged in: what the session knows of the user."""
+
+    username: str
+    display_name: str
+    roles: frozenset[Role]
+    groups: frozenset[str]
+
+
+def utc_now() -> datetime:
+    """The wall clock, aware UTC. Code that decides by time takes a clock argument
+    defaulting to this, so tests can drive time."""
+    return datetime.now(UTC)

@@ -1,0 +1,139 @@
+"""SQLAlchemy 2 table definitions. Schema changes go through Alembic (vdi/migrations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PoolRow(Base):
+    __tablename__ = "pools"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    image: Mapped[str] = mapped_column(String(64))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    min_ready: Mapped[int] = mapped_column(Integer)
+    max_size: Mapped[int] = mapped_column(Integer)
+    entitled_groups: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ImageRow(Base):
+    """A golden image version as published into a host's storage pool."""
+
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host_uri: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    disk_path: Mapped[str] = mapped_column(String(1024))
+    kernel_path: Mapped[str] = mapped_column(String(1024))
+    initrd_path: Mapped[str] = mapped_column(String(1024))
+    cmdline: Mapped[str] = mapped_column(String(1024))
+    disk_bytes: Mapped[int] = mapped_column(Integer)
+    published_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DesktopRow(Base):
+    __tablename__ = "desktops"
+    __table_args__ = (
+        # one desktop per user per pool; NULLs (unassigned) do not collide
+        UniqueConstraint("pool_id", "assigned_user", name="uq_desktop_user_per_pool"),
+        Index("ix_desktop_pool_state", "pool_id", "state"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    host_uri: Mapped[str] = mapped_column(String(255))
+    domain_name: Mapped[str] = mapped_column(String(128), unique=True)
+    image_version: Mapped[int] = mapped_column(Integer)
+    assigned_user: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    vnc_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    vnc_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    assigned_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    last_input_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    last_disconnect_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class SessionRow(Base):
+    """A server-side web session; the cookie carries the id, the table only its hash."""
+
+    __tablename__ = "sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    groups: Mapped[list[str]] = mapped_column(JSON)
+    csrf: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class ConsoleTokenRow(Base):
+    __tablename__ = "console_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128))
+    session_hash: Mapped[str] = mapped_column(String(64), index=True)
+    desktop_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class AuditRow(Base):
+    """Append-only: the code never updates or deletes rows here."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,227 @@
+"""The JSON API (the browser pages use it too)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broker.assignment import (
+    AssignmentError,
+    DesktopNotReady,
+    NotEntitled,
+    PoolFull,
+    PoolNotFound,
+)
+from broker.directory import DirectoryUnavailable, InvalidCredentials
+from broker.roles import entitled, roles_for
+from broker.sessions import WebSession
+from vdi.domain import Principal, Role
+from web.i18n import gettext_for
+from web.security import (
+    clear_session_cookie,
+    client_address,
+    csrf_ok,
+    current_session,
+    origin_allowed,
+    services,
+    set_session_cookie,
+)
+
+log = logging.getLogger(__name__)
+MAX_BODY = 4096
+
+
+def error(request: Request, status: int, code: str, message: str,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    _ = gettext_for(request).gettext
+    return JSONResponse({"error": code, "message": _(message)}, status_code=status,
+                        headers=headers)
+
+
+def session_body(session: WebSession) -> dict[str, Any]:
+    p = session.principal
+    return {"user": {"username": p.username, "display_name": p.display_name},
+            "roles": sorted(r.value for r in p.roles), "csrf": session.csrf}
+
+
+async def read_json(request: Request) -> dict[str, Any] | None:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return None
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def login(request: Request) -> Response:
+    svc = services(request)
+    source = client_address(request)
+    if not origin_allowed(request, svc.settings):
+        return error(request, 403, "bad_origin", "This page may not sign in here.")
+    data = await read_json(request)
+    if data is None:
+        return error(request, 400, "bad_request", "Send a JSON object with username and password.")
+    username, password = data.get("username"), data.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        return error(request, 400, "bad_request", "Send a JSON object with username and password.")
+    username = username.strip()
+    if svc.throttle.blocked(username, source):
+        await svc.db_call(lambda: svc.audit.record(
+            actor=username[:128] or "-", role="-", action="login", target="-", source=source,
+            outcome="throttled"))
+        return error(request, 429, "too_many_attempts",
+                     "Too many failed sign-ins. Wait a few minutes and try again.",
+                     headers={"Retry-After": "300"})
+    try:
+        user = await svc.authenticate(username, password)
+    except InvalidCredentials:
+        svc.throttle.failed(username, source)
+        await svc.db_call(lambda: svc.audit.record(
+            actor=username[:128] or "-", role="-", action="login", target="-", source=source,
+            outcome="denied"))
+        return error(request, 401, "invalid_credentials", "Wrong username or password.")
+    except DirectoryUnavailable as e:
+        log.warning("login: directory unavailable: %s", e)
+        await svc.db_call(lambda: svc.audit.record(
+            actor=username[:128], role="-", action="login", target="-", source=source,
+            outcome="directory_unavailable"))
+        return error(request, 503, "directory_unavailable",
+                     "The directory is unavailable. Try again shortly or call the helpdesk.")
+    roles = roles_for(user.groups, svc.settings.role_map)
+    pools = await svc.db_call(svc.catalog.pools)
+    if not roles and not any(entitled(p, user.groups) for p in pools):
+        await svc.db_call(lambda: svc.audit.record(
+            actor=user.username, role="-", action="login", target="-", source=source,
+            outcome="no_access"))
+        return error(request, 403, "no_access",
+                     "Your account has no access to this service. Call the helpdesk.")
+    principal = Principal(username=user.username, display_name=user.display_name,
+                          roles=roles, groups=user.groups)
+    svc.throttle.succeeded(username)
+    raw, session = await svc.db_call(svc.sessions.create, principal, source)
+    await svc.db_call(lambda: svc.audit.record(
+        actor=user.username, role=",".join(sorted(r.value for r in roles)) or "-",
+        action="login", target="-", source=source, outcome="ok"))
+    response = JSONResponse(session_body(session))
+    set_session_cookie(response, svc.settings, raw)
+    return response
+
+
+async def whoami(request: Request) -> Response:
+    session = await current_session(request)
+    if session is None:
+        return error(request, 401, "not_signed_in", "Please sign in.")
+    return JSONResponse(session_body(session))
+
+
+async def logout(request: Request) -> Response:
+    svc = services(request)
+    session = await current_session(request)
+    if session is None:
+        response = error(request, 401, "not_signed_in", "Please sign in.")
+        clear_session_cookie(response, svc.settings)
+        return response
+    if not csrf_ok(request, session):
+        return error(request, 403, "csrf", "The request lacks a valid CSRF token.")
+    await svc.db_call(svc.sessions.end, session.id_hash)
+    await svc.db_call(svc.tokens.revoke_session, session.id_hash)
+    closed = svc.tunnels.close_session(session.id_hash)
+    await svc.db_call(lambda: svc.audit.record(
+        actor=session.principal.username, role=_roles(session), action="logout", target="-",
+        source=client_address(request), outcome="ok", detail=f"tunnels closed: {closed}"))
+    response = JSONResponse({"ok": True})
+    clear_session_cookie(response, svc.settings)
+    return response
+
+
+async def list_pools(request: Request) -> Response:
+    svc = services(request)
+    session = await current_session(request)
+    if session is None:
+        return error(request, 401, "not_signed_in", "Please sign in.")
+    pools = await svc.db_call(svc.catalog.pools)
+    mine = []
+    for p in pools:
+        if not entitled(p, session.principal.groups):
+            continue
+        current = await svc.db_call(svc.assigner.current, p.id, session.principal.username)
+        mine.append({"id": p.id, "name": p.display_name, "kind": p.kind.value,
+                     "protocol": "vnc", "desktop": current.id if current else None})
+    return JSONResponse({"pools": mine})
+
+
+async def connect(request: Request) -> Response:
+    svc = services(request)
+    session = await current_session(request)
+    if session is None:
+        return error(request, 401, "not_signed_in", "Please sign in.")
+    if not csrf_ok(request, session):
+        return error(request, 403, "csrf", "The request lacks a valid CSRF token.")
+    pool_id = request.path_params["pool"]
+    who = session.principal
+    source = client_address(request)
+    try:
+        desktop = await svc.db_call(svc.assigner.assign, pool_id, who)
+    except (PoolNotFound, NotEntitled) as e:
+        await svc.db_call(lambda: svc.audit.record(
+            actor=who.username, role=_roles(session), action="connect", target=pool_id,
+            source=source, outcome="denied", detail=e.code))
+        return error(request, 404, "pool_not_found", "No such desktop pool for your account.")
+    except DesktopNotReady:
+        svc.worker.wake.set()
+        return error(request, 503, "desktop_starting",
+                     "A desktop is being prepared for you. This takes a few seconds.",
+                     headers={"Retry-After": "2"})
+    except PoolFull:
+        await svc.db_call(lambda: svc.audit.record(
+            actor=who.username, role=_roles(session), action="connect", target=pool_id,
+            source=source, outcome="pool_full"))
+        return error(request, 409, "pool_full",
+                     "No desktop is free in this pool. Try again later or call the helpdesk.")
+    except AssignmentError:
+        log.exception("assignment failed")
+        return error(request, 500, "assignment_failed", "Could not assign a desktop.")
+    svc.worker.wake.set()  # a spare was taken: let the worker top the pool up
+    token = await svc.db_call(lambda: svc.tokens.issue(
+        username=who.username, session_hash=session.id_hash, desktop_id=desktop.id))
+    await svc.db_call(lambda: svc.audit.record(
+        actor=who.username, role=_roles(session), action="connect", target=desktop.id,
+        source=source, outcome="ok"))
+    return JSONResponse({"desktop": desktop.id, "protocol": "vnc",
+                         "console": f"/console/{token}", "expires_in": svc.tokens.ttl_s})
+
+
+async def healthz(request: Request) -> Response:
+    svc = services(request)
+    from sqlalchemy import text
+
+    def ping() -> None:
+        with svc.db() as s:
+            s.execute(text("SELECT 1"))
+
+    try:
+        await svc.db_call(ping)
+    except Exception as e:  # report the database as down, do not crash the probe
+        return JSONResponse({"status": "error", "database": str(e)[:200]}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+def _roles(session: WebSession) -> str:
+    return ",".join(sorted(r.value for r in session.principal.roles)) or Role.STAFF.value
+
+
+routes = [
+    Route("/api/session", login, methods=["POST"]),
+    Route("/api/session", whoami, methods=["GET"]),
+    Route("/api/session", logout, methods=["DELETE"]),
+    Route("/api/pools", list_pools, methods=["GET"]),
+    Route("/api/pools/{pool}/connect", connect, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

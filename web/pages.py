@@ -1,0 +1,88 @@
+"""HTML pages: sign-in, the clerk's portal and the desktop page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from web.i18n import LANG_COOKIE, LANGUAGES, pick_language, translations
+from web.security import current_session
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+
+def N_(message: str) -> str:
+    """Marks a string for extraction; translated later, where the language is known."""
+    return message
+
+
+# Strings the page scripts show; translated server-side and handed over as JSON.
+JS_STRINGS = (
+    N_("Signing in…"),
+    N_("Wrong username or password."),
+    N_("Connecting to your desktop…"),
+    N_("A desktop is being prepared for you. This takes a few seconds."),
+    N_("Connected"),
+    N_("Disconnected. Reconnecting…"),
+    N_("The connection to the desktop was lost."),
+    N_("Reconnect"),
+    N_("Something went wrong. Try again or call the helpdesk."),
+    N_("Please fill in both fields."),
+)
+
+
+def _environment(lang: str) -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES),
+                      autoescape=select_autoescape(["html"]),
+                      extensions=["jinja2.ext.i18n"])
+    env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    return env
+
+
+_ENVIRONMENTS = {lang: _environment(lang) for lang in LANGUAGES}
+
+
+def render(request: Request, name: str, **context: Any) -> Response:
+    lang = pick_language(request)
+    gt = translations(lang).gettext
+    strings = {s: gt(s) for s in JS_STRINGS}
+    html = _ENVIRONMENTS[lang].get_template(name).render(
+        lang=lang, html_lang="zh-CN" if lang == "zh_CN" else "en",
+        js_strings=json.dumps(strings, ensure_ascii=False), path=request.url.path, **context)
+    response = HTMLResponse(html, headers={
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                   "connect-src 'self'; style-src 'self'; "
+                                   "frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
+    chosen = request.query_params.get("lang")
+    if chosen in LANGUAGES:
+        response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 86400, samesite="lax")
+    return response
+
+
+async def home(request: Request) -> Response:
+    session = await current_session(request)
+    if session is None:
+        return render(request, "login.html")
+    return render(request, "portal.html", user=session.principal)
+
+
+async def desktop_page(request: Request) -> Response:
+    session = await current_session(request)
+    if session is None:
+        return RedirectResponse("/", status_code=303)
+    return render(request, "desktop.html", user=session.principal,
+                  pool=request.path_params["pool"], csrf=session.csrf)
+
+
+routes = [
+    Route("/", home, methods=["GET"]),
+    Route("/desktop/{pool}", desktop_page, methods=["GET"]),
+]

@@ -1,0 +1,135 @@
+"""The broker's shared resources, built once in the app's lifespan (never at import)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.activity import TunnelRegistry
+from broker.assignment import Assigner
+from broker.directory import Directory, DirectoryUnavailable, DirectoryUser, LdapDirectory
+from broker.sessions import SessionStore
+from broker.throttle import LoginThrottle
+from broker.tokens import TokenStore
+from pools.calls import HostCalls
+from pools.hypervisor import Hypervisor
+from pools.images import ImageStore
+from pools.worker import PoolWorker
+from vdi.audit import AuditLog
+from vdi.catalog import Catalog
+from vdi.db import make_engine, migrate, session_factory
+from vdi.domain import utc_now
+from vdi.models import DesktopRow
+from vdi.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    db: sessionmaker[Session]
+    directory: Directory
+    calls: HostCalls
+    sessions: SessionStore
+    tokens: TokenStore
+    assigner: Assigner
+    catalog: Catalog
+    images: ImageStore
+    audit: AuditLog
+    tunnels: TunnelRegistry
+    throttle: LoginThrottle
+    worker: PoolWorker
+    clock: Callable[[], datetime] = utc_now
+    ldap_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(16, thread_name_prefix="ldap"))
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def authenticate(self, username: str, password: str) -> DirectoryUser:
+        """Directory check off the event loop, with a deadline even if ldap3's own
+        timeouts fail us. Raises InvalidCredentials or DirectoryUnavailable."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.ldap_executor, self.directory.authenticate,
+                                   username, password)
+        try:
+            return await asyncio.wait_for(fut, self.settings.ldap_timeout_s * 3 + 1)
+        except TimeoutError:
+            raise DirectoryUnavailable("directory did not answer in time") from None
+
+    async def db_call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    async def flush_input_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.input_flush_s)
+            await asyncio.to_thread(self.flush_input)
+
+    def flush_input(self) -> None:
+        pending = self.tunnels.pending_input()
+        if not pending:
+            return
+        with self.db.begin() as s:
+            for desktop_id, at in pending.items():
+                s.execute(update(DesktopRow).where(DesktopRow.id == desktop_id)
+                          .values(last_input_at=at))
+
+
+def build_services(settings: Settings, *, directory: Directory | None = None,
+                   hosts: dict[str, Hypervisor] | None = None) -> Services:
+    url = settings.effective_database_url
+    migrate(url)
+    engine = make_engine(url)
+    db = session_factory(engine)
+    if hosts is None:
+        from pools.libvirt_host import LibvirtHost  # imported only when the real one is used
+
+        hosts = {settings.libvirt_uri: LibvirtHost(
+            settings.libvirt_uri, storage_pool=settings.storage_pool,
+            storage_dir=settings.storage_dir, domain_type=settings.domain_type,
+            graphics_listen=settings.graphics_listen,
+            cache_dir=Path(settings.state_dir) / "hosts")}
+    calls = HostCalls(hosts, settings.libvirt_timeout_s)
+    images = ImageStore(db)
+    return Services(
+        settings=settings, engine=engine, db=db,
+        directory=directory or LdapDirectory(settings), calls=calls,
+        sessions=SessionStore(db, idle_s=settings.session_idle_s,
+                              absolute_s=settings.session_absolute_s),
+        tokens=TokenStore(db, ttl_s=settings.console_token_ttl_s),
+        assigner=Assigner(db), catalog=Catalog(db), images=images, audit=AuditLog(db),
+        tunnels=TunnelRegistry(settings.max_tunnels_per_user),
+        throttle=LoginThrottle(),
+        worker=PoolWorker(db, calls, images, host_uri=settings.libvirt_uri,
+                          domain_prefix=settings.domain_prefix,
+                          interval_s=settings.worker_interval_s),
+    )
+
+
+async def start_background(services: Services, run_worker: bool = True) -> None:
+    if run_worker:
+        services.background.append(asyncio.create_task(services.worker.run()))
+    services.background.append(asyncio.create_task(services.flush_input_forever()))
+
+
+async def stop_background(services: Services) -> None:
+    for task in services.background:
+        task.cancel()
+    for task in services.background:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await asyncio.to_thread(services.flush_input)
+    services.calls.close()
+    services.ldap_executor.shutdown(wait=False, cancel_futures=True)
+    services.engine.dispose()

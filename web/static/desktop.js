@@ -1,0 +1,79 @@
+// The desktop page: ask the broker for a console token, then let noVNC speak RFB
+// through the broker's websocket tunnel. After a network blip it reconnects to the
+// same desktop with a fresh token.
+import RFB from "/static/novnc/core/rfb.js";
+import { api, t, wireLogout } from "./common.js";
+
+wireLogout();
+const pool = document.body.dataset.pool;
+const csrf = document.body.dataset.csrf;
+const screen = document.getElementById("screen");
+const status = document.getElementById("status");
+const reconnectButton = document.getElementById("reconnect");
+const timings = (window.vdiTimings = { loginClick: Number(sessionStorage.getItem("vdiLoginClick")) || null });
+let rfb = null;
+let retries = 0;
+
+function show(text, busy) {
+  status.textContent = text;
+  status.classList.toggle("busy", !!busy);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function requestConsole() {
+  for (let attempt = 0; attempt < 60; attempt++) {
+    const r = await api("POST", `/api/pools/${encodeURIComponent(pool)}/connect`, {}, csrf);
+    if (r.status === 200) return r.data;
+    if (r.status === 401) { window.location.href = "/"; return null; }
+    if (r.status === 503 && r.data && r.data.error === "desktop_starting") {
+      show(r.data.message, true);
+      await sleep(1500);
+      continue;
+    }
+    throw new Error((r.data && r.data.message) || t("Something went wrong. Try again or call the helpdesk."));
+  }
+  throw new Error(t("Something went wrong. Try again or call the helpdesk."));
+}
+
+async function connect() {
+  reconnectButton.hidden = true;
+  show(t("Connecting to your desktop…"), true);
+  let grant;
+  try {
+    grant = await requestConsole();
+  } catch (e) {
+    show(e.message, false);
+    reconnectButton.hidden = false;
+    return;
+  }
+  if (!grant) return;
+  timings.token = Date.now();
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  const url = `${scheme}//${window.location.host}${grant.console}`;
+  rfb = new RFB(screen, url, { wsProtocols: ["binary"], shared: true });
+  rfb.scaleViewport = true;
+  rfb.focusOnClick = true;
+  rfb.addEventListener("connect", () => {
+    retries = 0;
+    timings.connected = Date.now();
+    screen.dataset.desktop = grant.desktop;
+    show(t("Connected"), false);
+    rfb.focus();
+  });
+  rfb.addEventListener("disconnect", async (event) => {
+    rfb = null;
+    if (retries < 5) {
+      retries += 1;
+      show(t("Disconnected. Reconnecting…"), true);
+      await sleep(1000 * retries);
+      connect();
+    } else {
+      show(t("The connection to the desktop was lost."), false);
+      reconnectButton.hidden = false;
+    }
+  });
+}
+
+reconnectButton.addEventListener("click", () => { retries = 0; connect(); });
+connect();
