@@ -7,6 +7,7 @@ hands the input times to a writer that persists them in batches.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class TunnelRegistry:
         self._last_input: dict[str, datetime] = {}
         self._unflushed: dict[str, datetime] = {}
         self._closed_at: dict[str, datetime] = {}
+        self._setup_locks: dict[str, asyncio.Lock] = {}
 
     def open(self, *, username: str, session_hash: str, desktop_id: str,
              close: Callable[[], None]) -> Tunnel:
@@ -50,6 +52,11 @@ class TunnelRegistry:
             t = Tunnel(self._next, username, session_hash, desktop_id, self._clock(), close)
             self._tunnels[t.id] = t
             return t
+
+    def setup_lock(self, desktop_id: str) -> asyncio.Lock:
+        """The lock that serialises console setup on one desktop (see run_tunnel)."""
+        with self._lock:
+            return self._setup_locks.setdefault(desktop_id, asyncio.Lock())
 
     def closed(self, tunnel: Tunnel) -> None:
         with self._lock:

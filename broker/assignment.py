@@ -45,6 +45,13 @@ class PoolFull(AssignmentError):
     code = "pool_full"
 
 
+class HostsUnavailable(AssignmentError):
+    """No spare, and the desktops being prepared are stuck because their host does not
+    answer: the user should hear that, not wait forever."""
+
+    code = "host_unavailable"
+
+
 class DesktopNotReady(AssignmentError):
     """No spare right now, but the pool may grow: one is being prepared."""
 
@@ -128,9 +135,11 @@ class Assigner:
             live = s.scalar(select(func.count()).select_from(DesktopRow).where(
                 DesktopRow.pool_id == pool_id,
                 DesktopRow.state.in_([st.value for st in LIVE_STATES]))) or 0
-            starting = s.scalar(select(func.count()).select_from(DesktopRow).where(
+            starting = list(s.scalars(select(DesktopRow.error).where(
                 DesktopRow.pool_id == pool_id,
-                DesktopRow.state == DesktopState.PROVISIONING.value)) or 0
+                DesktopRow.state == DesktopState.PROVISIONING.value)))
         if live >= prow.max_size and not starting:
             return PoolFull(pool_id)
+        if starting and all(err for err in starting):
+            return HostsUnavailable(pool_id)  # the worker noted a failure on each of them
         return DesktopNotReady(pool_id)

@@ -61,7 +61,7 @@ class TokenStore:
     def consume(self, raw: str, *, session_hash: str | None, kind: str = "vnc") -> ConsoleGrant:
         """Use the token once. Raises TokenRejected when it is malformed, unknown, used,
         expired, of another kind, or presented with another session's cookie."""
-        if not TOKEN_RE.match(raw):
+        if not TOKEN_RE.fullmatch(raw):  # match() would let a trailing newline through
             raise TokenRejected("malformed token")
         now = self._clock()
         h = hash_secret(raw)

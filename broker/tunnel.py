@@ -149,11 +149,17 @@ async def relay(ws: BrowserSocket, reader: asyncio.StreamReader, writer: asyncio
 
 
 async def run_tunnel(ws: BrowserSocket, connect: Callable[[], Awaitable[ConsoleTarget]], *,
-                     on_input: Callable[[], None], max_cut_text: int = 1 << 20) -> str:
+                     on_input: Callable[[], None], max_cut_text: int = 1 << 20,
+                     setup_lock: asyncio.Lock | None = None) -> str:
     """Prepare the console (connect() sets the password and says where), authenticate,
-    greet the browser, relay. Raises TunnelError before relaying; returns why it ended."""
-    target = await connect()
-    reader, writer, from_server = await open_console(target)
+    greet the browser, relay. Raises TunnelError before relaying; returns why it ended.
+
+    `setup_lock` (one per desktop) is held from connect() until the VNC server accepted
+    the password: the desktop has one VNC password, and another tunnel's connect()
+    replacing it before this one logged in would make this login fail."""
+    async with setup_lock if setup_lock is not None else contextlib.nullcontext():
+        target = await connect()
+        reader, writer, from_server = await open_console(target)
     try:
         from_browser = await greet_browser(ws)
     except BaseException:

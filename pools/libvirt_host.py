@@ -6,6 +6,7 @@ idempotent where the interface says so, and raise only `pools.hypervisor` errors
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -19,6 +20,7 @@ from xml.etree import ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
 import libvirt
+from defusedxml.ElementTree import fromstring as parse_xml
 
 from pools.hypervisor import (
     DesktopSpec,
@@ -42,7 +44,6 @@ T = TypeVar("T")
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 _CONNECTION_ERRORS = {
-    libvirt.VIR_ERR_SYSTEM_ERROR,
     libvirt.VIR_ERR_RPC,
     libvirt.VIR_ERR_NO_CONNECT,
     libvirt.VIR_ERR_INVALID_CONN,
@@ -75,11 +76,9 @@ class LibvirtHost:
     def _connection(self) -> Any:
         with self._lock:
             if self._conn is not None:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     if self._conn.isAlive():
                         return self._conn
-                except libvirt.libvirtError:
-                    pass
                 self._conn = None
             try:
                 self._conn = libvirt.open(self.uri)
@@ -94,7 +93,7 @@ class LibvirtHost:
             yield
         except libvirt.libvirtError as e:
             code = e.get_error_code()
-            if code in _CONNECTION_ERRORS:
+            if _is_transport_error(e):
                 with self._lock:
                     self._conn = None
                 raise HostUnavailable(f"host {self.uri}: {what}: {_msg(e)}") from e
@@ -105,10 +104,8 @@ class LibvirtHost:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     self._conn.close()
-                except libvirt.libvirtError:
-                    pass
                 self._conn = None
 
     # -- storage ----------------------------------------------------------------------
@@ -231,10 +228,8 @@ class LibvirtHost:
                 time.sleep(0.2)
             return "qemu"
         finally:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
-            except libvirt.libvirtError:
-                pass
             serial.unlink(missing_ok=True)
 
     def _is_local(self) -> bool:
@@ -309,7 +304,7 @@ class LibvirtHost:
         with self._errors(f"graphics of {name}"):
             if not dom.isActive():
                 raise HypervisorError(f"desktop {name} is not running")
-            root = ET.fromstring(dom.XMLDesc(0))
+            root = parse_xml(dom.XMLDesc(0))
         g = root.find("./devices/graphics[@type='vnc']")
         if g is None or int(g.get("port", "-1")) <= 0:
             raise HypervisorError(f"desktop {name} has no VNC console")
@@ -321,7 +316,7 @@ class LibvirtHost:
             raise ValueError("a VNC password must have 1 to 8 characters")
         dom = self._lookup(name)
         with self._errors(f"set console password of {name}"):
-            root = ET.fromstring(dom.XMLDesc(0))
+            root = parse_xml(dom.XMLDesc(0))
             g = root.find("./devices/graphics[@type='vnc']")
             if g is None:
                 raise HypervisorError(f"desktop {name} has no VNC console")
@@ -362,9 +357,15 @@ class LibvirtHost:
                     meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
                 except libvirt.libvirtError:
                     continue  # not one of ours
-                el = ET.fromstring(meta)
+                el = parse_xml(meta)
+                try:
+                    running = bool(dom.isActive())
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    continue  # undefined since listAllDomains: not an error of the listing
                 out.append(DomainInfo(name=dom.name(), desktop_id=el.get("id", ""),
-                                      pool_id=el.get("pool", ""), running=bool(dom.isActive())))
+                                      pool_id=el.get("pool", ""), running=running))
         return out
 
     def serial_log_path(self, name: str) -> str:
@@ -377,6 +378,15 @@ def _ignore_gone(fn: Callable[[], T]) -> None:
     except libvirt.libvirtError as e:
         if e.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
             raise
+
+
+def _is_transport_error(e: Any) -> bool:
+    """The connection to the host failed, not the operation. A system error (an errno)
+    counts only from the RPC layer: the storage and QEMU drivers report a missing file
+    the same way, and that is no outage (retrying it forever would hide it)."""
+    if e.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR:
+        return e.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
+    return e.get_error_code() in _CONNECTION_ERRORS
 
 
 def _msg(e: Any) -> str:

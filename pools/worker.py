@@ -8,6 +8,7 @@ next tick instead of leaving an orphan or making a second one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -69,10 +70,8 @@ class PoolWorker:
             except Exception:  # keep the worker alive; the next tick retries
                 log.exception("pool worker tick failed")
             self.wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self._interval)
-            except TimeoutError:
-                pass
 
     async def tick(self) -> None:
         pools = await asyncio.to_thread(self._catalog.pools)

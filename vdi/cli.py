@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = load_settings(args.config)
     except SettingsError as e:

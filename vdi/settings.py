@@ -112,20 +112,33 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return value.strip().lower() in ("1", "true", "yes", "on")
             return bool(value)
+        # TOML gives typed values: a wrong type is an error, not something to convert
+        # (int(80.9) would silently give 80, str(["a"]) a string that is no list)
+        if isinstance(value, bool):
+            raise TypeError("true/false is not a value for this setting")
+        if isinstance(value, dict):
+            raise TypeError("a table is not a value for this setting")
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                # group DNs hold commas, so lists in the environment use ';'
+                return tuple(v.strip() for v in value.split(";") if v.strip())
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise TypeError("a list of strings is needed")
+            return tuple(value)
+        if isinstance(value, list | tuple):
+            raise TypeError("a list is not a value for this setting")
         if isinstance(default, int):
+            if isinstance(value, float):
+                raise TypeError("a whole number is needed")
             return int(value)
         if isinstance(default, float):
             return float(value)
         if isinstance(default, Path):
             return Path(value)
-        if isinstance(default, tuple):
-            if isinstance(value, str):
-                # group DNs hold commas, so lists in the environment use ';'
-                return tuple(v.strip() for v in value.split(";") if v.strip())
-            return tuple(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError) as e:
-        raise SettingsError(f"setting {name!r}: cannot use {value!r}: {e}") from e
+        shown = "***" if "password" in name else repr(value)
+        raise SettingsError(f"setting {name!r}: cannot use {shown}: {e}") from e
 
 
 def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None,

@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -13,6 +15,7 @@ from starlette.routing import Route
 from broker.assignment import (
     AssignmentError,
     DesktopNotReady,
+    HostsUnavailable,
     NotEntitled,
     PoolFull,
     PoolNotFound,
@@ -20,7 +23,7 @@ from broker.assignment import (
 from broker.directory import DirectoryUnavailable, InvalidCredentials
 from broker.roles import entitled, roles_for
 from broker.sessions import WebSession
-from vdi.domain import Principal, Role
+from vdi.domain import Principal
 from web.i18n import gettext_for
 from web.security import (
     clear_session_cookie,
@@ -170,15 +173,24 @@ async def connect(request: Request) -> Response:
     try:
         desktop = await svc.db_call(svc.assigner.assign, pool_id, who)
     except (PoolNotFound, NotEntitled) as e:
+        why = e.code
         await svc.db_call(lambda: svc.audit.record(
             actor=who.username, role=_roles(session), action="connect", target=pool_id,
-            source=source, outcome="denied", detail=e.code))
+            source=source, outcome="denied", detail=why))
         return error(request, 404, "pool_not_found", "No such desktop pool for your account.")
     except DesktopNotReady:
         svc.worker.wake.set()
         return error(request, 503, "desktop_starting",
                      "A desktop is being prepared for you. This takes a few seconds.",
                      headers={"Retry-After": "2"})
+    except HostsUnavailable:
+        svc.worker.wake.set()
+        await svc.db_call(lambda: svc.audit.record(
+            actor=who.username, role=_roles(session), action="connect", target=pool_id,
+            source=source, outcome="host_unavailable"))
+        return error(request, 503, "host_unavailable",
+                     "The desktop servers are not answering. Try again shortly or call "
+                     "the helpdesk.", headers={"Retry-After": "10"})
     except PoolFull:
         await svc.db_call(lambda: svc.audit.record(
             actor=who.username, role=_roles(session), action="connect", target=pool_id,
@@ -200,21 +212,19 @@ async def connect(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     svc = services(request)
-    from sqlalchemy import text
-
     def ping() -> None:
         with svc.db() as s:
             s.execute(text("SELECT 1"))
 
     try:
         await svc.db_call(ping)
-    except Exception as e:  # report the database as down, do not crash the probe
+    except SQLAlchemyError as e:  # report the database as down
         return JSONResponse({"status": "error", "database": str(e)[:200]}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 def _roles(session: WebSession) -> str:
-    return ",".join(sorted(r.value for r in session.principal.roles)) or Role.STAFF.value
+    return ",".join(sorted(r.value for r in session.principal.roles)) or "-"
 
 
 routes = [

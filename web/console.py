@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from sqlalchemy import update
@@ -71,7 +72,8 @@ async def console(ws: WebSocket) -> None:
     assert task is not None
     try:
         tunnel = svc.tunnels.open(username=grant.username, session_hash=grant.session_hash,
-                                  desktop_id=grant.desktop_id, close=task.cancel)
+                                  desktop_id=grant.desktop_id,
+                                  close=lambda: _cancel(task))
     except TooManyTunnels:
         await _deny(svc, ws, grant.username, source, "too many consoles open")
         return
@@ -91,7 +93,8 @@ async def console(ws: WebSocket) -> None:
     try:
         reason = await run_tunnel(StarletteSocket(ws), prepare,
                                   on_input=lambda: svc.tunnels.input_seen(grant.desktop_id),
-                                  max_cut_text=svc.settings.max_ws_frame_bytes)
+                                  max_cut_text=svc.settings.max_ws_frame_bytes,
+                                  setup_lock=svc.tunnels.setup_lock(grant.desktop_id))
     except TunnelError as e:
         reason = str(e)
         log.warning("console %s: %s", grant.desktop_id, e)
@@ -107,6 +110,10 @@ async def console(ws: WebSocket) -> None:
         svc.tunnels.closed(tunnel)
         await svc.db_call(_record_disconnect, svc, grant, reason, source)
     await _close(ws, 1000, "bye")
+
+
+def _cancel(task: asyncio.Task[object]) -> None:
+    task.cancel()
 
 
 def _record_disconnect(svc: Services, grant: ConsoleGrant, reason: str, source: str) -> None:
@@ -125,10 +132,8 @@ async def _deny(svc: Services, ws: WebSocket, actor: str, source: str, reason: s
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    try:
+    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # already closed
         await ws.close(code=code, reason=reason)
-    except (RuntimeError, OSError):
-        pass  # already closed
 
 
 routes = [WebSocketRoute("/console/{token}", console)]

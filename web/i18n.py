@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gettext
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from starlette.requests import HTTPConnection
@@ -14,7 +14,7 @@ DEFAULT = "zh_CN"
 LANG_COOKIE = "vdi_lang"
 
 
-@lru_cache(maxsize=None)
+@cache
 def translations(lang: str) -> gettext.NullTranslations:
     return gettext.translation("messages", localedir=LOCALE_DIR, languages=[lang],
                                fallback=True)

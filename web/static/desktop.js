@@ -13,6 +13,8 @@ const reconnectButton = document.getElementById("reconnect");
 const timings = (window.vdiTimings = { loginClick: Number(sessionStorage.getItem("vdiLoginClick")) || null });
 let rfb = null;
 let retries = 0;
+const MAX_RETRIES = 30; // about two minutes of network trouble before giving up
+const backoff = () => Math.min(1000 * retries, 5000);
 
 function show(text, busy) {
   status.textContent = text;
@@ -43,6 +45,13 @@ async function connect() {
   try {
     grant = await requestConsole();
   } catch (e) {
+    // fetch() throws TypeError when the network is down: keep trying for a while.
+    if (e instanceof TypeError && retries < MAX_RETRIES) {
+      retries += 1;
+      show(t("Disconnected. Reconnecting…"), true);
+      await sleep(backoff());
+      return connect();
+    }
     show(e.message, false);
     reconnectButton.hidden = false;
     return;
@@ -59,14 +68,15 @@ async function connect() {
     timings.connected = Date.now();
     screen.dataset.desktop = grant.desktop;
     show(t("Connected"), false);
+    setTimeout(() => { if (status.textContent === t("Connected")) show("", false); }, 2500);
     rfb.focus();
   });
   rfb.addEventListener("disconnect", async (event) => {
     rfb = null;
-    if (retries < 5) {
+    if (retries < MAX_RETRIES) {
       retries += 1;
       show(t("Disconnected. Reconnecting…"), true);
-      await sleep(1000 * retries);
+      await sleep(backoff());
       connect();
     } else {
       show(t("The connection to the desktop was lost."), false);

@@ -1,0 +1,170 @@
+"""An in-memory `Hypervisor` for fast unit tests (worker, assignment, web).
+
+It keeps the real adapter's contract, checked by tests/pools/test_hypervisor_contract.py
+which runs the same cases against this fake and against a real libvirtd: idempotent
+publish/create/destroy, VNC ports from 5900 on 127.0.0.1, DomainNotFound for unknown
+names, ValueError for a password VNC cannot carry. It never imports libvirt.
+
+Switches for tests:
+* `down = True`: every call raises HostUnavailable (a host that does not answer);
+* `create_error = HypervisorError(...)`: create_desktop raises it and creates nothing.
+
+Thread-safe: the broker calls hypervisors from worker threads (`pools.calls`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pools.hypervisor import (
+    DesktopSpec,
+    DomainInfo,
+    DomainNotFound,
+    GraphicsEndpoint,
+    HostUnavailable,
+    HypervisorError,
+    ImageFiles,
+)
+
+IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.qcow2")
+CMDLINE = "console=tty0 console=ttyS0 quiet"
+FIRST_VNC_PORT = 5900
+
+
+@dataclass
+class FakeDomain:
+    """What the fake host knows of one domain (mutable: it is the host's own record)."""
+
+    spec: DesktopSpec
+    port: int
+    running: bool = True
+
+
+class FakeHypervisor:
+    def __init__(self, uri: str = "fake:///system", *, graphics_listen: str = "127.0.0.1",
+                 storage_dir: Path = Path("/fake/images"),
+                 log_dir: Path = Path("/fake/log")) -> None:
+        self.uri = uri
+        self.graphics_listen = graphics_listen
+        self.storage_dir = storage_dir
+        self.log_dir = log_dir
+        self.down = False
+        self.create_error: HypervisorError | None = None
+        # (image_id, version) -> files, as publish_image recorded them
+        self.images: dict[tuple[str, int], ImageFiles] = {}
+        self.domains: dict[str, FakeDomain] = {}
+        # the current VNC password of each domain, and for how long it was made valid
+        self.passwords: dict[str, str] = {}
+        self.password_valid_s: dict[str, int] = {}
+        # how many domains were ever defined: a second definition of one desktop shows here
+        self.defined_count = 0
+        self._lock = threading.Lock()
+
+    def _answer(self) -> None:
+        if self.down:
+            raise HostUnavailable(f"host {self.uri} does not answer (fake host is down)")
+
+    def _domain(self, name: str) -> FakeDomain:
+        try:
+            return self.domains[name]
+        except KeyError:
+            raise DomainNotFound(f"host {self.uri}: {name}: no such domain") from None
+
+    def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
+        """Records the version; the files must exist (and the disk be qcow2), as for the
+        real host. Idempotent: a version already recorded is returned as it was."""
+        with self._lock:
+            self._answer()
+            known = self.images.get((image_id, version))
+            if known is not None:
+                return known
+            for fname in IMAGE_FILES:
+                src = source_dir / fname
+                if not src.is_file():
+                    raise HypervisorError(f"image file {src} is missing (build the image first)")
+            disk_bytes = _qcow2_virtual_size(source_dir / "disk.qcow2")
+            prefix = self.storage_dir / f"{image_id}-v{version}-"
+            files = ImageFiles(disk_path=f"{prefix}disk.qcow2", kernel_path=f"{prefix}vmlinuz",
+                               initrd_path=f"{prefix}initrd.img", cmdline=CMDLINE,
+                               disk_bytes=disk_bytes)
+            self.images[(image_id, version)] = files
+            return files
+
+    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+        """Defines and starts the domain; an existing one is started and reused.
+        Raises `create_error` when set; HypervisorError for an unpublished image."""
+        with self._lock:
+            self._answer()
+            if self.create_error is not None:
+                raise self.create_error
+            dom = self.domains.get(spec.name)
+            if dom is None:
+                if spec.image.disk_path not in {f.disk_path for f in self.images.values()}:
+                    raise HypervisorError(f"host {self.uri}: create desktop {spec.name}: "
+                                          f"backing image {spec.image.disk_path} does not exist")
+                dom = FakeDomain(spec=spec, port=self._free_port())
+                self.domains[spec.name] = dom
+                self.defined_count += 1
+            dom.running = True
+            return GraphicsEndpoint(host=self.graphics_listen, port=dom.port)
+
+    def _free_port(self) -> int:
+        used = {d.port for d in self.domains.values()}
+        port = FIRST_VNC_PORT
+        while port in used:
+            port += 1
+        return port
+
+    def graphics_endpoint(self, name: str) -> GraphicsEndpoint:
+        with self._lock:
+            self._answer()
+            dom = self._domain(name)
+            if not dom.running:
+                raise HypervisorError(f"desktop {name} is not running")
+            return GraphicsEndpoint(host=self.graphics_listen, port=dom.port)
+
+    def set_console_password(self, name: str, password: str, valid_s: int) -> None:
+        if not password or len(password) > 8:
+            raise ValueError("a VNC password must have 1 to 8 characters")
+        with self._lock:
+            self._answer()
+            self._domain(name)
+            self.passwords[name] = password
+            self.password_valid_s[name] = valid_s
+
+    def destroy_desktop(self, name: str) -> None:
+        """Idempotent: an unknown name is already destroyed."""
+        with self._lock:
+            self._answer()
+            self.domains.pop(name, None)
+            self.passwords.pop(name, None)
+            self.password_valid_s.pop(name, None)
+
+    def list_desktops(self) -> list[DomainInfo]:
+        with self._lock:
+            self._answer()
+            return [DomainInfo(name=name, desktop_id=d.spec.desktop_id, pool_id=d.spec.pool_id,
+                               running=d.running) for name, d in self.domains.items()]
+
+    def serial_log_path(self, name: str) -> str:
+        with self._lock:
+            self._answer()
+            return str(self.log_dir / f"{name}.serial.log")
+
+    # -- test helpers (not part of the Hypervisor protocol) ------------------------------
+
+    def stop(self, name: str) -> None:
+        """Power the domain off, as a guest shutting itself down would."""
+        with self._lock:
+            self._domain(name).running = False
+
+
+def _qcow2_virtual_size(path: Path) -> int:
+    """The qcow2 virtual size from its header (bytes 24..32, big endian)."""
+    with path.open("rb") as f:
+        header = f.read(32)
+    if header[:4] != b"QFI\xfb":
+        raise HypervisorError(f"{path} is not a qcow2 image")
+    return int.from_bytes(header[24:32], "big")

@@ -1,0 +1,216 @@
+"""End-to-end fixtures: a real broker process (`vdi serve`) against the real slapd and
+libvirtd, and headless Debian Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from tests.ldap_server import SlapdServer, free_loopback_port
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--disable-quic"]
+PREFIX = "vdit-e2e-"
+STAFF_GROUP = "cn=window-staff,ou=groups,dc=district,dc=example"
+
+
+class BlipProxy:
+    """A TCP relay in front of the broker whose link the test can cut and restore: a
+    real network blip for the browser (open connections die, new ones are refused)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._up.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self._up.clear()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def restore(self) -> None:
+        self._up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+@dataclass(frozen=True)
+class Broker:
+    url: str
+    env: dict[str, str]
+    log: Path
+    proxy: BlipProxy
+
+    @property
+    def proxied_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}"
+
+    def vdi(self, *args: str) -> str:
+        result = subprocess.run([str(REPO / ".venv/bin/vdi"), *args], env=self.env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"vdi {' '.join(args)} failed: {result.stderr[-2000:]}")
+        return result.stdout
+
+    def desktops(self) -> list[list[str]]:
+        return [line.split("\t") for line in self.vdi("desktops").splitlines() if line]
+
+
+def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int
+                ) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VDI_")}
+    env.update({f"VDI_{k.upper()}": str(v) for k, v in slapd.settings_overrides().items()})
+    env.update({
+        "VDI_STATE_DIR": str(state),
+        "VDI_LISTEN_PORT": str(port),
+        "VDI_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "VDI_ALLOWED_ORIGINS": f"http://127.0.0.1:{proxy_port}",
+        "VDI_DOMAIN_PREFIX": PREFIX,
+        "VDI_STORAGE_POOL": "vdi-test",
+        "VDI_STORAGE_DIR": "/var/lib/libvirt/images/vdi-test",
+        "VDI_DOMAIN_TYPE": os.environ.get("VDI_TEST_DOMAIN_TYPE", "qemu"),
+        "VDI_ROLE_STAFF_GROUPS": STAFF_GROUP,
+        "VDI_WORKER_INTERVAL_S": "1",
+    })
+    return env
+
+
+def _destroy_test_domains() -> None:
+    from pools.libvirt_host import LibvirtHost
+
+    host = LibvirtHost("qemu:///system", storage_pool="vdi-test",
+                       storage_dir=Path("/var/lib/libvirt/images/vdi-test"), domain_type="qemu")
+    try:
+        for info in host.list_desktops():
+            if info.name.startswith(PREFIX):
+                host.destroy_desktop(info.name)
+    finally:
+        host.close()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    guest = REPO / "var" / "guest"
+    subprocess.run([str(REPO / "deploy/guest/build-image.sh"), str(guest)], check=True,
+                   capture_output=True)
+    state = tmp_path_factory.mktemp("broker")
+    port = free_loopback_port()
+    proxy = BlipProxy(port)
+    with SlapdServer() as slapd:
+        env = _broker_env(slapd, state, port, proxy.port)
+        b = Broker(url=f"http://127.0.0.1:{port}", env=env, log=state / "broker.log",
+                   proxy=proxy)
+        b.vdi("migrate")
+        b.vdi("image-publish", "demo", str(guest))
+        b.vdi("pool-set", "window", "--name", "街道办窗口桌面", "--image", "demo",
+              "--min-ready", "1", "--max-size", "3", "--group", STAFF_GROUP)
+        with b.log.open("w") as log:
+            proc = subprocess.Popen([str(REPO / ".venv/bin/vdi"), "serve"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_healthy(b, proc)
+            yield b
+        finally:
+            proxy.close()
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            _destroy_test_domains()
+
+
+def _wait_healthy(b: Broker, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"broker exited: {b.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(b.url + "/healthz", timeout=2) as r:
+                if json.loads(r.read())["status"] == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"broker not healthy after 60 s: {b.log.read_text()[-3000:]}")
+
+
+def wait_ready_spare(b: Broker, timeout_s: float = 120) -> None:
+    """Block until the pool has a ready desktop (a warm spare)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(row[1] == "ready" for row in b.desktops()):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"no ready desktop within {timeout_s} s: {b.desktops()}\n"
+                       f"{b.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: run deploy/bootstrap.sh (Debian chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
