@@ -355,8 +355,11 @@ class LibvirtHost:
             for dom in conn.listAllDomains(0):
                 try:
                     meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
-                except libvirt.libvirtError:
-                    continue  # not one of ours
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA,
+                                              libvirt.VIR_ERR_NO_DOMAIN):
+                        continue  # not one of ours, or gone since the listing
+                    raise  # a failed query is not "the desktop is gone"
                 el = parse_xml(meta)
                 try:
                     running = bool(dom.isActive())

@@ -96,9 +96,10 @@ class PoolWorker:
         # read before the write transaction: SQLite allows one writer, even in this thread
         version = self._images.latest_version(self._host_uri, pool.image)
         with self._sessions.begin() as s:
-            counts = dict(s.execute(
-                select(DesktopRow.state, func.count()).where(DesktopRow.pool_id == pool.id)
-                .group_by(DesktopRow.state)).tuples().all())
+            counts: dict[str, int] = {
+                state: n for state, n in s.execute(
+                    select(DesktopRow.state, func.count()).where(DesktopRow.pool_id == pool.id)
+                    .group_by(DesktopRow.state))}
             ready = counts.get(DesktopState.READY.value, 0)
             prov = counts.get(DesktopState.PROVISIONING.value, 0)
             live = sum(counts.get(st.value, 0) for st in COUNTED)

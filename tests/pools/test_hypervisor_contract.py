@@ -1,0 +1,391 @@
+"""The Hypervisor contract, run against FakeHypervisor and a real libvirtd.
+
+The same cases run on both, so the fake the fast tests use behaves like the real host.
+What only a real host can show (the guest boots, the disk is a linked clone, VNC auth
+with the password the broker set) is proven on the real one, below the contract cases.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from defusedxml.ElementTree import fromstring as parse_xml
+
+from broker.rfb import RfbAuthFailed, ServerHandshake
+from pools.fake_hypervisor import FakeHypervisor
+from pools.hypervisor import (
+    DesktopSpec,
+    DomainNotFound,
+    GraphicsEndpoint,
+    HostUnavailable,
+    Hypervisor,
+    HypervisorError,
+    ImageFiles,
+)
+from pools.libvirt_host import LibvirtHost
+from tests.conftest import (
+    LIBVIRT_LOG_DIR,
+    LIBVIRT_URI,
+    TEST_STORAGE_DIR,
+    TEST_STORAGE_POOL,
+    DomainNames,
+)
+
+BOOT_BOUND_S = 60  # liveness bound for a TCG guest that boots in ~2 s; not a speed test
+UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
+
+
+@dataclass
+class Subject:
+    """One hypervisor under test, with an image published on it."""
+
+    host: Hypervisor
+    image_id: str
+    image: ImageFiles
+    names: DomainNames
+    fake: FakeHypervisor | None = None
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def real(self) -> bool:
+        return self.fake is None
+
+    def spec(self, label: str = "c", image: ImageFiles | None = None) -> DesktopSpec:
+        name = self.names.new(label)
+        self.created.append(name)
+        return DesktopSpec(name=name, desktop_id=f"desk-{name[-12:]}", pool_id="contract",
+                           vcpus=1, memory_mib=128, image=image or self.image)
+
+    def stop(self, name: str) -> None:
+        """Power a desktop off behind the broker's back (as a guest shutting down would)."""
+        if self.fake is not None:
+            self.fake.stop(name)
+        else:
+            virsh("destroy", name)
+
+
+def virsh(*args: str) -> str:
+    result = subprocess.run(["virsh", "-q", "-c", LIBVIRT_URI, *args], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"virsh {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.real)])
+def subject(request: pytest.FixtureRequest, guest_image: Path,
+            domain_names: DomainNames) -> Iterator[Subject]:
+    if request.param == "fake":
+        fake = FakeHypervisor()
+        subj = Subject(host=fake, image_id="img", image=fake.publish_image("img", 1, guest_image),
+                       names=domain_names, fake=fake)
+    else:
+        host: LibvirtHost = request.getfixturevalue("libvirt_host")
+        image: ImageFiles = request.getfixturevalue("libvirt_image")
+        subj = Subject(host=host, image_id=f"{domain_names.prefix}img", image=image,
+                       names=domain_names)
+    yield subj
+    # each test's desktops go at its end, so guests do not pile up during the session
+    for name in subj.created:
+        subj.host.destroy_desktop(name)
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.real)])
+def down_host(request: pytest.FixtureRequest) -> Hypervisor:
+    """A host that does not answer: the fake switched off, or a socket nobody listens on."""
+    if request.param == "fake":
+        fake = FakeHypervisor()
+        fake.down = True
+        return fake
+    return LibvirtHost(UNREACHABLE_URI, storage_pool=TEST_STORAGE_POOL,
+                       storage_dir=TEST_STORAGE_DIR, domain_type="qemu")
+
+
+def vnc_authenticate(endpoint: GraphicsEndpoint, password: str) -> None:
+    """Run the broker's RFB client handshake against the console until it is done.
+    Raises RfbAuthFailed when the server rejects the password."""
+    handshake = ServerHandshake(password, allow_none=False)
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
+        while not handshake.done:
+            data = sock.recv(4096)
+            if not data:
+                raise ConnectionError("VNC server closed the connection during the handshake")
+            reply = handshake.receive(data)
+            if reply:
+                sock.sendall(reply)
+
+
+def wait_for_serial(path: Path, marker: bytes, bound_s: float = BOOT_BOUND_S) -> bytes:
+    """The serial log once it holds `marker`; fails with the log's tail after bound_s."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        data = path.read_bytes() if path.exists() else b""
+        if marker in data:
+            return data
+        if time.monotonic() > deadline:
+            pytest.fail(f"{marker!r} not in {path} after {bound_s:.0f} s; "
+                        f"log ends with: {data[-800:]!r}")
+        time.sleep(0.25)
+
+
+# --- contract: fake and real ---------------------------------------------------------
+
+
+def test_publish_image_is_idempotent_per_version(subject: Subject, guest_image: Path) -> None:
+    again = subject.host.publish_image(subject.image_id, 1, guest_image)
+    assert again == subject.image
+    v2 = subject.host.publish_image(subject.image_id, 2, guest_image)
+    assert v2.disk_path != subject.image.disk_path
+    assert v2.kernel_path != subject.image.kernel_path
+    assert subject.host.publish_image(subject.image_id, 2, guest_image) == v2
+    # the virtual size of the built golden disk (64 MiB), not its file size
+    assert v2.disk_bytes == subject.image.disk_bytes == 64 * 1024 * 1024
+    assert "console=ttyS0" in v2.cmdline
+
+
+def test_publish_image_needs_the_files(subject: Subject, tmp_path: Path) -> None:
+    with pytest.raises(HypervisorError, match="missing") as err:
+        subject.host.publish_image(subject.image_id, 3, tmp_path)
+    assert not isinstance(err.value, HostUnavailable)
+
+
+def test_create_desktop_gives_a_loopback_console_port(subject: Subject) -> None:
+    endpoint = subject.host.create_desktop(subject.spec())
+    assert endpoint.host == "127.0.0.1"
+    assert endpoint.port >= 5900
+
+
+def test_create_desktop_again_reuses_the_domain(subject: Subject) -> None:
+    spec = subject.spec()
+    first = subject.host.create_desktop(spec)
+    domain_id = virsh("domid", spec.name).strip() if subject.real else ""
+    second = subject.host.create_desktop(spec)
+    assert second == first
+    mine = [d for d in subject.host.list_desktops() if d.desktop_id == spec.desktop_id]
+    assert [d.name for d in mine] == [spec.name]
+    if subject.fake is not None:
+        assert subject.fake.defined_count == 1
+    else:  # the same running domain, not a restarted or redefined one
+        assert virsh("domid", spec.name).strip() == domain_id
+
+
+def test_create_desktop_starts_a_stopped_desktop(subject: Subject) -> None:
+    spec = subject.spec()
+    subject.host.create_desktop(spec)
+    subject.stop(spec.name)
+    with pytest.raises(HypervisorError, match="not running") as err:
+        subject.host.graphics_endpoint(spec.name)
+    assert not isinstance(err.value, DomainNotFound)
+    endpoint = subject.host.create_desktop(spec)
+    assert subject.host.graphics_endpoint(spec.name) == endpoint
+    assert [d.running for d in subject.host.list_desktops() if d.name == spec.name] == [True]
+
+
+def test_two_desktops_get_distinct_ports(subject: Subject) -> None:
+    a = subject.host.create_desktop(subject.spec())
+    b = subject.host.create_desktop(subject.spec())
+    assert a.port != b.port
+
+
+def test_create_desktop_with_an_unpublished_image_fails(subject: Subject) -> None:
+    missing = ImageFiles(disk_path=str(Path(subject.image.disk_path).with_name(
+                             f"{subject.names.prefix}never-published.qcow2")),
+                         kernel_path=subject.image.kernel_path,
+                         initrd_path=subject.image.initrd_path,
+                         cmdline=subject.image.cmdline, disk_bytes=subject.image.disk_bytes)
+    spec = subject.spec(image=missing)
+    with pytest.raises(HypervisorError) as err:
+        subject.host.create_desktop(spec)
+    assert not isinstance(err.value, HostUnavailable)  # the host answered: this is no outage
+    assert spec.name not in [d.name for d in subject.host.list_desktops()]
+
+
+def test_list_desktops_shows_metadata(subject: Subject) -> None:
+    spec = subject.spec()
+    subject.host.create_desktop(spec)
+    mine = [d for d in subject.host.list_desktops() if d.name == spec.name]
+    assert len(mine) == 1
+    assert (mine[0].desktop_id, mine[0].pool_id, mine[0].running) == (
+        spec.desktop_id, "contract", True)
+
+
+def test_graphics_endpoint_matches_create(subject: Subject) -> None:
+    spec = subject.spec()
+    endpoint = subject.host.create_desktop(spec)
+    assert subject.host.graphics_endpoint(spec.name) == endpoint
+
+
+def test_set_console_password_opens_the_console(subject: Subject) -> None:
+    spec = subject.spec()
+    endpoint = subject.host.create_desktop(spec)
+    subject.host.set_console_password(spec.name, "Pw8chars", 60)
+    if subject.fake is not None:
+        assert subject.fake.passwords[spec.name] == "Pw8chars"
+        assert subject.fake.password_valid_s[spec.name] == 60
+        return
+    vnc_authenticate(endpoint, "Pw8chars")  # the broker's own RFB client gets through
+    with pytest.raises(RfbAuthFailed):
+        vnc_authenticate(endpoint, "wrong-pw")
+    # a new password replaces the old one
+    subject.host.set_console_password(spec.name, "n3w", 60)
+    vnc_authenticate(endpoint, "n3w")
+    with pytest.raises(RfbAuthFailed):
+        vnc_authenticate(endpoint, "Pw8chars")
+
+
+@pytest.mark.parametrize("password", ["", "nine-char"])
+def test_console_password_vnc_cannot_carry_is_refused(subject: Subject, password: str) -> None:
+    spec = subject.spec()
+    subject.host.create_desktop(spec)
+    with pytest.raises(ValueError, match="1 to 8 characters"):
+        subject.host.set_console_password(spec.name, password, 60)
+
+
+def test_destroy_is_idempotent_and_removes_the_desktop(subject: Subject) -> None:
+    spec = subject.spec()
+    keep = subject.spec()
+    subject.host.create_desktop(spec)
+    subject.host.create_desktop(keep)
+    subject.host.destroy_desktop(spec.name)
+    subject.host.destroy_desktop(spec.name)
+    names = [d.name for d in subject.host.list_desktops()]
+    assert spec.name not in names
+    assert keep.name in names
+    with pytest.raises(DomainNotFound):
+        subject.host.graphics_endpoint(spec.name)
+    with pytest.raises(DomainNotFound):
+        subject.host.set_console_password(spec.name, "abc", 60)
+
+
+def test_destroy_of_an_unknown_name_is_a_no_op(subject: Subject) -> None:
+    before = subject.host.list_desktops()
+    subject.host.destroy_desktop(subject.names.new("never"))
+    assert subject.host.list_desktops() == before
+
+
+CALLS: dict[str, Callable[[Hypervisor, str], Any]] = {
+    "graphics_endpoint": lambda h, name: h.graphics_endpoint(name),
+    "set_console_password": lambda h, name: h.set_console_password(name, "abc", 60),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_unknown_domain_raises_domain_not_found(subject: Subject, call: str) -> None:
+    with pytest.raises(DomainNotFound):
+        CALLS[call](subject.host, subject.names.new("unknown"))
+
+
+def test_serial_log_path_names_the_desktop(subject: Subject) -> None:
+    spec = subject.spec()
+    subject.host.create_desktop(spec)
+    path = Path(subject.host.serial_log_path(spec.name))
+    assert path.name == f"{spec.name}.serial.log"
+
+
+DOWN_CALLS: dict[str, Callable[[Hypervisor, Path], Any]] = {
+    "publish_image": lambda h, img: h.publish_image("img", 1, img),
+    "create_desktop": lambda h, img: h.create_desktop(DesktopSpec(
+        name="vdit-down", desktop_id="down", pool_id="p", vcpus=1, memory_mib=128,
+        image=ImageFiles("/x.qcow2", "/x", "/y", "", 1))),
+    "graphics_endpoint": lambda h, img: h.graphics_endpoint("vdit-down"),
+    "set_console_password": lambda h, img: h.set_console_password("vdit-down", "abc", 60),
+    "destroy_desktop": lambda h, img: h.destroy_desktop("vdit-down"),
+    "list_desktops": lambda h, img: h.list_desktops(),
+}
+
+
+@pytest.mark.parametrize("call", sorted(DOWN_CALLS))
+def test_a_host_that_does_not_answer_raises_host_unavailable(
+        down_host: Hypervisor, guest_image: Path, call: str) -> None:
+    with pytest.raises(HostUnavailable):
+        DOWN_CALLS[call](down_host, guest_image)
+
+
+# --- real only -------------------------------------------------------------------------
+
+
+def domain_xml(name: str, *extra: str) -> Any:
+    return parse_xml(virsh("dumpxml", name, *extra))
+
+
+@pytest.fixture
+def real(request: pytest.FixtureRequest, guest_image: Path,
+         domain_names: DomainNames) -> Iterator[Subject]:
+    host: LibvirtHost = request.getfixturevalue("libvirt_host")
+    image: ImageFiles = request.getfixturevalue("libvirt_image")
+    subj = Subject(host=host, image_id=f"{domain_names.prefix}img", image=image,
+                   names=domain_names)
+    yield subj
+    for name in subj.created:
+        subj.host.destroy_desktop(name)
+
+
+@pytest.mark.real
+def test_desktop_disk_is_a_linked_clone_of_the_image(real: Subject) -> None:
+    spec = real.spec()
+    real.host.create_desktop(spec)
+    disks = domain_xml(spec.name).findall("./devices/disk[@device='disk']/source")
+    assert len(disks) == 1
+    overlay = disks[0].get("file")
+    assert overlay and Path(overlay).parent == TEST_STORAGE_DIR
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", overlay], capture_output=True, text=True,
+        timeout=30, check=True).stdout)
+    assert info["format"] == "qcow2"
+    assert info["backing-filename"] == real.image.disk_path
+    assert info["virtual-size"] == real.image.disk_bytes
+    # the clone holds only its own changes: far smaller than the image it is backed by
+    assert info["actual-size"] < Path(real.image.disk_path).stat().st_size
+
+
+@pytest.mark.real
+def test_guest_boots_with_its_disk(real: Subject) -> None:
+    spec = real.spec()
+    real.host.create_desktop(spec)
+    log = wait_for_serial(Path(real.host.serial_log_path(spec.name)), b"VDI-READY")
+    assert b"VDI-DISK-OK" in log  # init mounted the linked clone's ext4 filesystem
+
+
+@pytest.mark.real
+def test_domain_xml_listens_on_loopback_and_hides_the_password(real: Subject) -> None:
+    spec = real.spec()
+    real.host.create_desktop(spec)
+    real.host.set_console_password(spec.name, "Hid3Me!", 60)
+    raw = virsh("dumpxml", spec.name)  # virDomainGetXMLDesc(flags=0), i.e. XMLDesc(0)
+    graphics = parse_xml(raw).findall("./devices/graphics")
+    assert [g.get("type") for g in graphics] == ["vnc"]
+    vnc = graphics[0]
+    assert vnc.get("listen") == "127.0.0.1"
+    assert [li.get("address") for li in vnc.findall("listen")] == ["127.0.0.1"]
+    assert vnc.get("passwd") is None
+    assert "Hid3Me!" not in raw
+    # ... while the password is really set (libvirt shows it only with --security-info)
+    secure = domain_xml(spec.name, "--security-info").find("./devices/graphics")
+    assert secure is not None and secure.get("passwd") == "Hid3Me!"
+
+
+@pytest.mark.real
+def test_auto_domain_type_picks_one_that_boots(libvirt_image: ImageFiles,
+                                               domain_names: DomainNames) -> None:
+    """Detection may take ~20 s here: the KVM probe guest hangs until its bound."""
+    host = LibvirtHost(LIBVIRT_URI, storage_pool=TEST_STORAGE_POOL,
+                       storage_dir=TEST_STORAGE_DIR, domain_type="auto", log_dir=LIBVIRT_LOG_DIR)
+    name = domain_names.new("auto")
+    spec = DesktopSpec(name=name, desktop_id="auto", pool_id="contract", vcpus=1,
+                       memory_mib=128, image=libvirt_image)
+    try:
+        host.create_desktop(spec)
+        dtype = host.domain_type(libvirt_image)
+        assert dtype in ("kvm", "qemu")
+        assert domain_xml(name).get("type") == dtype
+        wait_for_serial(Path(host.serial_log_path(name)), b"VDI-READY")
+    finally:
+        host.destroy_desktop(name)
+        host.close()
