@@ -7,6 +7,7 @@ the exceptions below. Values crossing this boundary are frozen dataclasses.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,12 +61,29 @@ class DomainInfo:
     running: bool
 
 
+IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.qcow2")
+
+
+def image_digest(source_dir: Path) -> str:
+    """SHA-256 over a built image's files: its identity, whatever version it is given.
+    Raises FileNotFoundError naming a missing file."""
+    h = hashlib.sha256()
+    for name in IMAGE_FILES:
+        path = source_dir / name
+        h.update(name.encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 class Hypervisor(Protocol):
     uri: str
 
     def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
         """Copy vmlinuz, initrd.img and disk.qcow2 from source_dir into the host's storage.
-        Idempotent: a version already there is reused."""
+        Idempotent: the same version with the same content is reused; other content gets
+        other volumes (their names carry the content digest)."""
         ...
 
     def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:

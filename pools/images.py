@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pools.hypervisor import Hypervisor, ImageFiles
+from pools.hypervisor import Hypervisor, ImageFiles, image_digest
 from vdi.domain import utc_now
 from vdi.models import ImageRow
 
@@ -22,10 +22,15 @@ class ImageStore:
 
     def publish(self, host: Hypervisor, image_id: str, source_dir: Path,
                 version: int | None = None) -> tuple[int, ImageFiles]:
-        """Upload the image files to the host as a new version (or the given one) and
-        record it. Blocks (uploads). Idempotent for an explicit version."""
+        """Upload the image files to the host and record them. Without a version, the
+        same build as the newest version is that version (idempotent); another build
+        becomes a new version. Blocks (hashes and uploads the files)."""
+        digest = image_digest(source_dir)
         if version is None:
-            version = self.latest_version(host.uri, image_id) + 1
+            latest = self.latest_version(host.uri, image_id)
+            if latest and self._digest(host.uri, image_id, latest) == digest:
+                return self.files(host.uri, image_id, latest)
+            version = latest + 1
         files = host.publish_image(image_id, version, source_dir)
         with self._sessions.begin() as s:
             row = s.get(ImageRow, (image_id, host.uri, version))
@@ -33,8 +38,14 @@ class ImageStore:
                 s.add(ImageRow(id=image_id, host_uri=host.uri, version=version,
                                disk_path=files.disk_path, kernel_path=files.kernel_path,
                                initrd_path=files.initrd_path, cmdline=files.cmdline,
-                               disk_bytes=files.disk_bytes, published_at=utc_now()))
+                               disk_bytes=files.disk_bytes, digest=digest,
+                               published_at=utc_now()))
         return version, files
+
+    def _digest(self, host_uri: str, image_id: str, version: int) -> str | None:
+        with self._sessions() as s:
+            row = s.get(ImageRow, (image_id, host_uri, version))
+            return row.digest if row else None
 
     def latest_version(self, host_uri: str, image_id: str) -> int:
         with self._sessions() as s:

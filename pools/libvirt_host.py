@@ -23,6 +23,7 @@ import libvirt
 from defusedxml.ElementTree import fromstring as parse_xml
 
 from pools.hypervisor import (
+    IMAGE_FILES,
     DesktopSpec,
     DomainInfo,
     DomainNotFound,
@@ -30,13 +31,13 @@ from pools.hypervisor import (
     HostUnavailable,
     HypervisorError,
     ImageFiles,
+    image_digest,
     new_vnc_password,
 )
 
 log = logging.getLogger(__name__)
 METADATA_NS = "urn:vdi-broker:desktop:1"
 METADATA_KEY = "vdi"
-IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.qcow2")
 CMDLINE = "console=tty0 console=ttyS0 quiet"
 T = TypeVar("T")
 
@@ -139,13 +140,16 @@ class LibvirtHost:
         pool = self._pool()
         paths: dict[str, str] = {}
         sizes: dict[str, int] = {}
+        for fname in IMAGE_FILES:
+            if not (source_dir / fname).is_file():
+                raise HypervisorError(f"image file {source_dir / fname} is missing "
+                                      "(build the image first)")
+        digest = image_digest(source_dir)[:12]
         with self._errors(f"publish image {image_id} v{version}"):
             pool.refresh(0)
             for fname in IMAGE_FILES:
                 src = source_dir / fname
-                if not src.is_file():
-                    raise HypervisorError(f"image file {src} is missing (build the image first)")
-                vol_name = f"{image_id}-v{version}-{fname}"
+                vol_name = f"{image_id}-v{version}-{digest}-{fname}"
                 vol = self._volume(pool, vol_name)
                 if vol is None:
                     vol = self._upload(pool, vol_name, src)

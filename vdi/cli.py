@@ -83,10 +83,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                            cache_dir=settings.state_dir / "hosts")
         store = ImageStore(db)
         try:
-            latest = store.latest_version(host.uri, args.image_id)
-            version, files = store.publish(host, args.image_id, args.source_dir,
-                                           version=max(latest, 1))
-        except HypervisorError as e:
+            version, files = store.publish(host, args.image_id, args.source_dir)
+        except (HypervisorError, FileNotFoundError) as e:
             print(f"vdi: {e}", file=sys.stderr)
             return 1
         print(f"image {args.image_id} v{version} published on {host.uri}: {files.disk_path}")

@@ -70,6 +70,8 @@ class ImageRow(Base):
     initrd_path: Mapped[str] = mapped_column(String(1024))
     cmdline: Mapped[str] = mapped_column(String(1024))
     disk_bytes: Mapped[int] = mapped_column(Integer)
+    # SHA-256 of the built files: publishing the same build again reuses the version
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     published_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

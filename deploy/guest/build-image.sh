@@ -10,7 +10,10 @@ set -euo pipefail
 out=${1:?usage: build-image.sh OUT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if [[ -s $out/vmlinuz && -s $out/initrd.img && -s $out/disk.qcow2 && -s $out/VERSION ]]; then
+# Bump when /init or the disk layout changes, so existing builds are redone.
+INIT_REVISION=2
+if [[ -s $out/vmlinuz && -s $out/initrd.img && -s $out/disk.qcow2 && -s $out/VERSION ]] &&
+   grep -q "init-$INIT_REVISION\$" "$out/VERSION"; then
   echo "guest image: up to date in $out"
   exit 0
 fi
@@ -56,9 +59,17 @@ for m in $(cat /lib/modules/order); do
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-if mount -t ext4 /dev/vda /desk; then
+# ext4 needs crc32c, whose self-test may still be running on a busy host: retry a while.
+i=0
+until mount -t ext4 /dev/vda /desk 2>/dev/null; do
+  i=$((i+1))
+  [ $i -ge 40 ] && break
+  sleep 0.25
+done
+if grep -q " /desk " /proc/mounts; then
   echo "VDI-DISK-OK" > /dev/ttyS0
 else
+  mount -t ext4 /dev/vda /desk 2>&1 | sed 's/^/VDI: /' > /dev/ttyS0
   echo "VDI-DISK-MISSING" > /dev/ttyS0
 fi
 hostname "$(cat /desk/etc/hostname 2>/dev/null || echo desktop)"
@@ -89,5 +100,5 @@ qemu-img convert -f raw -O qcow2 disk.raw "$out/disk.qcow2.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initrd.img.tmp" "$out/initrd.img"
 mv "$out/disk.qcow2.tmp" "$out/disk.qcow2"
-echo "$kver busybox $(dpkg-deb -f busybox-static_*.deb Version)" > "$out/VERSION"
+echo "$kver busybox $(dpkg-deb -f busybox-static_*.deb Version) init-$INIT_REVISION" > "$out/VERSION"
 echo "guest image: built in $out ($(cat "$out/VERSION"))"

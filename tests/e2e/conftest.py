@@ -204,8 +204,10 @@ def wait_ready_spare(b: Broker, timeout_s: float = 120) -> None:
                        f"{b.log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Module-scoped: Playwright's sync API keeps an event loop running in this thread
+    while it is open, and the async tests that follow need the thread free of it."""
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} is missing: run deploy/bootstrap.sh (Debian chromium)")
     with sync_playwright() as p:
