@@ -29,7 +29,7 @@ web/node_modules/.package-lock.json: web/package.json
 web-deps: web/node_modules/.package-lock.json
 
 translations: venv
-	@$(VENV)/bin/pybabel compile -q -d web/locale -D messages
+	@$(VENV)/bin/pybabel compile -d web/locale -D messages 2>&1 | grep -v "^compiling catalog" || true
 
 guest:
 	@deploy/guest/build-image.sh $(GUEST)

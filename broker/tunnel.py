@@ -32,6 +32,11 @@ class TunnelError(Exception):
     """The tunnel could not be set up; the message is safe to show the user."""
 
 
+class BrowserRefused(TunnelError):
+    """The browser broke the RFB handshake (wrong choice, garbage, left, too slow):
+    its fault or its leaving, not the broker's."""
+
+
 @dataclass(frozen=True)
 class ConsoleTarget:
     host: str
@@ -82,14 +87,19 @@ async def greet_browser(ws: BrowserSocket) -> bytes:
     """Run the RFB security phase with the browser; returns its bytes after it."""
     hs = BrowserHandshake()
     await ws.send(hs.start())
-    async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-        while not hs.done:
-            data = await ws.recv()
-            if data is None:
-                raise TunnelError("browser left during the handshake")
-            reply = hs.receive(data)
-            if reply:
-                await ws.send(reply)
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            while not hs.done:
+                data = await ws.recv()
+                if data is None:
+                    raise BrowserRefused("browser left during the handshake")
+                reply = hs.receive(data)
+                if reply:
+                    await ws.send(reply)
+    except RfbProtocolError as e:
+        raise BrowserRefused(f"browser handshake refused: {e}") from e
+    except TimeoutError as e:
+        raise BrowserRefused("browser handshake timed out") from e
     return hs.leftover()
 
 

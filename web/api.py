@@ -53,9 +53,13 @@ def session_body(session: WebSession) -> dict[str, Any]:
 
 
 async def read_json(request: Request) -> dict[str, Any] | None:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return None
+    """The body as a JSON object, or None: malformed, not an object, or over MAX_BODY
+    (read no further than that, whatever Content-Length claims)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
     try:
         data = json.loads(body or b"{}")
     except ValueError:

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from broker.activity import TooManyTunnels
 from broker.tokens import ConsoleGrant, TokenRejected
-from broker.tunnel import ConsoleTarget, TunnelError, run_tunnel
+from broker.tunnel import BrowserRefused, ConsoleTarget, TunnelError, run_tunnel
 from pools.hypervisor import HypervisorError, new_vnc_password
 from vdi.domain import DesktopState
 from vdi.models import DesktopRow
@@ -95,6 +95,10 @@ async def console(ws: WebSocket) -> None:
                                   on_input=lambda: svc.tunnels.input_seen(grant.desktop_id),
                                   max_cut_text=svc.settings.max_ws_frame_bytes,
                                   setup_lock=svc.tunnels.setup_lock(grant.desktop_id))
+    except BrowserRefused as e:
+        reason = str(e)
+        log.info("console %s: %s", grant.desktop_id, e)
+        await _close(ws, POLICY_VIOLATION, "handshake refused")
     except TunnelError as e:
         reason = str(e)
         log.warning("console %s: %s", grant.desktop_id, e)
