@@ -47,8 +47,10 @@ lint: venv
 test: setup lint
 	$(VENV)/bin/pytest -q -ra
 
+# Benchmarks (docs/benchmarks.md): BENCH_ARGS='--quick' for a smoke run, or section names.
 bench: setup
-	$(PY) -m bench
+	@$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf var/demo var/test

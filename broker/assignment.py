@@ -1,8 +1,9 @@
 """Assignment of pooled desktops to users: exactly once under concurrency.
 
-The claim is a conditional UPDATE checked by row count (SQLite ignores FOR UPDATE), and
-the unique constraint (pool_id, assigned_user) stops one user from holding two desktops
-of a pool even when two of their requests race.
+The claim is one conditional UPDATE of the oldest spare, picked with
+`FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite ignores FOR UPDATE; its write lock
+serialises the statement instead), and the unique constraint (pool_id, assigned_user)
+stops one user from holding two desktops of a pool even when two of their requests race.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from broker.roles import entitled
 from vdi.catalog import desktop_from_row, pool_from_row
-from vdi.domain import Desktop, DesktopState, Principal, utc_now
+from vdi.domain import Desktop, DesktopState, Pool, Principal, utc_now
 from vdi.models import DesktopRow, PoolRow
 
 # states that still count against a pool's max_size
@@ -74,51 +75,82 @@ class Assigner:
                 raise PoolNotFound(pool_id)
             if not entitled(pool_from_row(prow), who.groups):
                 raise NotEntitled(pool_id)
+            mine = self._current(s, pool_id, who.username)
+        if mine is not None:
+            return mine
         for _ in range(CLAIM_ATTEMPTS):
-            mine = self.current(pool_id, who.username)
-            if mine is not None:
-                return mine
             claimed = self._claim_spare(pool_id, who.username)
             if claimed is not None:
                 return claimed
+            # lost the race for that spare, or this user's other request won
+            mine = self.current(pool_id, who.username)
+            if mine is not None:
+                return mine
             if not self._spare_exists(pool_id):
                 break
-        mine = self.current(pool_id, who.username)
-        if mine is not None:
-            return mine
         raise self._why_none(pool_id)
 
     def current(self, pool_id: str, username: str) -> Desktop | None:
         with self._sessions() as s:
-            row = s.scalars(select(DesktopRow).where(
-                DesktopRow.pool_id == pool_id, DesktopRow.assigned_user == username,
-                DesktopRow.state == DesktopState.ASSIGNED.value)).first()
-            return desktop_from_row(row) if row else None
+            return self._current(s, pool_id, username)
+
+    def overview(self, who: Principal) -> list[tuple[Pool, Desktop | None]]:
+        """The pools `who` is entitled to, each with their current desktop there (or None),
+        in one read."""
+        with self._sessions() as s:
+            pools = [p for p in (pool_from_row(r) for r in
+                                 s.scalars(select(PoolRow).order_by(PoolRow.id)))
+                     if entitled(p, who.groups)]
+            if not pools:
+                return []
+            mine = {row.pool_id: desktop_from_row(row) for row in s.scalars(
+                select(DesktopRow).where(
+                    DesktopRow.pool_id.in_([p.id for p in pools]),
+                    DesktopRow.assigned_user == who.username,
+                    DesktopRow.state == DesktopState.ASSIGNED.value))}
+        return [(p, mine.get(p.id)) for p in pools]
+
+    @staticmethod
+    def _current(s: Session, pool_id: str, username: str) -> Desktop | None:
+        row = s.scalars(select(DesktopRow).where(
+            DesktopRow.pool_id == pool_id, DesktopRow.assigned_user == username,
+            DesktopRow.state == DesktopState.ASSIGNED.value)).first()
+        return desktop_from_row(row) if row else None
 
     def _claim_spare(self, pool_id: str, username: str) -> Desktop | None:
+        """Claim the oldest spare in one statement (one round trip on PostgreSQL):
+
+            UPDATE desktops SET state='assigned', assigned_user=...
+             WHERE id = (SELECT id FROM desktops WHERE pool_id=... AND state='ready'
+                         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+               AND state='ready' AND assigned_user IS NULL
+            RETURNING ...
+
+        On PostgreSQL the subquery locks the spare it picks and skips those other claims
+        hold; on SQLite (which has no FOR UPDATE) the whole statement runs under the
+        database's write lock. Either way the outer conditions make it a compare-and-set.
+        None: no spare right now, or this user's other request won (the caller looks)."""
         now = self._clock()
+        spare = aliased(DesktopRow)
+        oldest_spare = (
+            select(spare.id)
+            .where(spare.pool_id == pool_id, spare.state == DesktopState.READY.value)
+            .order_by(spare.created_at).limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery())
+        claim = (
+            update(DesktopRow)
+            .where(DesktopRow.id == oldest_spare,
+                   DesktopRow.state == DesktopState.READY.value,
+                   DesktopRow.assigned_user.is_(None))
+            .values(state=DesktopState.ASSIGNED.value, assigned_user=username,
+                    assigned_at=now, updated_at=now)
+            .returning(DesktopRow)
+            .execution_options(synchronize_session=False))
         try:
             with self._sessions.begin() as s:
-                candidate = s.scalars(
-                    select(DesktopRow.id)
-                    .where(DesktopRow.pool_id == pool_id,
-                           DesktopRow.state == DesktopState.READY.value)
-                    .order_by(DesktopRow.created_at).limit(1)
-                    .with_for_update(skip_locked=True)).first()
-                if candidate is None:
-                    return None
-                result = s.execute(
-                    update(DesktopRow)
-                    .where(DesktopRow.id == candidate,
-                           DesktopRow.state == DesktopState.READY.value,
-                           DesktopRow.assigned_user.is_(None))
-                    .values(state=DesktopState.ASSIGNED.value, assigned_user=username,
-                            assigned_at=now, updated_at=now))
-                if result.rowcount != 1:  # type: ignore[attr-defined]
-                    return None  # someone else won this one; the caller tries again
-                row = s.get(DesktopRow, candidate)
-                assert row is not None
-                return desktop_from_row(row)
+                row = s.scalars(claim).first()
+                return desktop_from_row(row) if row is not None else None
         except IntegrityError:
             return None  # this user's other request won; `current` finds it
 

@@ -17,10 +17,16 @@ event loop. Errors come out as this module's exceptions only:
 ldap3's defaults are unsafe (docs/security.md, "LDAP"); what this adapter does instead:
 blank input is refused before any traffic (an empty password is an "unauthenticated
 bind" that servers report as success, RFC 4513 5.1.2); filter values are escaped and a
-search must match exactly one entry; the user's bind runs on a fresh connection, never
-on the service account's; referrals are not followed; certificates are verified;
-plaintext ldap:// is allowed to loopback only; every socket has a timeout and each call
-has an overall deadline; each URL is tried once, with no retry loop.
+search must match exactly one entry; the user's bind runs on a fresh connection of its
+own, closed right after, never on the service account's (and a connection that ever
+carried a user's bind is never used again); referrals are not followed; certificates are
+verified; plaintext ldap:// is allowed to loopback only; every socket has a timeout and
+each call has an overall deadline; each URL is tried once, with no retry loop.
+
+The service account's connections are kept bound between calls (a small pool, one
+connection per thread at a time): a login then costs one TCP connection and bind (the
+user's), not two. A kept connection that the server dropped while idle is replaced once
+within the same call, inside its deadline.
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ import math
 import os
 import re
 import ssl
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import ldap3
@@ -50,6 +57,7 @@ from ldap3.utils.dn import parse_dn
 from vdi.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_USERNAME_LENGTH = 64
 MAX_PASSWORD_LENGTH = 1024
@@ -60,6 +68,10 @@ MAX_GROUP_NESTING = 10
 DEADLINE_FACTOR = 2.0
 # Member DNs per group search when resolving nesting (keeps filters short).
 _MEMBERS_PER_QUERY = 50
+# Bound service-account connections kept between calls, and for how long one may sit idle
+# (firewalls and servers drop idle connections; an old one is closed rather than tried).
+SERVICE_POOL_SIZE = 16
+SERVICE_IDLE_S = 60.0
 # Unicode categories refused in usernames: control, format (zero-width, bidi), surrogate.
 _BAD_USERNAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")
@@ -93,6 +105,11 @@ class InvalidCredentials(DirectoryError):
 
 class DirectoryUnavailable(DirectoryError):
     """The directory could not give an answer; the message says why, for operators."""
+
+
+class _ConnectionFailed(DirectoryUnavailable):
+    """The connection itself failed (socket error, timeout, hang-up), not the server's
+    answer: a kept connection failing this way is replaced and the step tried again."""
 
 
 class Directory(Protocol):
@@ -284,7 +301,7 @@ def _translated(what: str) -> Iterator[None]:
             f"{what}: directory answered {e.description or type(e).__name__}"
             + (f" ({e.message})" if e.message else "")) from e
     except (ldap_errors.LDAPException, OSError) as e:
-        raise DirectoryUnavailable(f"{what}: {e}") from e
+        raise _ConnectionFailed(f"{what}: {e}") from e
 
 
 def _close(conn: Any) -> None:
@@ -308,12 +325,14 @@ class LdapDirectory:
     host, missing service account, bad attribute or base DN); it opens no connection.
     ldap_url may list several URLs separated by spaces: each is tried once, in order.
 
-    Thread-safe: every call opens its own connections and closes them. A server that
-    hangs makes a call fail after about ldap_timeout_s; a slow one after at most
-    about (DEADLINE_FACTOR + 1) * ldap_timeout_s.
+    Thread-safe: each call uses a service connection no other thread uses meanwhile
+    (kept ones come from a locked pool) and binds the user on a connection of its own.
+    A server that hangs makes a call fail after about ldap_timeout_s; a slow one after at
+    most about (DEADLINE_FACTOR + 1) * ldap_timeout_s. close() ends the kept connections.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, service_pool_size: int = SERVICE_POOL_SIZE
+                 ) -> None:
         self._endpoints = _parse_endpoints(settings.ldap_url)
         if not settings.ldap_bind_dn or not settings.ldap_bind_password:
             raise DirectoryUnavailable(
@@ -338,6 +357,10 @@ class LdapDirectory:
         self._group_base = settings.group_base
         self._timeout_s = settings.ldap_timeout_s
         self._ca_file = settings.ldap_ca_file or None
+        # bound service-account connections not in use: (connection, idle since)
+        self._idle: list[tuple[Any, float]] = []
+        self._idle_lock = threading.Lock()
+        self._pool_size = service_pool_size
 
     def __repr__(self) -> str:  # no password here
         urls = " ".join(map(str, self._endpoints))
@@ -348,22 +371,12 @@ class LdapDirectory:
         check_credentials_shape(username, password)
         deadline = _Deadline(self._timeout_s)
         try:
-            with _translated("service account bind"):
-                try:
-                    service = self._connect(self._bind_dn, self._bind_password, deadline,
-                                            "service")
-                except _BAD_CREDENTIALS:
-                    raise DirectoryUnavailable(
-                        "the directory refused the service account: check ldap_bind_dn "
-                        "and ldap_bind_password") from None
-            try:
-                name, dn, display = self._find_user(service, username, deadline)
-                self._check_password(dn, password, deadline)
-                groups = resolve_nested_groups(
-                    self._groups_with_members(service, [dn], deadline),
-                    lambda dns: self._groups_with_members(service, dns, deadline))
-            finally:
-                _close(service)
+            name, dn, display = self._as_service(
+                deadline, lambda service: self._find_user(service, username, deadline))
+            self._check_password(dn, password, deadline)
+            groups = self._as_service(deadline, lambda service: resolve_nested_groups(
+                self._groups_with_members(service, [dn], deadline),
+                lambda dns: self._groups_with_members(service, dns, deadline)))
         except InvalidCredentials as e:
             log.info("login refused for %r: %s", username, e.reason)
             raise
@@ -371,6 +384,82 @@ class LdapDirectory:
             log.warning("directory unavailable (%r): %s", self, e)
             raise
         return DirectoryUser(name, dn, display, groups)
+
+    def close(self) -> None:
+        """Unbind the kept service connections. Idempotent; later calls open new ones."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn, _since in idle:
+            _close(conn)
+
+    @property
+    def kept_connections(self) -> int:
+        """Service connections kept bound for the next calls (for tests and metrics)."""
+        with self._idle_lock:
+            return len(self._idle)
+
+    def _as_service(self, deadline: _Deadline, step: Callable[[Any], T]) -> T:
+        """`step(connection)` on a bound service connection, kept or new. A kept one whose
+        connection fails (the server dropped it while idle) is replaced once; a
+        connection that failed is closed, one that answered goes back to the pool."""
+        conn, kept = self._take_service(deadline)
+        try:
+            try:
+                result = step(conn)
+            except _ConnectionFailed as e:
+                if not kept:
+                    raise
+                log.info("a kept service connection failed (%s); using a new one", e)
+                _close(conn)
+                conn = None
+                conn = self._connect_service(deadline)
+                result = step(conn)
+        except InvalidCredentials:
+            self._give_back(conn)  # the directory answered: the connection is sound
+            raise
+        except BaseException:
+            if conn is not None:
+                _close(conn)
+            raise
+        self._give_back(conn)
+        return result
+
+    def _take_service(self, deadline: _Deadline) -> tuple[Any, bool]:
+        """(bound service connection, whether it was kept from an earlier call)."""
+        stale = []
+        conn = None
+        now = time.monotonic()
+        with self._idle_lock:
+            while self._idle:
+                candidate, since = self._idle.pop()
+                if now - since <= SERVICE_IDLE_S:
+                    conn = candidate
+                    break
+                stale.append(candidate)
+        for old in stale:
+            _close(old)
+        if conn is not None:
+            return conn, True
+        return self._connect_service(deadline), False
+
+    def _give_back(self, conn: Any) -> None:
+        if conn is None:
+            return
+        if not getattr(conn, "closed", False) and getattr(conn, "bound", True):
+            with self._idle_lock:
+                if len(self._idle) < self._pool_size:
+                    self._idle.append((conn, time.monotonic()))
+                    return
+        _close(conn)
+
+    def _connect_service(self, deadline: _Deadline) -> Any:
+        with _translated("service account bind"):
+            try:
+                return self._connect(self._bind_dn, self._bind_password, deadline, "service")
+            except _BAD_CREDENTIALS:
+                raise DirectoryUnavailable(
+                    "the directory refused the service account: check ldap_bind_dn "
+                    "and ldap_bind_password") from None
 
     def _connect(self, dn: str, password: str, deadline: _Deadline, who: str) -> Any:
         """A new connection bound as `dn`: one pass over the URLs, no retry loop.

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vdi.domain import Principal, Role, utc_now
-from vdi.models import SessionRow
+from vdi.models import AuditRow, SessionRow
 
 TOUCH_EVERY = timedelta(seconds=60)
 
@@ -37,8 +37,10 @@ class SessionStore:
         self._absolute = timedelta(seconds=absolute_s)
         self._clock = clock
 
-    def create(self, principal: Principal, source: str) -> tuple[str, WebSession]:
-        """A new session (always a fresh id: no fixation). Returns (cookie value, session)."""
+    def create(self, principal: Principal, source: str, *, audit: AuditRow | None = None
+               ) -> tuple[str, WebSession]:
+        """A new session (always a fresh id: no fixation). Returns (cookie value, session).
+        `audit` (vdi.audit.AuditLog.row) is written in the same transaction."""
         raw = secrets.token_urlsafe(32)
         now = self._clock()
         row = SessionRow(id_hash=hash_secret(raw), username=principal.username,
@@ -48,24 +50,40 @@ class SessionStore:
                          source=source[:64], created_at=now, last_seen_at=now)
         with self._sessions.begin() as s:
             s.add(row)
+            if audit is not None:
+                s.add(audit)
         return raw, _to_session(row)
 
     def get(self, raw: str | None) -> WebSession | None:
         """The live session for a cookie value, or None (unknown, ended, idle or too old).
-        Refreshes last_seen at most once a minute."""
+        Refreshes last_seen at most once a minute: every request reads the session, so
+        the read takes no write lock and only the rare refresh or expiry writes."""
         if not raw or len(raw) > 128:
             return None
         now = self._clock()
-        with self._sessions.begin() as s:
-            row = s.get(SessionRow, hash_secret(raw))
+        id_hash = hash_secret(raw)
+        with self._sessions() as s:
+            row = s.get(SessionRow, id_hash)
             if row is None or row.ended_at is not None:
                 return None
-            if now - row.last_seen_at > self._idle or now - row.created_at > self._absolute:
-                row.ended_at = now
-                return None
-            if now - row.last_seen_at > TOUCH_EVERY:
-                row.last_seen_at = now
-            return _to_session(row)
+            expired = (now - row.last_seen_at > self._idle
+                       or now - row.created_at > self._absolute)
+            stale = now - row.last_seen_at > TOUCH_EVERY
+            session = None if expired else _to_session(row)
+            seen = row.last_seen_at
+        if expired:
+            self._end(id_hash, now)
+        elif stale:
+            self._touch(id_hash, seen, now)
+        return session
+
+    def _touch(self, id_hash: str, seen: datetime, now: datetime) -> None:
+        """last_seen = now, unless another request already moved it (or ended it)."""
+        with self._sessions.begin() as s:
+            s.execute(update(SessionRow).where(SessionRow.id_hash == id_hash,
+                                               SessionRow.ended_at.is_(None),
+                                               SessionRow.last_seen_at == seen)
+                      .values(last_seen_at=now))
 
     def is_live(self, id_hash: str) -> bool:
         now = self._clock()
@@ -77,10 +95,13 @@ class SessionStore:
 
     def end(self, id_hash: str) -> None:
         """End the session; idempotent."""
+        self._end(id_hash, self._clock())
+
+    def _end(self, id_hash: str, now: datetime) -> None:
         with self._sessions.begin() as s:
             s.execute(update(SessionRow).where(SessionRow.id_hash == id_hash,
                                                SessionRow.ended_at.is_(None))
-                      .values(ended_at=self._clock()))
+                      .values(ended_at=now))
 
     def live_for_user(self, username: str) -> list[str]:
         with self._sessions() as s:

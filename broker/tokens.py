@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,9 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.sessions import hash_secret
 from vdi.domain import utc_now
-from vdi.models import ConsoleTokenRow
+from vdi.models import AuditRow, ConsoleTokenRow
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32)
+# Expired rows are deleted by issue() at most this often (seconds): a sweep per token
+# would scan the table once per login. consume() checks expiry itself.
+SWEEP_EVERY = timedelta(seconds=10)
 
 
 class TokenRejected(Exception):
@@ -41,22 +45,35 @@ class TokenStore:
         self._sessions = sessions
         self._ttl = timedelta(seconds=ttl_s)
         self._clock = clock
+        self._next_sweep: datetime | None = None  # when issue() next deletes expired rows
+        self._sweep_lock = threading.Lock()
 
     @property
     def ttl_s(self) -> int:
         return int(self._ttl.total_seconds())
 
     def issue(self, *, username: str, session_hash: str, desktop_id: str,
-              kind: str = "vnc") -> str:
-        """A new token (256 random bits). Only its hash is stored."""
+              kind: str = "vnc", audit: AuditRow | None = None) -> str:
+        """A new token (256 random bits). Only its hash is stored. `audit`
+        (vdi.audit.AuditLog.row) is written in the same transaction."""
         raw = secrets.token_urlsafe(32)
         now = self._clock()
         with self._sessions.begin() as s:
-            s.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.expires_at < now))
+            if self._sweep_due(now):
+                s.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.expires_at < now))
             s.add(ConsoleTokenRow(token_hash=hash_secret(raw), username=username,
                                   session_hash=session_hash, desktop_id=desktop_id, kind=kind,
                                   expires_at=now + self._ttl))
+            if audit is not None:
+                s.add(audit)
         return raw
+
+    def _sweep_due(self, now: datetime) -> bool:
+        with self._sweep_lock:
+            if self._next_sweep is not None and now < self._next_sweep:
+                return False
+            self._next_sweep = now + SWEEP_EVERY
+            return True
 
     def consume(self, raw: str, *, session_hash: str | None, kind: str = "vnc") -> ConsoleGrant:
         """Use the token once. Raises TokenRejected when it is malformed, unknown, used,

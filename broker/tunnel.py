@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from broker.rfb import (
     BrowserHandshake,
@@ -54,33 +55,147 @@ class BrowserSocket(Protocol):
     async def send(self, data: bytes) -> None: ...
 
 
-async def open_console(target: ConsoleTarget) -> tuple[asyncio.StreamReader,
-                                                       asyncio.StreamWriter, bytes]:
-    """Connect and authenticate to the VNC server. Returns the streams and any bytes the
-    server sent past its security phase. Raises TunnelError."""
+class DesktopStream(asyncio.Protocol):
+    """The broker's TCP connection to a VNC server, shaped for relaying.
+
+    asyncio's StreamReader copies every byte it receives twice (into its buffer, then out
+    of it). This protocol hands the event loop's own `bytes` objects to the relay, so a
+    FramebufferUpdate crosses the broker with no copy of ours: small chunks that queue up
+    are joined (one websocket message instead of many), big ones pass as they came.
+
+    Back-pressure both ways: reading from the VNC server pauses while more than
+    `high_water` bytes wait for the browser, and `drain()` waits while the transport's
+    write buffer is over its high-water mark. Not thread-safe; one reader, one writer.
+    """
+
+    def __init__(self, high_water: int = 512 * 1024, low_water: int = 128 * 1024) -> None:
+        self._high_water = high_water
+        self._low_water = low_water
+        self._transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._eof = False
+        self._lost: Exception | None = None
+        self._reading_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # a TCP transport
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._queued += len(data)
+        if self._queued > self._high_water and not self._reading_paused:
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._reading_paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close the transport: the VNC server is done
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._lost = exc
+        self._writable.set()  # a paused writer must not wait forever
+        self._wake()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- the relay's side -------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self, limit: int = READ_CHUNK) -> bytes:
+        """The next bytes from the VNC server (queued chunks joined up to `limit` bytes, a
+        bigger single chunk whole); b"" once it closed. Raises ConnectionError if the
+        connection broke with an error."""
+        while not self._chunks:
+            if self._eof:
+                if self._lost is not None:
+                    raise ConnectionResetError(str(self._lost)) from self._lost
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._chunks.popleft()
+        if self._chunks and len(data) + len(self._chunks[0]) <= limit:
+            parts = [data]
+            size = len(data)
+            while self._chunks and size + len(self._chunks[0]) <= limit:
+                size += len(self._chunks[0])
+                parts.append(self._chunks.popleft())
+            data = b"".join(parts)
+        self._queued -= len(data)
+        if self._reading_paused and self._queued <= self._low_water and self._transport:
+            self._transport.resume_reading()
+            self._reading_paused = False
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("desktop console connection closed")
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the write buffer is full. Raises ConnectionError once closed."""
+        await self._writable.wait()
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("desktop console connection closed")
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+
+async def open_console(target: ConsoleTarget) -> tuple[DesktopStream, bytes]:
+    """Connect and authenticate to the VNC server. Returns the connection and any bytes
+    the server sent past its security phase. Raises TunnelError."""
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT_S)
+        _, desktop = await asyncio.wait_for(
+            loop.create_connection(DesktopStream, target.host, target.port),
+            CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as e:
         raise TunnelError(f"desktop console not reachable: {e.__class__.__name__}") from e
     hs = ServerHandshake(target.password, allow_none=False)
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             while not hs.done:
-                data = await reader.read(4096)
+                data = await desktop.read(4096)
                 if not data:
                     raise TunnelError("desktop console closed during authentication")
                 reply = hs.receive(data)
                 if reply:
-                    writer.write(reply)
-                    await writer.drain()
+                    desktop.write(reply)
+                    await desktop.drain()
     except (RfbProtocolError, TimeoutError, OSError) as e:
-        writer.close()
+        desktop.close()
         raise TunnelError(f"desktop console authentication failed: {e}") from e
     except BaseException:
-        writer.close()
+        desktop.close()
         raise
-    return reader, writer, hs.leftover()
+    return desktop, hs.leftover()
 
 
 async def greet_browser(ws: BrowserSocket) -> bytes:
@@ -103,9 +218,9 @@ async def greet_browser(ws: BrowserSocket) -> bytes:
     return hs.leftover()
 
 
-async def relay(ws: BrowserSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                *, first_from_browser: bytes, first_from_server: bytes,
-                on_input: Callable[[], None], max_cut_text: int) -> str:
+async def relay(ws: BrowserSocket, desktop: DesktopStream, *, first_from_browser: bytes,
+                first_from_server: bytes, on_input: Callable[[], None],
+                max_cut_text: int) -> str:
     """Relay both ways until one side ends. Returns why it ended."""
     parser = ClientStreamParser(max_cut_text=max_cut_text, skip_client_init=True)
 
@@ -113,7 +228,7 @@ async def relay(ws: BrowserSocket, reader: asyncio.StreamReader, writer: asyncio
         messages = parser.feed(data)  # raises RfbProtocolError on hostile input
         if any(m.input is not None for m in messages):
             on_input()
-        writer.write(data)
+        desktop.write(data)
 
     async def browser_to_server() -> str:
         if first_from_browser:
@@ -123,13 +238,13 @@ async def relay(ws: BrowserSocket, reader: asyncio.StreamReader, writer: asyncio
             if data is None:
                 return "browser closed"
             forward_browser_bytes(data)
-            await writer.drain()
+            await desktop.drain()
 
     async def server_to_browser() -> str:
         if first_from_server:
             await ws.send(first_from_server)
         while True:
-            data = await reader.read(READ_CHUNK)
+            data = await desktop.read()
             if not data:
                 return "desktop closed"
             await ws.send(data)
@@ -153,9 +268,9 @@ async def relay(ws: BrowserSocket, reader: asyncio.StreamReader, writer: asyncio
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        writer.close()
+        desktop.close()
         with contextlib.suppress(Exception):
-            await writer.wait_closed()
+            await desktop.wait_closed()
 
 
 async def run_tunnel(ws: BrowserSocket, connect: Callable[[], Awaitable[ConsoleTarget]], *,
@@ -169,12 +284,12 @@ async def run_tunnel(ws: BrowserSocket, connect: Callable[[], Awaitable[ConsoleT
     replacing it before this one logged in would make this login fail."""
     async with setup_lock if setup_lock is not None else contextlib.nullcontext():
         target = await connect()
-        reader, writer, from_server = await open_console(target)
+        desktop, from_server = await open_console(target)
     try:
         from_browser = await greet_browser(ws)
     except BaseException:
-        writer.close()
+        desktop.close()
         raise
-    return await relay(ws, reader, writer, first_from_browser=from_browser,
+    return await relay(ws, desktop, first_from_browser=from_browser,
                        first_from_server=from_server, on_input=on_input,
                        max_cut_text=max_cut_text)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs and starts the system parts the broker needs on a Debian 12 machine, as root.
 # Idempotent: what is installed is not installed again, what runs is not restarted.
-#   - Debian packages: libvirt + QEMU, OpenLDAP slapd, Chromium and a CJK font for the
-#     browser tests, the tools the guest image builder uses
+#   - Debian packages: libvirt + QEMU, OpenLDAP slapd, PostgreSQL (the tests and the
+#     login benchmark start their own servers with deploy/postgres/), Chromium and a CJK
+#     font for the browser tests, the tools the guest image builder uses
 #   - libvirtd (and virtlogd) started without systemd when they are not running
 set -euo pipefail
 packages=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils
-  dnsmasq-base slapd ldap-utils chromium fonts-noto-cjk busybox-static cpio e2fsprogs
+  dnsmasq-base slapd ldap-utils postgresql chromium fonts-noto-cjk busybox-static cpio e2fsprogs
   xz-utils gettext
 )
 if [[ $(id -u) -ne 0 ]]; then

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pools.hypervisor import (
+    IMAGE_FILES,
     DesktopSpec,
     DomainInfo,
     DomainNotFound,
@@ -26,10 +27,9 @@ from pools.hypervisor import (
     HostUnavailable,
     HypervisorError,
     ImageFiles,
+    image_cmdline,
 )
 
-IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.qcow2")
-CMDLINE = "console=tty0 console=ttyS0 quiet"
 FIRST_VNC_PORT = 5900
 
 
@@ -87,7 +87,7 @@ class FakeHypervisor:
             disk_bytes = _qcow2_virtual_size(source_dir / "disk.qcow2")
             prefix = self.storage_dir / f"{image_id}-v{version}-"
             files = ImageFiles(disk_path=f"{prefix}disk.qcow2", kernel_path=f"{prefix}vmlinuz",
-                               initrd_path=f"{prefix}initrd.img", cmdline=CMDLINE,
+                               initrd_path=f"{prefix}initrd.img", cmdline=image_cmdline(source_dir),
                                disk_bytes=disk_bytes)
             self.images[(image_id, version)] = files
             return files

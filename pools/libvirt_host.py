@@ -31,6 +31,7 @@ from pools.hypervisor import (
     HostUnavailable,
     HypervisorError,
     ImageFiles,
+    image_cmdline,
     image_digest,
     new_vnc_password,
 )
@@ -38,7 +39,6 @@ from pools.hypervisor import (
 log = logging.getLogger(__name__)
 METADATA_NS = "urn:vdi-broker:desktop:1"
 METADATA_KEY = "vdi"
-CMDLINE = "console=tty0 console=ttyS0 quiet"
 T = TypeVar("T")
 
 # libvirt prints every error to stderr unless a handler is registered.
@@ -157,7 +157,7 @@ class LibvirtHost:
                 sizes[fname] = vol.info()[1]
         disk_bytes = self._virtual_size(paths["disk.qcow2"], source_dir / "disk.qcow2")
         return ImageFiles(disk_path=paths["disk.qcow2"], kernel_path=paths["vmlinuz"],
-                          initrd_path=paths["initrd.img"], cmdline=CMDLINE,
+                          initrd_path=paths["initrd.img"], cmdline=image_cmdline(source_dir),
                           disk_bytes=disk_bytes)
 
     def _upload(self, pool: Any, vol_name: str, src: Path) -> Any:

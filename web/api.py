@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -23,11 +24,13 @@ from broker.assignment import (
 from broker.directory import DirectoryUnavailable, InvalidCredentials
 from broker.roles import entitled, roles_for
 from broker.sessions import WebSession
-from vdi.domain import Principal
+from vdi.domain import Desktop, Principal
+from vdi.models import AuditRow
 from web.i18n import gettext_for
 from web.security import (
     clear_session_cookie,
     client_address,
+    cookie_name,
     csrf_ok,
     current_session,
     origin_allowed,
@@ -102,20 +105,28 @@ async def login(request: Request) -> Response:
         return error(request, 503, "directory_unavailable",
                      "The directory is unavailable. Try again shortly or call the helpdesk.")
     roles = roles_for(user.groups, svc.settings.role_map)
-    pools = await svc.db_call(svc.catalog.pools)
-    if not roles and not any(entitled(p, user.groups) for p in pools):
+    principal = Principal(username=user.username, display_name=user.display_name,
+                          roles=roles, groups=user.groups)
+    entry = svc.audit.row(actor=user.username, role=",".join(sorted(r.value for r in roles))
+                          or "-", action="login", target="-", source=source, outcome="ok")
+
+    def open_session() -> tuple[str, WebSession] | None:
+        # one trip to a database thread: the access check and the new session
+        pools = svc.catalog.pools()
+        if not roles and not any(entitled(p, user.groups) for p in pools):
+            return None
+        return svc.sessions.create(principal, source, audit=entry)
+
+    opened = await svc.db_call(open_session)
+    if opened is None:
         await svc.db_call(lambda: svc.audit.record(
             actor=user.username, role="-", action="login", target="-", source=source,
             outcome="no_access"))
         return error(request, 403, "no_access",
                      "Your account has no access to this service. Call the helpdesk.")
-    principal = Principal(username=user.username, display_name=user.display_name,
-                          roles=roles, groups=user.groups)
     svc.throttle.succeeded(username)
-    raw, session = await svc.db_call(svc.sessions.create, principal, source)
-    await svc.db_call(lambda: svc.audit.record(
-        actor=user.username, role=",".join(sorted(r.value for r in roles)) or "-",
-        action="login", target="-", source=source, outcome="ok"))
+    svc.audit.written(entry)
+    raw, session = opened
     response = JSONResponse(session_body(session))
     set_session_cookie(response, svc.settings, raw)
     return response
@@ -150,32 +161,69 @@ async def logout(request: Request) -> Response:
 
 async def list_pools(request: Request) -> Response:
     svc = services(request)
-    session = await current_session(request)
-    if session is None:
+    raw = request.cookies.get(cookie_name(svc.settings))
+
+    def read() -> list[dict[str, Any]] | None:
+        # one trip to a database thread: the session, then the pools with their desktops
+        session = svc.sessions.get(raw)
+        if session is None:
+            return None
+        return [{"id": p.id, "name": p.display_name, "kind": p.kind.value, "protocol": "vnc",
+                 "desktop": current.id if current else None}
+                for p, current in svc.assigner.overview(session.principal)]
+
+    mine = await svc.db_call(read) if raw else None
+    if mine is None:
         return error(request, 401, "not_signed_in", "Please sign in.")
-    pools = await svc.db_call(svc.catalog.pools)
-    mine = []
-    for p in pools:
-        if not entitled(p, session.principal.groups):
-            continue
-        current = await svc.db_call(svc.assigner.current, p.id, session.principal.username)
-        mine.append({"id": p.id, "name": p.display_name, "kind": p.kind.value,
-                     "protocol": "vnc", "desktop": current.id if current else None})
     return JSONResponse({"pools": mine})
+
+
+@dataclass(frozen=True)
+class _Connected:
+    desktop: Desktop
+    token: str
+    audit: AuditRow
 
 
 async def connect(request: Request) -> Response:
     svc = services(request)
-    session = await current_session(request)
+    raw = request.cookies.get(cookie_name(svc.settings))
+    pool_id = request.path_params["pool"]
+    source = client_address(request)
+
+    def attempt() -> tuple[WebSession | None, _Connected | AssignmentError | None]:
+        """One trip to a database thread: session, CSRF check, assignment, token. An
+        AssignmentError comes back as the result; None means the CSRF check failed."""
+        session = svc.sessions.get(raw)
+        if session is None:
+            return None, None
+        if not csrf_ok(request, session):  # reads only the request's headers
+            return session, None
+        try:
+            desktop = svc.assigner.assign(pool_id, session.principal)
+        except AssignmentError as e:
+            return session, e
+        entry = svc.audit.row(actor=session.principal.username, role=_roles(session),
+                              action="connect", target=desktop.id, source=source, outcome="ok")
+        token = svc.tokens.issue(username=session.principal.username,
+                                 session_hash=session.id_hash, desktop_id=desktop.id,
+                                 audit=entry)
+        return session, _Connected(desktop, token, entry)
+
+    session, outcome = await svc.db_call(attempt) if raw else (None, None)
     if session is None:
         return error(request, 401, "not_signed_in", "Please sign in.")
-    if not csrf_ok(request, session):
+    if outcome is None:
         return error(request, 403, "csrf", "The request lacks a valid CSRF token.")
-    pool_id = request.path_params["pool"]
     who = session.principal
-    source = client_address(request)
+    if isinstance(outcome, _Connected):
+        svc.worker.wake.set()  # a spare was taken: let the worker top the pool up
+        svc.audit.written(outcome.audit)
+        return JSONResponse({"desktop": outcome.desktop.id, "protocol": "vnc",
+                             "console": f"/console/{outcome.token}",
+                             "expires_in": svc.tokens.ttl_s})
     try:
-        desktop = await svc.db_call(svc.assigner.assign, pool_id, who)
+        raise outcome
     except (PoolNotFound, NotEntitled) as e:
         why = e.code
         await svc.db_call(lambda: svc.audit.record(
@@ -204,14 +252,6 @@ async def connect(request: Request) -> Response:
     except AssignmentError:
         log.exception("assignment failed")
         return error(request, 500, "assignment_failed", "Could not assign a desktop.")
-    svc.worker.wake.set()  # a spare was taken: let the worker top the pool up
-    token = await svc.db_call(lambda: svc.tokens.issue(
-        username=who.username, session_hash=session.id_hash, desktop_id=desktop.id))
-    await svc.db_call(lambda: svc.audit.record(
-        actor=who.username, role=_roles(session), action="connect", target=desktop.id,
-        source=source, outcome="ok"))
-    return JSONResponse({"desktop": desktop.id, "protocol": "vnc",
-                         "console": f"/console/{token}", "expires_in": svc.tokens.ttl_s})
 
 
 async def healthz(request: Request) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,9 @@ from vdi.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Threads for database calls: the SQLite engine's pool holds 8 + 8 connections,
+# PostgreSQL's 10 + 10 (vdi.db.make_engine).
+DB_THREADS = 16
 
 
 @dataclass
@@ -55,6 +59,12 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     ldap_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(16, thread_name_prefix="ldap"))
+    # Database calls get threads of their own, as many as the engine has connections:
+    # asyncio's default executor (min(32, cores + 4) threads, 6 on two cores) is shared
+    # with everything else that uses asyncio.to_thread, and would leave requests
+    # queueing for a thread while database connections sit idle.
+    db_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(DB_THREADS, thread_name_prefix="db"))
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def authenticate(self, username: str, password: str) -> DirectoryUser:
@@ -69,7 +79,9 @@ class Services:
             raise DirectoryUnavailable("directory did not answer in time") from None
 
     async def db_call(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.to_thread(fn, *args)
+        """fn(*args) on a database thread; the caller awaits it without blocking the loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.db_executor, functools.partial(fn, *args))
 
     async def flush_input_forever(self) -> None:
         while True:
@@ -132,4 +144,7 @@ async def stop_background(services: Services) -> None:
     await asyncio.to_thread(services.flush_input)
     services.calls.close()
     services.ldap_executor.shutdown(wait=False, cancel_futures=True)
+    if isinstance(services.directory, LdapDirectory):
+        services.directory.close()
+    services.db_executor.shutdown(wait=True, cancel_futures=True)
     services.engine.dispose()

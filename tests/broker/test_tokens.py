@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.sessions import hash_secret
 from broker.tokens import ConsoleGrant, TokenRejected, TokenStore
 from tests.conftest import ManualClock
-from vdi.models import ConsoleTokenRow
+from vdi.audit import AuditLog
+from vdi.models import AuditRow, ConsoleTokenRow
 
 TTL_S = 60
 SESSION_A = hash_secret("session-a-cookie")
@@ -79,6 +80,35 @@ def test_expired_tokens_are_purged_when_new_ones_are_issued(
         stored = set(s.scalars(select(ConsoleTokenRow.token_hash)))
     assert stored == {hash_secret(new)}
     assert rejected(tokens, old) == "unknown token"
+
+
+def test_expired_tokens_are_swept_at_most_every_ten_seconds(
+        tokens: TokenStore, clock: ManualClock) -> None:
+    issue(tokens)  # sweeps now; the next sweep is due in 10 s
+    clock.advance(9)
+    late = issue(tokens)  # expires at 69 s
+    clock.advance(57)  # 66 s: a sweep, before `late` expired
+    issue(tokens)
+    clock.advance(4)  # 70 s: `late` has expired, but no sweep is due yet
+    issue(tokens)
+    assert rejected(tokens, late) == "token expired"  # still stored, still refused
+    clock.advance(7)  # 77 s: the next sweep removes it
+    issue(tokens)
+    assert rejected(tokens, late) == "unknown token"
+
+
+def test_an_audit_entry_given_to_issue_is_written_with_the_token(
+        db: sessionmaker[Session], tokens: TokenStore, clock: ManualClock) -> None:
+    entry = AuditLog(db, clock=clock).row(actor="clerk1", role="staff", action="connect",
+                                          target="window-0001", source="10.0.0.7",
+                                          outcome="ok")
+    raw = tokens.issue(username="clerk1", session_hash=SESSION_A, desktop_id="window-0001",
+                       audit=entry)
+    with db() as s:
+        rows = s.scalars(select(AuditRow)).all()
+    assert [(r.actor, r.action, r.target, r.outcome, r.at) for r in rows] == [
+        ("clerk1", "connect", "window-0001", "ok", clock())]
+    assert tokens.consume(raw, session_hash=SESSION_A).desktop_id == "window-0001"
 
 
 def test_a_token_is_bound_to_its_session(tokens: TokenStore) -> None:

@@ -1,0 +1,36 @@
+"""The broker as its own process for the login storm: `python -m bench.login_broker`.
+
+The real app (web.app.create_app) in uvicorn, configured like production from `VDI_*`
+environment variables (the database URL with its password never goes on a command
+line), with one difference: its only host is an in-memory FakeHypervisor at
+`VDI_LIBVIRT_URI`, because the storm measures the login, assignment and token path,
+not libvirt. The pool worker runs as usual. Access logging is off (as behind a reverse
+proxy that logs); errors still go to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+
+from pools.fake_hypervisor import FakeHypervisor
+from vdi.settings import load_settings
+from web.app import create_app
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(environ=dict(os.environ))
+    host = FakeHypervisor(settings.libvirt_uri)
+    app = create_app(settings, hosts={host.uri: host}, run_worker=os.environ.get("BENCH_NO_WORKER") != "1")
+    uvicorn.run(app, host=settings.listen_host, port=settings.listen_port,
+                log_level="warning", access_log=False, lifespan="on",
+                ws_max_size=settings.max_ws_frame_bytes, proxy_headers=False,
+                timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()
