@@ -25,7 +25,7 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(environ=dict(os.environ))
     host = FakeHypervisor(settings.libvirt_uri)
-    app = create_app(settings, hosts={host.uri: host}, run_worker=os.environ.get("BENCH_NO_WORKER") != "1")
+    app = create_app(settings, hosts={host.uri: host}, run_worker=True)
     uvicorn.run(app, host=settings.listen_host, port=settings.listen_port,
                 log_level="warning", access_log=False, lifespan="on",
                 ws_max_size=settings.max_ws_frame_bytes, proxy_headers=False,

@@ -168,7 +168,7 @@ async def measure_throughput(h: Harness, plan: Plan) -> dict[str, dict[str, Rate
                                                             plan.warmup_s, window)
                     else:
                         got, secs = await client.upstream(target, n, plan.seconds, chunks,
-                                                          window)
+                                                          window, in_flight=plan.in_flight)
                     rate = Rate(got / secs / MB, {k: v / secs for k, v in probe.used.items()})
                     runs.setdefault(name, {}).setdefault(f"{direction} x{n}", []).append(rate)
     return {name: {case: median_rate(rates) for case, rates in cases.items()}
@@ -178,11 +178,12 @@ async def measure_throughput(h: Harness, plan: Plan) -> dict[str, dict[str, Rate
 async def measure_latency(h: Harness, plan: Plan) -> dict[str, RoundTrips]:
     """Round trips per target, `plan.latency_samples` per round, the targets in turn."""
     out: dict[str, RoundTrips] = {}
-    for _ in range(plan.rounds):
+    for _ in range(plan.latency_rounds):
         for name, target in h.targets.items():
             probe = h.probe(target)
             window = Window(begin=probe.begin, end=probe.end)
-            seconds = await client.round_trips(target, plan.latency_samples, window=window)
+            seconds = await client.round_trips(target, plan.latency_samples, window=window,
+                                               settle_s=0.1)
             runs = out.setdefault(name, RoundTrips())
             runs.seconds.extend(seconds)
             runs.proxy_cpu_s += probe.used["proxy"]

@@ -22,6 +22,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
@@ -99,7 +100,13 @@ class Backend:
                     task.cancel()
                 await asyncio.gather(watcher, streamer, return_exceptions=True)
         elif mode is Mode.SINK:
-            await self._sink(reader, writer)
+            # From here on the bytes go to a protocol that counts them where they land,
+            # without a StreamReader's two copies (this side must not be the bottleneck).
+            # The client waits for the "ready" ACK, so the StreamReader holds nothing.
+            sink = _Sink(cast(asyncio.Transport, writer.transport))
+            writer.transport.set_protocol(sink)
+            writer.write(ack_message(0))
+            await sink.closed
         elif mode is Mode.ECHO:
             while data := await reader.read(READ_CHUNK):
                 writer.write(data)
@@ -128,26 +135,38 @@ class Backend:
                 await writer.drain()
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
-    async def _sink(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Consume; answer every sync message with the bytes consumed up to its end."""
-        count = 0
-        tail = b""  # the last bytes of the previous read: a sync message may straddle reads
+
+
+class _Sink(asyncio.Protocol):
+    """Consumes; answers every sync message with the bytes consumed up to its end."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._count = 0
+        self._tail = b""  # the end of the previous chunk: a sync message may straddle two
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
         keep = len(SYNC_MESSAGE) - 1
-        while data := await reader.read(READ_CHUNK):
-            ends = []
-            straddling = (tail + data[:keep]).find(SYNC_MESSAGE)
-            if straddling >= 0:
-                ends.append(straddling + len(SYNC_MESSAGE) - len(tail))
-            found = data.find(SYNC_MESSAGE)
-            while found >= 0:
-                ends.append(found + len(SYNC_MESSAGE))
-                found = data.find(SYNC_MESSAGE, found + 1)
-            for end in ends:
-                writer.write(ack_message(count + end))
-            count += len(data)
-            tail = data[-keep:] if len(data) >= keep else (tail + data)[-keep:]
-            if ends:
-                await writer.drain()
+        ends = []
+        straddling = (self._tail + data[:keep]).find(SYNC_MESSAGE)
+        if straddling >= 0:
+            ends.append(straddling + len(SYNC_MESSAGE) - len(self._tail))
+        found = data.find(SYNC_MESSAGE)
+        while found >= 0:
+            ends.append(found + len(SYNC_MESSAGE))
+            found = data.find(SYNC_MESSAGE, found + 1)
+        for end in ends:
+            self._transport.write(ack_message(self._count + end))
+        self._count += len(data)
+        self._tail = data[-keep:] if len(data) >= keep else (self._tail + data)[-keep:]
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 async def serve(rfb_port: int, plain_port: int, password_file: Path) -> None:

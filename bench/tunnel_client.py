@@ -35,6 +35,7 @@ from bench.tunnel_wire import (
 READ_CHUNK = 256 * 1024
 OPEN_TIMEOUT_S = 60.0
 OPEN_CONCURRENCY = 16
+CLOSE_TIMEOUT_S = 0.25  # a streaming proxy may not answer a close in time: then abort
 
 
 class Link(Protocol):
@@ -160,7 +161,7 @@ class Target:
             ws = await connect(f"ws://127.0.0.1:{self.port}{path}", origin=Origin(origin),
                                additional_headers=headers, subprotocols=[Subprotocol("binary")],
                                compression=None, max_size=None, ping_interval=None,
-                               open_timeout=OPEN_TIMEOUT_S, close_timeout=2)
+                               open_timeout=OPEN_TIMEOUT_S, close_timeout=CLOSE_TIMEOUT_S)
             link = WsLink(ws)
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port,
@@ -283,6 +284,9 @@ async def upstream(target: Target, streams: int, seconds: float, chunks: list[by
     window = window or Window()
     links = await target.open_many(streams, Mode.SINK)
     readers = [ExactReader(link) for link in links]
+    for reader in readers:  # the desktop is ready to count
+        if parse_ack(await reader.read(ACK_LENGTH)) != 0:
+            raise RuntimeError(f"{target.name}: the desktop did not start counting at 0")
     batch = sum(map(len, chunks)) + len(SYNC_MESSAGE)
 
     async def phase(until: float) -> list[int]:
@@ -308,11 +312,14 @@ async def upstream(target: Target, streams: int, seconds: float, chunks: list[by
 
 
 async def round_trips(target: Target, samples: int, warmup: int = 50,
-                      window: Window | None = None) -> list[float]:
+                      window: Window | None = None, settle_s: float = 0.0) -> list[float]:
     """Seconds per round trip of an 8-byte KeyEvent echoed by the fake desktop; the
-    window covers the measured round trips (not the warm-up, not the closing)."""
+    window covers the measured round trips (not the warm-up, not the closing). With
+    `settle_s`, waits that long after opening: a broker's connect wakes its pool worker,
+    whose database work would otherwise land in the first samples."""
     window = window or Window()
     link = await target.open(Mode.ECHO)
+    await asyncio.sleep(settle_s)
     reader = ExactReader(link)
     message = key_event(0x61)
     out: list[float] = []

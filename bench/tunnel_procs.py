@@ -161,41 +161,80 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def all_processes_cpu() -> float:
-    """utime + stime summed over every process on the machine, in seconds."""
-    total = 0.0
+@dataclass(frozen=True)
+class ProcStat:
+    ppid: int
+    cpu_s: float
+
+
+def snapshot() -> dict[int, ProcStat]:
+    """Parent and utime+stime of every process now."""
+    out: dict[int, ProcStat] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            total += cpu_seconds(int(entry))
-    return total
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(entry)] = ProcStat(int(fields[1]),
+                                   (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return out
+
+
+def _tree(procs: dict[int, ProcStat], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, stat in procs.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+KTHREADD = 2  # the parent of every kernel thread
 
 
 @dataclass
 class CpuProbe:
-    """CPU seconds used in a window by the proxy tree, the fake desktop, the load
-    generator, and every other process on the machine ("other": work of others that
-    disturbs the figures; kernel time spent on loopback traffic outside any process's
-    context counts nowhere)."""
+    """CPU seconds used in a window by the proxy's process tree, the fake desktop, the
+    load generator, kernel threads (ksoftirqd carries part of the loopback traffic) and
+    every other process ("other": someone else's work, disturbing the figures).
+
+    Counted per process between two snapshots: a process started in the window counts
+    from zero, one that ended in the window is lost (its time cannot be read any more)."""
 
     proxy: int | None
     backend: int
     client: int = field(default_factory=os.getpid)
-    start: dict[str, float] = field(default_factory=dict)
+    start: dict[int, ProcStat] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
 
-    def _read(self) -> dict[str, float]:
-        return {"all": all_processes_cpu(), "backend": cpu_seconds(self.backend),
-                "client": cpu_seconds(self.client),
-                "proxy": usage(self.proxy).cpu_s if self.proxy is not None else 0.0}
-
     def begin(self) -> None:
-        self.start = self._read()
+        self.start = snapshot()
 
     def end(self) -> None:
-        now = self._read()
-        self.used = {k: now[k] - self.start[k] for k in now}
-        self.used["other"] = max(0.0, self.used.pop("all") - self.used["proxy"]
-                                 - self.used["backend"] - self.used["client"])
+        now = snapshot()
+        proxy = (_tree(self.start, self.proxy) | _tree(now, self.proxy)
+                 if self.proxy is not None else set())
+        used = {"proxy": 0.0, "backend": 0.0, "client": 0.0, "kernel": 0.0, "other": 0.0}
+        for pid, stat in now.items():
+            before = self.start.get(pid)
+            delta = stat.cpu_s - (before.cpu_s if before is not None else 0.0)
+            if pid in proxy:
+                used["proxy"] += delta
+            elif pid == self.backend:
+                used["backend"] += delta
+            elif pid == self.client:
+                used["client"] += delta
+            elif stat.ppid == KTHREADD or pid == KTHREADD:
+                used["kernel"] += delta
+            else:
+                used["other"] += delta
+        self.used = used
 
 
 def wait_for_quiet(max_wait_s: float, busy_cores: float = 0.3,
@@ -204,10 +243,13 @@ def wait_for_quiet(max_wait_s: float, busy_cores: float = 0.3,
     over a `sample_s` sample: on a shared machine someone else's build or benchmark
     would skew every figure. Returns (seconds waited, cores busy in the last sample)."""
     started = time.monotonic()
+    me = os.getpid()
     while True:
-        before = all_processes_cpu()
+        before = snapshot()
         time.sleep(sample_s)
-        busy = (all_processes_cpu() - before) / sample_s
+        after = snapshot()
+        busy = sum(stat.cpu_s - before[pid].cpu_s for pid, stat in after.items()
+                   if pid in before and pid != me) / sample_s
         waited = time.monotonic() - started
         if busy < busy_cores or waited >= max_wait_s:
             return waited, busy

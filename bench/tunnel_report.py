@@ -25,6 +25,8 @@ class Plan:
     seconds: float  # per throughput window
     warmup_s: float
     streams: tuple[int, ...]
+    in_flight: int  # browser->server: unacknowledged batches (of ~247 KB) per tunnel
+    latency_rounds: int  # short rounds, the paths taking turns: disturbances hit all alike
     latency_samples: int  # per target and round
     idle_steps: tuple[int, ...]
     memory_targets: tuple[str, ...]
@@ -35,20 +37,22 @@ class Plan:
     quiet_wait_s: float  # at most this long for other work on the machine to finish
 
 
-FULL = Plan(rounds=3, seconds=1.5, warmup_s=0.3, streams=(1, 10), latency_samples=1000,
-            idle_steps=(100, 200), memory_targets=(BROKER, *WEBSOCKIFY),
-            paced_tunnels=200, paced_seconds=15.0, paced_warmup_s=2.0,
-            paced_targets=(BROKER, WSFY_NUMPY, RAW), quiet_wait_s=60.0)
-QUICK = Plan(rounds=1, seconds=0.5, warmup_s=0.2, streams=(1, 10), latency_samples=300,
-             idle_steps=(50, 100), memory_targets=(BROKER, WSFY_NUMPY),
-             paced_tunnels=50, paced_seconds=3.0, paced_warmup_s=1.0, paced_targets=(BROKER,),
-             quiet_wait_s=0.0)
+FULL = Plan(rounds=5, seconds=1.0, warmup_s=0.2, streams=(1, 10), in_flight=8,
+            latency_rounds=20, latency_samples=500, idle_steps=(100, 200),
+            memory_targets=(BROKER, *WEBSOCKIFY), paced_tunnels=200, paced_seconds=12.0,
+            paced_warmup_s=2.0, paced_targets=(BROKER, WSFY_NUMPY, RAW), quiet_wait_s=60.0)
+QUICK = Plan(rounds=1, seconds=0.5, warmup_s=0.2, streams=(1, 10), in_flight=2,
+             latency_rounds=2, latency_samples=300, idle_steps=(25, 50),
+             memory_targets=(BROKER, WSFY_NUMPY), paced_tunnels=50, paced_seconds=3.0,
+             paced_warmup_s=1.0, paced_targets=(BROKER,), quiet_wait_s=0.0)
 
 
 @dataclass(frozen=True)
 class Rate:
     mb_s: float
-    cpu: dict[str, float]  # core-seconds per second of window: proxy, backend, client, other
+    cpu: dict[str, float]  # cores busy in the window: proxy, backend, client, kernel, other
+    low: float = 0.0  # the slowest and fastest of the runs the median came from
+    high: float = 0.0
 
     @property
     def proxy_s_per_gb(self) -> float:
@@ -60,7 +64,8 @@ def median_rate(rates: list[Rate]) -> Rate:
     worst of all runs, to show how disturbed the machine was."""
     ordered = sorted(rates, key=lambda r: r.mb_s)
     mid = ordered[len(ordered) // 2]
-    return Rate(mid.mb_s, {**mid.cpu, "other": max(r.cpu["other"] for r in rates)})
+    return Rate(mid.mb_s, {**mid.cpu, "other": max(r.cpu["other"] for r in rates)},
+                low=ordered[0].mb_s, high=ordered[-1].mb_s)
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,12 @@ def _throughput(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
     cases = list(thr[BROKER])
     others = [rate.cpu["other"] for row in thr.values() for rate in row.values()]
     s.tables.append(Table(
-        title="Throughput, MB/s (1 MB = 10^6 bytes)", columns=["path", *cases],
-        rows=[[name, *(round(row[c].mb_s) for c in cases)] for name, row in thr.items()],
-        note=(f"Median of {plan.rounds} windows of {plan.seconds} s, the paths taking turns. "
+        title="Throughput, MB/s (1 MB = 10^6 bytes): median (slowest-fastest run)",
+        columns=["path", *cases],
+        rows=[[name, *(f"{row[c].mb_s:.0f} ({row[c].low:.0f}-{row[c].high:.0f})"
+                       for c in cases)] for name, row in thr.items()],
+        note=(f"Median of {plan.rounds} windows of {plan.seconds:g} s, the paths taking turns "
+              "(this shared 2-core VM varies by tens of per cent from run to run). "
               "down: FramebufferUpdates (raw 256x256 tiles) from the fake desktop as fast as "
               "it writes; up: the browser mix (a 60 KiB ClientCutText, then 24 PointerEvents, "
               "8 KeyEvent pairs, 4 FramebufferUpdateRequests, repeated) in 64 KiB websocket "
@@ -170,7 +178,10 @@ def _throughput(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
             "proxy_cpu_s_per_gb": {n: {c: round(thr[n][c].proxy_s_per_gb, 3) for c in cases}
                                    for n in proxies},
             "broker_vs_websockify": {c: round(v, 2) for c, v in vs_wsfy.items()},
-            "broker_vs_raw": {c: round(v, 2) for c, v in vs_raw.items()}}
+            "broker_vs_raw": {c: round(v, 2) for c, v in vs_raw.items()},
+            "websockify_cpu_per_gb_vs_broker": {
+                c: round(min(thr[w][c].proxy_s_per_gb for w in WEBSOCKIFY)
+                         / thr[BROKER][c].proxy_s_per_gb, 2) for c in cases}}
 
 
 def _latency(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
@@ -184,13 +195,15 @@ def _latency(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
                round(statistics.fmean(v.seconds) * 1e6),
                round(v.proxy_cpu_us, 1) if name != DIRECT else "-"]
               for name, v in r.latency.items()],
-        note=(f"{plan.rounds} x {plan.latency_samples} sequential round trips per path, the "
-              "paths taking turns; each sends one KeyEvent (its own websocket message) and "
-              "waits for the same 8 bytes to come back. "
+        note=(f"{plan.latency_rounds} x {plan.latency_samples} sequential round trips per path, "
+              "the paths taking turns, each round on a new connection left alone for 0.1 s "
+              "first (a broker's connect wakes its pool worker); each round trip sends one "
+              "KeyEvent (its own websocket message) and waits for the same 8 bytes to come "
+              "back. "
               + _other_note([v.other_share for v in r.latency.values()]))))
     s.plots.append(Plot(filename="tunnel-latency.png", title="KeyEvent round trip",
-                        xlabel="percentile", ylabel="microseconds", kind="line",
-                        series={name: [(p, round(v)) for p, v in pct.items()]
+                        xlabel="percentile", ylabel="microseconds",
+                        series={name: [(f"p{p:g}", round(v)) for p, v in pct.items()]
                                 for name, pct in us.items()}))
     broker = us[BROKER][99]
     best_wsfy = min(us[w][99] for w in WEBSOCKIFY)
@@ -271,10 +284,14 @@ def build_section(r: Results, plan: Plan) -> Section:
     thr = figures["broker_vs_websockify"]
     raw = figures["broker_vs_raw"]
     met = sum(t.met for t in s.targets)
+    cpu = figures["websockify_cpu_per_gb_vs_broker"]
     s.summary = (
         f"The broker relays {min(thr.values()):.1f}-{max(thr.values()):.1f}x websockify's "
         f"throughput and {100 * min(raw.values()):.0f}-{100 * max(raw.values()):.0f} % of a "
-        f"raw TCP relay's; p99 KeyEvent round trip {figures['latency_us'][BROKER]['p99']} us; "
+        f"raw TCP relay's, spending {min(cpu.values()):.1f}-{max(cpu.values()):.1f}x less "
+        f"CPU per GB than websockify; p99 KeyEvent round trip "
+        f"{figures['latency_us'][BROKER]['p99']} us (websockify "
+        f"{min(figures['latency_us'][w]['p99'] for w in WEBSOCKIFY)} us); "
         f"{figures['rss_mib_per_100'][BROKER]:.1f} MiB RSS per 100 idle tunnels; "
         f"{100 * r.paced[BROKER].share:.0f} % of {plan.paced_tunnels} x 2 MB/s delivered. "
         f"{met} of {len(s.targets)} targets met.")

@@ -41,7 +41,7 @@ CUT_TEXT_BYTES = 60 * 1024
 
 class Mode(enum.IntEnum):
     STREAM = 1  # send FramebufferUpdates: as fast as possible, or paced (rate, frame bytes)
-    SINK = 2  # consume; answer each sync message with an ACK of the bytes consumed
+    SINK = 2  # ACK 0 when ready; consume; answer each sync message with an ACK of the count
     ECHO = 3  # send back whatever arrives
     IDLE = 4  # hold the connection, send nothing
 

@@ -532,6 +532,12 @@ class ClientStreamParser:
         """Consume the next chunk of the stream; return the messages it completes, in order."""
         if self._failed:
             raise RfbProtocolError("browser message stream already failed")
+        if data and self._pending is None and not self._header and not self._expect_client_init:
+            # The common case first: noVNC sends each KeyEvent, PointerEvent and update
+            # request as a websocket message of its own - exactly one fixed-size message.
+            fixed = _FIXED_MESSAGES.get(data[0])
+            if fixed is not None and fixed.length == len(data):
+                return [fixed]
         try:
             with memoryview(data) as view:
                 return self._feed(view)

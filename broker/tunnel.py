@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
 CONNECT_TIMEOUT_S = 5.0
 HANDSHAKE_TIMEOUT_S = 10.0
+INPUT_REPORT_INTERVAL_S = 1.0
 
 
 class TunnelError(Exception):
@@ -221,13 +222,25 @@ async def greet_browser(ws: BrowserSocket) -> bytes:
 async def relay(ws: BrowserSocket, desktop: DesktopStream, *, first_from_browser: bytes,
                 first_from_server: bytes, on_input: Callable[[], None],
                 max_cut_text: int) -> str:
-    """Relay both ways until one side ends. Returns why it ended."""
+    """Relay both ways until one side ends. Returns why it ended.
+
+    `on_input()` is called for the first keyboard or mouse input, then at most once per
+    INPUT_REPORT_INTERVAL_S while input goes on: idle policies count minutes, and a mouse
+    drag sends a hundred PointerEvents a second."""
     parser = ClientStreamParser(max_cut_text=max_cut_text, skip_client_init=True)
+    loop = asyncio.get_running_loop()
+    next_input_report = 0.0
 
     def forward_browser_bytes(data: bytes) -> None:
+        nonlocal next_input_report
         messages = parser.feed(data)  # raises RfbProtocolError on hostile input
-        if any(m.input is not None for m in messages):
-            on_input()
+        for message in messages:
+            if message.input is not None:
+                now = loop.time()
+                if now >= next_input_report:
+                    on_input()
+                    next_input_report = now + INPUT_REPORT_INTERVAL_S
+                break
         desktop.write(data)
 
     async def browser_to_server() -> str:

@@ -139,23 +139,24 @@ class LibvirtHost:
     def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
         pool = self._pool()
         paths: dict[str, str] = {}
-        sizes: dict[str, int] = {}
         for fname in IMAGE_FILES:
             if not (source_dir / fname).is_file():
                 raise HypervisorError(f"image file {source_dir / fname} is missing "
                                       "(build the image first)")
         digest = image_digest(source_dir)[:12]
+        disk_bytes = self._virtual_size(source_dir / "disk.qcow2")
         with self._errors(f"publish image {image_id} v{version}"):
             pool.refresh(0)
             for fname in IMAGE_FILES:
                 src = source_dir / fname
                 vol_name = f"{image_id}-v{version}-{digest}-{fname}"
                 vol = self._volume(pool, vol_name)
+                if vol is not None and fname == "disk.qcow2" and vol.info()[1] != disk_bytes:
+                    vol.delete(0)  # a copy that does not show the image's disk: redo it
+                    vol = None
                 if vol is None:
                     vol = self._upload(pool, vol_name, src)
                 paths[fname] = vol.path()
-                sizes[fname] = vol.info()[1]
-        disk_bytes = self._virtual_size(paths["disk.qcow2"], source_dir / "disk.qcow2")
         return ImageFiles(disk_path=paths["disk.qcow2"], kernel_path=paths["vmlinuz"],
                           initrd_path=paths["initrd.img"], cmdline=image_cmdline(source_dir),
                           disk_bytes=disk_bytes)
@@ -177,7 +178,16 @@ class LibvirtHost:
             while chunk := f.read(1 << 20):
                 stream.send(chunk)
         stream.finish()
-        fmt = "qcow2" if vol_name.endswith(".qcow2") else "raw"  # a copy converts to this
+        fmt = "qcow2" if vol_name.endswith(".qcow2") else "raw"
+        # The copy below converts from the source volume's format, which libvirt knows
+        # only after probing the uploaded bytes: without the refresh, a qcow2 file
+        # uploaded into a 'raw' volume would be wrapped as the *contents* of a new disk.
+        pool.refresh(0)
+        vol = pool.storageVolLookupByName(vol_name + ".part")
+        probed = parse_xml(vol.XMLDesc(0)).find("./target/format")
+        if probed is None or probed.get("type") != fmt:
+            vol.delete(0)
+            raise HypervisorError(f"uploaded {src.name} is not a {fmt} file")
         final = pool.createXMLFrom(
             f"<volume><name>{_x(vol_name)}</name><capacity unit='bytes'>{size}</capacity>"
             f"<target><format type='{fmt}'/></target></volume>", vol, 0)
@@ -185,12 +195,12 @@ class LibvirtHost:
         return final
 
     @staticmethod
-    def _virtual_size(host_path: str, local_copy: Path) -> int:
+    def _virtual_size(local_copy: Path) -> int:
         """The qcow2 virtual size, read from its header (bytes 24..32, big endian)."""
         with local_copy.open("rb") as f:
             header = f.read(32)
         if header[:4] != b"QFI\xfb":
-            raise HypervisorError(f"{host_path} is not a qcow2 image")
+            raise HypervisorError(f"{local_copy} is not a qcow2 image")
         return int.from_bytes(header[24:32], "big")
 
     # -- domains ----------------------------------------------------------------------

@@ -72,6 +72,15 @@ class PgServer:
     def safe_url(self) -> str:
         return self.url.replace(self.password, "***")
 
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port with the same data:
+        every client connection is cut."""
+        for name, args in (("stop-postgres.sh", [str(self.run_dir)]),
+                           ("start-postgres.sh", [str(self.run_dir), str(self.port)])):
+            result = self._script(name, *args)
+            if result.returncode != 0:
+                raise PgError(f"{name} failed during a restart:\n{result.stdout}")
+
     def stop(self) -> None:
         """Stop the server and delete its directory. Idempotent."""
         if not self.run_dir.exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,9 @@ T = TypeVar("T")
 # Threads for database calls: the SQLite engine's pool holds 8 + 8 connections,
 # PostgreSQL's 10 + 10 (vdi.db.make_engine).
 DB_THREADS = 16
+# Collector thresholds for a running broker (generation 0, 1, 2; Python's are 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
+_gc_tuned = False
 
 
 @dataclass
@@ -129,7 +133,27 @@ def build_services(settings: Settings, *, directory: Directory | None = None,
     )
 
 
+def tune_garbage_collector() -> None:
+    """Make Python's cycle collector cheaper for a long-running broker (once per process).
+
+    Profiling a login storm (perf on the broker) put 9 % of its CPU in the collector:
+    every 700 allocations it walked young objects, and each full collection walked every
+    object the process holds (modules, SQLAlchemy's compiled caches, ...). `gc.freeze()`
+    after start-up moves what exists then out of the collector's sight for good, and
+    larger thresholds let it run less often: the CPU per login fell by about 20 %.
+    Cycles are still collected, only later; nothing here leaks.
+    """
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def start_background(services: Services, run_worker: bool = True) -> None:
+    tune_garbage_collector()
     if run_worker:
         services.background.append(asyncio.create_task(services.worker.run()))
     services.background.append(asyncio.create_task(services.flush_input_forever()))

@@ -185,3 +185,19 @@ def test_every_desktop_being_prepared_is_stuck_on_its_host(
     add_desktops(db, clock, 1, DesktopState.PROVISIONING)
     with pytest.raises(DesktopNotReady):
         assigner.assign("window", clerk(1))
+
+
+def test_overview_lists_entitled_pools_with_the_users_desktop(
+        db: sessionmaker[Session], clock: ManualClock, assigner: Assigner) -> None:
+    Catalog(db).save_pool(make_pool(max_size=10))
+    other = Pool(id="library", display_name="Library", kind=PoolKind.FLOATING, image="demo",
+                 vcpus=1, memory_mib=128, min_ready=0, max_size=2,
+                 entitled_groups=("cn=library,ou=groups,dc=district,dc=example",))
+    Catalog(db).save_pool(other)
+    add_desktops(db, clock, 2)
+    assert [(p.id, d) for p, d in assigner.overview(clerk(1))] == [("window", None)]
+    mine = assigner.assign("window", clerk(1))
+    assert [(p.id, d) for p, d in assigner.overview(clerk(1))] == [("window", mine)]
+    assert [(p.id, d) for p, d in assigner.overview(clerk(2))] == [("window", None)]
+    outsider = clerk(3, groups=frozenset({"cn=elsewhere,ou=groups,dc=district,dc=example"}))
+    assert assigner.overview(outsider) == []

@@ -14,16 +14,18 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, event, inspect, select, text
+from sqlalchemy import Engine, event, func, inspect, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+import vdi.db as vdi_db
 from broker.assignment import Assigner, PoolFull
 from broker.sessions import SessionStore
 from broker.tokens import TokenRejected, TokenStore
@@ -34,7 +36,7 @@ from vdi.audit import AuditLog
 from vdi.catalog import Catalog
 from vdi.db import alembic_config, make_engine, migrate, session_factory
 from vdi.domain import Desktop
-from vdi.models import AuditRow, Base, DesktopRow
+from vdi.models import AuditRow, Base, DesktopRow, SessionRow
 
 TABLES = ("console_tokens", "sessions", "audit", "desktops", "images", "pools")
 
@@ -179,7 +181,10 @@ def test_sessions_tokens_and_audit_on_postgresql(pg_db: sessionmaker[Session],
     tokens = TokenStore(pg_db, ttl_s=60, clock=clock)
     raw, session = sessions.create(clerk(1), source="127.0.0.1")
     clock.advance(61)
-    assert sessions.get(raw) == session  # and last_seen is touched
+    assert sessions.get(raw) == session
+    with pg_db() as s:  # last_seen was refreshed (a conditional UPDATE on a timestamptz)
+        seen = s.scalars(select(SessionRow.last_seen_at)).one()
+    assert seen == clock()
     token = tokens.issue(username="clerk1", session_hash=session.id_hash,
                          desktop_id="window-0000")
     grant = tokens.consume(token, session_hash=session.id_hash)
@@ -194,3 +199,62 @@ def test_sessions_tokens_and_audit_on_postgresql(pg_db: sessionmaker[Session],
     sessions.end(session.id_hash)
     assert sessions.get(raw) is None
 
+
+
+def test_reads_run_without_a_transaction_and_writes_in_one(
+        pg_db: sessionmaker[Session]) -> None:
+    """READ COMMITTED gives each statement its own snapshot, so a read session runs in
+    autocommit (no BEGIN/ROLLBACK round trips); an explicit begin() is a transaction."""
+    def autocommit(s: Session) -> bool:
+        driver = s.connection().connection.driver_connection
+        assert driver is not None
+        return bool(driver.autocommit)
+
+    with pg_db() as s:
+        assert autocommit(s)
+        assert s.execute(text("SELECT txid_current_if_assigned()")).scalar() is None
+    with pg_db.begin() as s:
+        assert not autocommit(s)
+        s.execute(text("SELECT txid_current()"))  # a transaction that holds an id
+        assert s.execute(text("SELECT txid_current_if_assigned()")).scalar() is not None
+
+
+def _catalog_reads(db: sessionmaker[Session]) -> list[str]:
+    return [p.id for p in Catalog(db).pools()]
+
+
+def test_a_server_restart_while_the_broker_was_idle_costs_no_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with PgServer() as server:
+        migrate(server.url)
+        engine = make_engine(server.url)
+        try:
+            db = session_factory(engine)
+            assert _catalog_reads(db) == []  # pooled connections now exist
+            with db.begin() as s:
+                s.add(AuditRow(at=datetime.now(UTC), actor="a", role="r", action="x",
+                               target="t", source="s", outcome="ok", detail=""))
+            server.restart()
+            monkeypatch.setattr(vdi_db, "PING_IDLE_S", 0.0)  # as if idle for a while
+            assert _catalog_reads(db) == []  # the dead connection was checked and replaced
+            with db.begin() as s:
+                assert s.scalar(select(func.count()).select_from(AuditRow)) == 1
+        finally:
+            engine.dispose()
+
+
+def test_a_restart_in_a_busy_moment_fails_the_request_in_flight_only() -> None:
+    """Connections used moments ago are not checked (no round trip per checkout): the
+    first request after a restart fails, and the disconnect resets the pool."""
+    with PgServer() as server:
+        migrate(server.url)
+        engine = make_engine(server.url)
+        try:
+            db = session_factory(engine)
+            assert _catalog_reads(db) == []
+            server.restart()
+            with pytest.raises(OperationalError):
+                _catalog_reads(db)
+            assert _catalog_reads(db) == []
+        finally:
+            engine.dispose()

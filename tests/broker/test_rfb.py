@@ -697,6 +697,29 @@ def test_parser_long_mixed_stream_any_fragmentation() -> None:
     assert sum(m.length for m in expected) == len(stream)
 
 
+def test_parser_one_message_per_chunk_as_novnc_sends_them() -> None:
+    """The fast path for a chunk that is exactly one fixed-size message gives the same
+    messages as the general one, wherever such chunks fall in the stream."""
+    parts = [b"\x01", SET_PIXEL_FORMAT, key_event(True, 0x61), pointer_event(1, 2, 0),
+             cut_text(b"abc"), FRAMEBUFFER_UPDATE_REQUEST, XVP, key_event(False, 0x61)]
+    whole = ClientStreamParser(skip_client_init=True).feed(b"".join(parts))
+    parser = ClientStreamParser(skip_client_init=True)
+    assert [m for part in parts for m in parser.feed(part)] == whole
+
+
+def test_parser_fixed_size_bytes_inside_a_message_are_not_a_message() -> None:
+    """Eight bytes that look like a KeyEvent but finish a ClientCutText are its text."""
+    parser = ClientStreamParser()
+    assert parser.feed(cut_text(b"x" * 16)[:16]) == []
+    assert parser.feed(key_event(True, 0x61)) == [ClientMessage(6, 24, None)]
+    # a PointerEvent-sized chunk that ends a KeyEvent and starts a PointerEvent
+    assert parser.feed(key_event(True, 0x61)[:5]) == []
+    pointer = pointer_event(1, 2, 0)
+    assert parser.feed(key_event(True, 0x61)[5:] + pointer[:3]) == [
+        ClientMessage(4, 8, InputKind.KEY)]
+    assert parser.feed(pointer[3:]) == [ClientMessage(5, 6, InputKind.POINTER)]
+
+
 def test_parser_accepts_bytearray_and_memoryview_chunks() -> None:
     stream, expected = build_mixed_stream(5)
     parser = ClientStreamParser(skip_client_init=True)

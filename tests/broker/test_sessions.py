@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.sessions import SessionStore, hash_secret
 from tests.conftest import ManualClock
+from vdi.audit import AuditLog
 from vdi.domain import Principal, Role
-from vdi.models import SessionRow
+from vdi.models import AuditRow, SessionRow
 
 IDLE_S = 600
 ABSOLUTE_S = 3600
@@ -136,3 +139,43 @@ def test_only_the_hash_is_stored(db: sessionmaker[Session], db_url: str,
     stored = database_bytes(db_url)
     assert session.id_hash.encode() in stored  # the scan does see what was written
     assert raw.encode() not in stored
+
+
+def test_an_audit_entry_given_to_create_is_written_with_the_session(
+        db: sessionmaker[Session], store: SessionStore, clock: ManualClock) -> None:
+    entry = AuditLog(db, clock=clock).row(actor="alice", role="staff", action="login",
+                                          target="-", source="10.0.0.7", outcome="ok")
+    _, session = store.create(ALICE, source="10.0.0.7", audit=entry)
+    with db() as s:
+        rows = s.scalars(select(AuditRow)).all()
+        assert s.get(SessionRow, session.id_hash) is not None
+    assert [(r.actor, r.action, r.outcome, r.at) for r in rows] == [
+        ("alice", "login", "ok", clock())]
+
+
+def test_reading_a_session_does_not_wait_for_a_writer(db: sessionmaker[Session],
+                                                      store: SessionStore,
+                                                      clock: ManualClock) -> None:
+    """Every request reads its session: that read takes no write lock (only the refresh
+    once a minute does), so requests do not queue behind one another's writes."""
+    raw, session = store.create(ALICE, source="10.0.0.7")
+    clock.advance(30)  # no refresh due
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.begin() as s:
+            s.execute(update(SessionRow).where(SessionRow.id_hash == "nobody")
+                      .values(source="x"))
+            holding.set()
+            release.wait(30)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        assert store.get(raw) == session
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        t.join(30)

@@ -17,6 +17,7 @@ import pytest
 
 from broker.rfb import vnc_auth_response
 from broker.tunnel import (
+    INPUT_REPORT_INTERVAL_S,
     ConsoleTarget,
     DesktopStream,
     TunnelError,
@@ -280,3 +281,28 @@ async def test_garbage_from_the_browser_ends_the_relay_as_a_protocol_error() -> 
             await browser.inbox.put(message)
         reason = await asyncio.wait_for(task, 5)
     assert reason.startswith("protocol error from browser: unknown client message type 77")
+
+
+async def test_input_is_reported_at_once_then_at_most_once_per_interval() -> None:
+    reports: list[float] = []
+    loop = asyncio.get_running_loop()
+    browser = QueueSocket()
+    async with vnc_server(echo) as vnc:
+        desktop, leftover = await open_console(ConsoleTarget("127.0.0.1", vnc.port, PASSWORD))
+        task = asyncio.create_task(relay(
+            browser, desktop, first_from_browser=b"\x01", first_from_server=leftover,
+            on_input=lambda: reports.append(loop.time()), max_cut_text=1024))
+        await browser.inbox.put(UPDATE_REQUEST)  # not input
+        await browser.received(len(SERVER_INIT) + len(UPDATE_REQUEST))
+        assert reports == []
+        for _ in range(50):  # a burst of typing: reported once, at its start
+            await browser.inbox.put(KEY_DOWN)
+        await browser.received(len(SERVER_INIT) + len(UPDATE_REQUEST) + 50 * len(KEY_DOWN))
+        assert len(reports) == 1
+        await asyncio.sleep(INPUT_REPORT_INTERVAL_S)
+        await browser.inbox.put(KEY_DOWN)  # typing goes on: reported again
+        await browser.received(len(SERVER_INIT) + len(UPDATE_REQUEST) + 51 * len(KEY_DOWN))
+        assert len(reports) == 2
+        assert reports[1] - reports[0] >= INPUT_REPORT_INTERVAL_S
+        await browser.inbox.put(None)
+        assert await task == "browser closed"
