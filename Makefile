@@ -17,7 +17,7 @@ system:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q -e '.[dev,bench]'  # bench too: mypy checks bench/ against its real imports
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -35,16 +35,19 @@ class Plan:
     paced_warmup_s: float
     paced_targets: tuple[str, ...]
     quiet_wait_s: float  # at most this long for other work on the machine to finish
+    retry_budget: int  # per phase: windows measured again when other work disturbed them
 
 
 FULL = Plan(rounds=5, seconds=1.0, warmup_s=0.2, streams=(1, 10), in_flight=8,
             latency_rounds=20, latency_samples=500, idle_steps=(100, 200),
             memory_targets=(BROKER, *WEBSOCKIFY), paced_tunnels=200, paced_seconds=12.0,
-            paced_warmup_s=2.0, paced_targets=(BROKER, WSFY_NUMPY, RAW), quiet_wait_s=60.0)
+            paced_warmup_s=2.0, paced_targets=(BROKER, WSFY_NUMPY, RAW), quiet_wait_s=60.0,
+            retry_budget=20)
 QUICK = Plan(rounds=1, seconds=0.5, warmup_s=0.2, streams=(1, 10), in_flight=2,
              latency_rounds=2, latency_samples=300, idle_steps=(25, 50),
              memory_targets=(BROKER, WSFY_NUMPY), paced_tunnels=50, paced_seconds=3.0,
-             paced_warmup_s=1.0, paced_targets=(BROKER,), quiet_wait_s=0.0)
+             paced_warmup_s=1.0, paced_targets=(BROKER,), quiet_wait_s=0.0,
+             retry_budget=0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Results:
     numpy_paths: dict[str, str]  # websockify variant -> the numpy it ran with
     phase_seconds: dict[str, float] = field(default_factory=dict)
     quiet: dict[str, float] = field(default_factory=dict)  # the wait for a quiet machine
+    retried_windows: dict[str, int] = field(default_factory=dict)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -121,7 +125,9 @@ def _quiet_note(r: Results) -> str:
     if not r.quiet:
         return ""
     return (f" Before the run: waited {r.quiet['waited_s']:g} s for other work to finish; "
-            f"other processes then used {r.quiet['busy_cores_at_start']:g} cores.")
+            f"other processes then used {r.quiet['busy_cores_at_start']:g} cores. "
+            f"Windows measured again because other processes used more than a quarter of a "
+            f"core during them: {r.retried_windows}.")
 
 
 def _throughput(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
@@ -280,7 +286,8 @@ def build_section(r: Results, plan: Plan) -> Section:
         figures.update(part(s, r, plan))
     s.tables.append(OPTIMISATIONS)
     s.figures = {**figures, "websockify_numpy": r.numpy_paths, "plan": asdict(plan),
-                 "phase_seconds": r.phase_seconds, "quiet_before_start": r.quiet}
+                 "phase_seconds": r.phase_seconds, "quiet_before_start": r.quiet,
+                 "retried_windows": r.retried_windows}
     thr = figures["broker_vs_websockify"]
     raw = figures["broker_vs_raw"]
     met = sum(t.met for t in s.targets)
