@@ -15,13 +15,19 @@ One run starts every party on loopback, each in its own process:
   desktop as the floor for latency.
 
 The load generator is this process (uvloop, the `websockets` client for every websocket
-proxy). It measures throughput both ways with 1 and 10 streams, round trips of an 8-byte
-KeyEvent, RSS per 100 idle tunnels, and 200 tunnels paced at 2 MB/s each.
+proxy). It measures RSS per 100 idle tunnels first (fresh processes), then round trips of
+an 8-byte KeyEvent, throughput both ways with 1 and 10 tunnels, and 200 tunnels paced at
+2 MB/s each. The paths take turns, round after round, and every window records the CPU
+of each party (bench.tunnel_procs.CpuProbe), including other processes on the machine:
+a window they disturbed is measured again (within a budget) and the worst disturbance
+kept is printed with the figures. Needs the `bench` extra (websockify, numpy):
+`pip install -e '.[bench]'`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -29,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import uvloop
 
@@ -67,6 +73,9 @@ from bench.tunnel_report import (
 )
 from bench.tunnel_wire import upstream_chunks
 
+if TYPE_CHECKING:
+    from tests.ldap_server import SlapdServer
+
 T = TypeVar("T")
 WORKDIR = REPO / "var" / "bench" / "tunnel"
 
@@ -79,12 +88,16 @@ class Harness:
     broker_root: Path = REPO  # another checkout, to measure its broker (before/after figures)
     extra_brokers: dict[str, Path] = field(default_factory=dict)  # name -> checkout
     running: list[Running] = field(default_factory=list)
-    slapd: Any = None
+    slapd: SlapdServer | None = None
     targets: dict[str, client.Target] = field(default_factory=dict)
     numpy_paths: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         from tests.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
+
+        for package in ("websockify", "numpy"):
+            if importlib.util.find_spec(package) is None:
+                raise RuntimeError(f"{package} is missing: pip install -e '.[bench]'")
 
         self.workdir.mkdir(parents=True)
         logs = self.workdir / "logs"

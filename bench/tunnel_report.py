@@ -259,10 +259,10 @@ def _paced(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
                round(100 * p.cpu["backend"])] for n, p in r.paced.items()],
         note=(f"Each tunnel gets a {PACED_FRAME // 1024} KiB FramebufferUpdate every "
               f"{1000 * PACED_FRAME / PACED_RATE:.0f} ms for {plan.paced_seconds:g} s after "
-              f"{plan.paced_warmup_s:g} s of warm-up; the fake desktop keeps to the schedule "
-              "(what falls behind is sent as soon as the socket takes it) and delivered "
-              "counts what reached the load generator in the window. CPU % is of one core; "
-              "the machine has 2. "
+              f"{plan.paced_warmup_s:g} s of warm-up; a frame the socket will not take in "
+              "time is skipped (a VNC server merges updates it could not send), and "
+              "delivered counts what reached the load generator in the window. CPU % is of "
+              "one core; the machine has 2. "
               + _other_note([p.cpu["other"] for p in r.paced.values()]))))
     s.plots.append(Plot(filename="tunnel-concurrency.png",
                         title=f"{plan.paced_tunnels} tunnels x {PACED_RATE // MB} MB/s",
