@@ -38,15 +38,12 @@ from pathlib import Path
 from playwright.sync_api import Browser, sync_playwright
 
 from bench.common import Plot, Section, Table, Target, percentile
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.ldap_server import DEMO_LDIF, SlapdServer, free_loopback_port
 
 REPO = Path(__file__).resolve().parent.parent
 VDI = REPO / ".venv" / "bin" / "vdi"
 GUEST_DIR = REPO / "var" / "guest"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-quic"]
 LIBVIRT_URI = "qemu:///system"
 STORAGE_POOL = "vdi-test"
 STORAGE_DIR = Path("/var/lib/libvirt/images/vdi-test")

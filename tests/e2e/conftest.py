@@ -18,14 +18,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.ldap_server import SlapdServer, free_loopback_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-quic"]
 PREFIX = "vdit-e2e-"
 STAFF_GROUP = "cn=window-staff,ou=groups,dc=district,dc=example"
 
