@@ -26,7 +26,12 @@ web/node_modules/.package-lock.json: web/package.json
 	@cd web && npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
-web-deps: web/node_modules/.package-lock.json
+# The page scripts, bundled with noVNC into one file per page (web/assets.py serves them).
+web/static/dist/.built: web/node_modules/.package-lock.json $(wildcard web/static/*.js)
+	@cd web && npm run --silent build
+	@touch $@
+
+web-deps: web/static/dist/.built
 
 translations: venv
 	@$(VENV)/bin/pybabel compile -d web/locale -D messages 2>&1 | grep -v "^compiling catalog" || true

@@ -101,7 +101,7 @@ MILESTONES = (  # (key in RunTiming, label)
 )
 STEPS = (  # (label, from-key, to-key)
     ("sign-in + pool list (POST /api/session, GET /api/pools)", None, "page_ms"),
-    ("desktop page + noVNC modules load", "page_ms", "sent_ms"),
+    ("desktop page + its script bundle (noVNC) load", "page_ms", "sent_ms"),
     ("POST connect (claim the spare, issue a token)", "sent_ms", "token_ms"),
     ("websocket + tunnel + VNC auth + RFB handshake", "token_ms", "connected_ms"),
     ("first framebuffer update drawn", "connected_ms", "first_pixel_ms"),
@@ -120,7 +120,7 @@ class RunTiming:
     connected_ms: float  # -> noVNC's "connect" event (RFB handshake done)
     first_pixel_ms: float  # -> first non-black pixel on the canvas
     driver_ms: float  # the same as first_pixel_ms, as the driver saw it (monotonic)
-    static_files: int  # files the desktop page fetched from /static/ (noVNC's modules)
+    static_files: int  # files the desktop page fetched from /static/ (its script bundle)
 
     def get(self, key: str) -> float:
         return float(getattr(self, key))
@@ -468,8 +468,9 @@ def build_section(timings: list[RunTiming], *, spares: int, warm_s: float,
         note="Run 0 is the first login the broker process serves (cold caches): a "
              "warm-up, not counted. 'driver saw' is click to first pixel as timed by the "
              "Playwright driver (includes its polling). 'static files': requests the desktop "
-             "page made to /static/ (its scripts and noVNC's ES modules), all uncached in a "
-             "fresh context.")
+             "page loaded from /static/ in a fresh browser context: its one script bundle (noVNC "
+             "included), which the sign-in page prefetched while the clerk typed, and the "
+             "style sheet.")
     bars = Plot(
         filename="first-pixel-milestones.png",
         title=f"Login click to first pixel, warm spare ({len(counted)} logins)",

@@ -170,11 +170,16 @@ def _throughput(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
                         xlabel="direction x tunnels", ylabel="core-seconds per GB",
                         series={name: [(c, round(thr[name][c].proxy_s_per_gb, 2))
                                        for c in cases] for name in proxies}))
+    ceiling = {c: _ratio(thr[RAW][c].mb_s, best_wsfy[c]) for c in cases}
     for direction, label in (("down", "server->browser"), ("up", "browser->server")):
         worst = min((vs_wsfy[c], c) for c in cases if c.startswith(direction))
+        value = f"{worst[0]:.2f}x ({worst[1]}, the worse case)"
+        unreachable = sorted(c for c in cases if c.startswith(direction) and ceiling[c] < 1.5)
+        if unreachable:  # websockify already runs near the physical limit there
+            value += "; out of reach on this machine: the raw TCP relay itself is only " + ", ".join(
+                f"{ceiling[c]:.2f}x websockify ({c})" for c in unreachable)
         s.targets.append(Target(f"throughput {label} vs websockify", ">= 1.5x (1 and 10 tunnels)",
-                                f"{worst[0]:.2f}x ({worst[1]}, the worse case)",
-                                worst[0] >= 1.5))
+                                value, worst[0] >= 1.5))
     worst_raw = min((vs_raw[c], c) for c in cases)
     s.targets.append(Target("throughput vs raw TCP relay", ">= 40 % in every case",
                             f"{100 * worst_raw[0]:.0f} % ({worst_raw[1]}, the worst case)",

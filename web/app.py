@@ -14,18 +14,17 @@ from starlette.staticfiles import StaticFiles
 from broker.directory import Directory
 from pools.hypervisor import Hypervisor
 from vdi.settings import Settings
-from web import api, console, pages
+from web import api, assets, console, pages
+from web.assets import Assets
 from web.services import Services, build_services, start_background, stop_background
 
 HERE = Path(__file__).parent
-NOVNC = HERE / "node_modules" / "@novnc" / "novnc"
 
 
 def create_app(settings: Settings, *, directory: Directory | None = None,
                hosts: dict[str, Hypervisor] | None = None, run_worker: bool = True) -> Starlette:
     """Build the app; shared resources come to life in the lifespan, not here."""
-    if not (NOVNC / "core" / "rfb.js").is_file():
-        raise RuntimeError(f"noVNC is missing at {NOVNC}: run 'make setup' (npm install)")
+    bundles = Assets()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -39,8 +38,9 @@ def create_app(settings: Settings, *, directory: Directory | None = None,
             await stop_background(services)
 
     routes = [
-        *api.routes, *pages.routes, *console.routes,
-        Mount("/static/novnc", StaticFiles(directory=NOVNC), name="novnc"),
+        *api.routes, *pages.routes, *console.routes, *assets.routes(bundles),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.assets = bundles
+    return app

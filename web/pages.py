@@ -55,7 +55,8 @@ def render(request: Request, name: str, **context: Any) -> Response:
     strings = {s: gt(s) for s in JS_STRINGS}
     html = _ENVIRONMENTS[lang].get_template(name).render(
         lang=lang, html_lang="zh-CN" if lang == "zh_CN" else "en",
-        js_strings=json.dumps(strings, ensure_ascii=False), path=request.url.path, **context)
+        js_strings=json.dumps(strings, ensure_ascii=False), path=request.url.path,
+        asset=request.app.state.assets.url, **context)
     response = HTMLResponse(html, headers={
         "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                    "connect-src 'self'; style-src 'self'; "

@@ -1,7 +1,7 @@
 // The desktop page: ask the broker for a console token, then let noVNC speak RFB
 // through the broker's websocket tunnel. After a network blip it reconnects to the
 // same desktop with a fresh token.
-import RFB from "/static/novnc/core/rfb.js";
+import RFB from "@novnc/novnc";
 import { api, t, wireLogout } from "./common.js";
 
 wireLogout();
