@@ -176,8 +176,8 @@ def _throughput(s: Section, r: Results, plan: Plan) -> dict[str, Any]:
         value = f"{worst[0]:.2f}x ({worst[1]}, the worse case)"
         unreachable = sorted(c for c in cases if c.startswith(direction) and ceiling[c] < 1.5)
         if unreachable:  # websockify already runs near the physical limit there
-            value += "; out of reach on this machine: the raw TCP relay itself is only " + ", ".join(
-                f"{ceiling[c]:.2f}x websockify ({c})" for c in unreachable)
+            value += ("; out of reach on this machine: the raw TCP relay itself is only "
+                      + ", ".join(f"{ceiling[c]:.2f}x websockify ({c})" for c in unreachable))
         s.targets.append(Target(f"throughput {label} vs websockify", ">= 1.5x (1 and 10 tunnels)",
                                 value, worst[0] >= 1.5))
     worst_raw = min((vs_raw[c], c) for c in cases)
