@@ -7,7 +7,7 @@ GUEST := var/guest
 DEMO_CONFIG := deploy/demo/vdi.toml
 export VDI_CONFIG ?= $(DEMO_CONFIG)
 
-.PHONY: setup system venv web-deps translations guest demo demo-stop test lint unit bench clean
+.PHONY: setup system venv web-deps translations messages guest demo demo-stop test lint unit bench clean
 
 setup: system venv web-deps translations guest
 
@@ -35,6 +35,13 @@ web-deps: web/static/dist/.built
 
 translations: venv
 	@$(VENV)/bin/pybabel compile -d web/locale -D messages 2>&1 | grep -v "^compiling catalog" || true
+
+# After changing user-facing strings: refresh the catalogs, then translate the new
+# entries in web/locale/zh_CN (tests/web/test_i18n.py fails on any left untranslated).
+messages: venv
+	@$(VENV)/bin/pybabel extract -F babel.cfg -k N_ -k error:4 --sort-output --no-location \
+		-o web/locale/messages.pot . >/dev/null
+	@$(VENV)/bin/pybabel update -i web/locale/messages.pot -d web/locale -D messages
 
 guest:
 	@deploy/guest/build-image.sh $(GUEST)

@@ -9,6 +9,7 @@ stops one user from holding two desktops of a pool even when two of their reques
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, select, update
@@ -16,7 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from broker.roles import entitled
+from pools.jobs import JobKind, enqueue
 from vdi.catalog import desktop_from_row, pool_from_row
+from vdi.db import rows_changed
 from vdi.domain import Desktop, DesktopState, Pool, Principal, utc_now
 from vdi.models import DesktopRow, PoolRow
 
@@ -77,6 +80,18 @@ class DesktopNotReady(AssignmentError):
     code = "desktop_starting"
 
 
+class NothingToLogOff(AssignmentError):
+    """The user holds no desktop in that pool."""
+
+    code = "no_desktop"
+
+
+@dataclass(frozen=True)
+class LogOff:
+    desktop: Desktop
+    reverted: bool  # floating: the desktop goes back to the pool through a fresh clone
+
+
 class Assigner:
     def __init__(self, sessions: sessionmaker[Session],
                  clock: Callable[[], datetime] = utc_now) -> None:
@@ -107,6 +122,38 @@ class Assigner:
             if not self._spare_exists(pool_id):
                 break
         raise self._why_none(pool_id)
+
+    def log_off(self, pool_id: str, username: str) -> LogOff:
+        """End the user's use of their desktop in this pool.
+
+        Floating: one compare-and-set takes it from the user (assigned -> reclaiming) and,
+        in the same transaction, asks for a revert: a fresh clone of the pool's image,
+        then back to the spares. Dedicated: the desktop stays the user's, untouched (the
+        broker never reverts or deletes it without an admin). Raises PoolNotFound,
+        NothingToLogOff."""
+        now = self._clock()
+        with self._sessions.begin() as s:
+            prow = s.get(PoolRow, pool_id)
+            if prow is None:
+                raise PoolNotFound(pool_id)
+            pool = pool_from_row(prow)
+            row = s.scalars(select(DesktopRow).where(
+                DesktopRow.pool_id == pool_id, DesktopRow.assigned_user == username,
+                DesktopRow.state == DesktopState.ASSIGNED.value)).first()
+            if row is None:
+                raise NothingToLogOff(pool_id)
+            desktop = desktop_from_row(row)
+            if pool.persistent:
+                return LogOff(desktop, reverted=False)
+            taken = rows_changed(s.execute(update(DesktopRow).where(
+                DesktopRow.id == row.id, DesktopRow.state == DesktopState.ASSIGNED.value,
+                DesktopRow.assigned_user == username).values(
+                state=DesktopState.RECLAIMING.value, assigned_user=None,
+                updated_at=now).execution_options(synchronize_session=False)))
+            if not taken:
+                raise NothingToLogOff(pool_id)
+            enqueue(s, JobKind.REVERT, row.id, now)
+            return LogOff(desktop, reverted=True)
 
     def current(self, pool_id: str, username: str) -> Desktop | None:
         with self._sessions() as s:

@@ -14,6 +14,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.sessions import hash_secret
+from vdi.db import rows_changed
 from vdi.domain import utc_now
 from vdi.models import AuditRow, ConsoleTokenRow
 
@@ -98,7 +99,7 @@ class TokenStore:
                                 .where(ConsoleTokenRow.token_hash == h,
                                        ConsoleTokenRow.used_at.is_(None))
                                 .values(used_at=now))
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if rows_changed(claimed) != 1:
                 raise TokenRejected("token already used")
             return ConsoleGrant(username=row.username, session_hash=row.session_hash,
                                 desktop_id=row.desktop_id, kind=row.kind)

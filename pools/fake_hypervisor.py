@@ -40,6 +40,12 @@ class FakeDomain:
     spec: DesktopSpec
     port: int
     running: bool = True
+    disk_serial: int = 0  # which overlay disk: every new linked clone gets the next number
+
+    @property
+    def image_disk(self) -> str:
+        """The golden image disk the overlay is backed by."""
+        return self.spec.image.disk_path
 
 
 class FakeHypervisor:
@@ -104,9 +110,10 @@ class FakeHypervisor:
                 if spec.image.disk_path not in {f.disk_path for f in self.images.values()}:
                     raise HypervisorError(f"host {self.uri}: create desktop {spec.name}: "
                                           f"backing image {spec.image.disk_path} does not exist")
-                dom = FakeDomain(spec=spec, port=self._free_port())
-                self.domains[spec.name] = dom
                 self.defined_count += 1
+                dom = FakeDomain(spec=spec, port=self._free_port(),
+                                 disk_serial=self.defined_count)
+                self.domains[spec.name] = dom
             dom.running = True
             return GraphicsEndpoint(host=self.graphics_listen, port=dom.port)
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hypervisor import Hypervisor, ImageFiles, image_digest
-from vdi.domain import utc_now
-from vdi.models import ImageRow
+from vdi.domain import Pool, utc_now
+from vdi.models import ImageReleaseRow, ImageRow
 
 
 class ImageNotPublished(LookupError):
     """No version of the image is published on that host."""
+
+
+class ReleaseError(ValueError):
+    """A release or rollback cannot be done; the message says why."""
 
 
 class ImageStore:
@@ -65,3 +70,61 @@ class ImageStore:
             return row.version, ImageFiles(disk_path=row.disk_path, kernel_path=row.kernel_path,
                                            initrd_path=row.initrd_path, cmdline=row.cmdline,
                                            disk_bytes=row.disk_bytes)
+
+    def listing(self) -> list[tuple[str, int, str, datetime]]:
+        """(image, version, host, published at) of every published version."""
+        with self._sessions() as s:
+            return [(r.id, r.version, r.host_uri, r.published_at) for r in s.scalars(
+                select(ImageRow).order_by(ImageRow.id, ImageRow.version, ImageRow.host_uri))]
+
+    # -- releases: which version the pools that follow an image run ---------------------
+
+    def released_version(self, image_id: str) -> int | None:
+        with self._sessions() as s:
+            row = s.get(ImageReleaseRow, image_id)
+            return row.version if row else None
+
+    def published_versions(self, image_id: str) -> list[int]:
+        with self._sessions() as s:
+            return sorted(set(s.scalars(select(ImageRow.version).where(
+                ImageRow.id == image_id))))
+
+    def release(self, image_id: str, version: int, by: str) -> int | None:
+        """Make `version` the one the pools following `image_id` run (a rollout, or a
+        rollback when it is older). Returns the version released before, if any.
+        Raises ReleaseError for a version that was never published."""
+        if version not in self.published_versions(image_id):
+            raise ReleaseError(f"image {image_id!r} has no published version {version}")
+        with self._sessions.begin() as s:
+            row = s.get(ImageReleaseRow, image_id)
+            before = row.version if row else None
+            if row is None:
+                row = ImageReleaseRow(image_id=image_id)
+                s.add(row)
+            row.previous_version = before
+            row.version = version
+            row.released_at = utc_now()
+            row.released_by = by
+        return before
+
+    def rollback(self, image_id: str, by: str) -> tuple[int, int]:
+        """Release the newest published version older than the released one. Returns
+        (from, to). Raises ReleaseError when there is nothing older."""
+        current = self.released_version(image_id)
+        if current is None:
+            raise ReleaseError(f"image {image_id!r} has no released version to roll back")
+        older = [v for v in self.published_versions(image_id) if v < current]
+        if not older:
+            raise ReleaseError(f"image {image_id!r} has no version older than {current}")
+        self.release(image_id, older[-1], by)
+        return current, older[-1]
+
+    def target_version(self, pool: Pool, host_uri: str) -> int:
+        """The version new desktops of `pool` get on that host: the pool's pinned one,
+        else the image's released one, else the newest published there (0: none)."""
+        if pool.image_version is not None:
+            return pool.image_version
+        released = self.released_version(pool.image)
+        if released is not None:
+            return released
+        return self.latest_version(host_uri, pool.image)

@@ -1,8 +1,11 @@
-"""The pool worker: keeps each pool's spare desktops booted, up to max_size.
+"""The pool worker: keeps each pool's spare desktops booted, up to max_size, on the
+image version the pool should run.
 
-Hypervisor work is persisted first as a desktop row in state `provisioning`; creating
-the domain is idempotent, so a broker killed half-way resumes the same desktop on its
-next tick instead of leaving an orphan or making a second one.
+Each tick plans in the database and leaves the hypervisor work to persisted jobs
+(`pools.jobs`): a new spare is a desktop row in `provisioning` plus a provision job, in
+one transaction; a floating pool's spare on an outdated image version goes to
+`reclaiming` with a revert job. A broker killed half-way resumes the jobs on restart
+instead of leaving an orphan or making a second desktop.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,9 +24,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.calls import HostCalls
-from pools.hypervisor import DesktopSpec, GraphicsEndpoint, HostUnavailable, HypervisorError
-from pools.images import ImageNotPublished, ImageStore
+from pools.images import ImageStore
+from pools.jobs import JobKind, JobRunner, active_job_desktops, enqueue
 from vdi.catalog import Catalog
+from vdi.db import rows_changed
 from vdi.domain import DesktopState, Pool, utc_now
 from vdi.models import DesktopRow
 
@@ -46,18 +52,17 @@ class SparePlan:
 class PoolWorker:
     def __init__(self, sessions: sessionmaker[Session], calls: HostCalls, images: ImageStore,
                  *, host_uri: str, domain_prefix: str, interval_s: float,
-                 per_host_parallel: int = 2, clock: Callable[[], datetime] = utc_now) -> None:
+                 per_host_parallel: int = 2, clock: Callable[[], datetime] = utc_now,
+                 job_lease_s: float = 30.0) -> None:
         self._sessions = sessions
         self._catalog = Catalog(sessions)
-        self._calls = calls
         self._images = images
         self._host_uri = host_uri
         self._prefix = domain_prefix
         self._interval = interval_s
         self._clock = clock
-        self._slots = asyncio.Semaphore(per_host_parallel)
-        self._in_flight: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.jobs = JobRunner(sessions, calls, images, owner=new_owner_id(), clock=clock,
+                              lease_s=job_lease_s, per_host_parallel=per_host_parallel)
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -70,31 +75,32 @@ class PoolWorker:
             except Exception:  # keep the worker alive; the next tick retries
                 log.exception("pool worker tick failed")
             self.wake.clear()
+            self.jobs.finished.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self._interval)
+                # a finished job may free room for the next one: tick again at once
+                await asyncio.wait_for(_first(self.wake, self.jobs.finished), self._interval)
 
     async def tick(self) -> None:
         pools = await asyncio.to_thread(self._catalog.pools)
         for pool in pools:
             new_ids = await asyncio.to_thread(self._plan_and_insert, pool)
-            pending = await asyncio.to_thread(self._provisioning_ids, pool.id)
-            for desktop_id in pending:
-                if desktop_id not in self._in_flight:
-                    self._in_flight.add(desktop_id)
-                    task = asyncio.create_task(self._provision(pool, desktop_id))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
             if new_ids:
                 log.info("pool %s: provisioning %d new desktop(s)", pool.id, len(new_ids))
+            if not pool.persistent:
+                stale = await asyncio.to_thread(self._recompose_spares, pool)
+                if stale:
+                    log.info("pool %s: replacing %d spare(s) on an old image version",
+                             pool.id, stale)
+        adopted = await asyncio.to_thread(self._adopt_orphans)
+        if adopted:
+            log.warning("resumed %d desktop(s) left in work without a job", adopted)
+        await self.jobs.dispatch()
 
     async def drain(self) -> None:
-        """Wait for the provisioning tasks started so far (tests and shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for the jobs started so far (tests and shutdown)."""
+        await self.jobs.drain()
 
     def _plan_and_insert(self, pool: Pool) -> list[str]:
-        # read before the write transaction: SQLite allows one writer, even in this thread
-        version = self._images.latest_version(self._host_uri, pool.image)
         with self._sessions.begin() as s:
             counts: dict[str, int] = {
                 state: n for state, n in s.execute(
@@ -109,73 +115,68 @@ class PoolWorker:
             now = self._clock()
             ids = []
             for _ in range(plan.add):
-                suffix = secrets.token_hex(4)
-                desktop_id = f"{pool.id}-{suffix}"
+                desktop_id = f"{pool.id}-{secrets.token_hex(4)}"
                 s.add(DesktopRow(id=desktop_id, pool_id=pool.id,
                                  state=DesktopState.PROVISIONING.value,
                                  host_uri=self._host_uri,
                                  domain_name=f"{self._prefix}{desktop_id}",
-                                 image_version=version, created_at=now, updated_at=now))
+                                 image_version=0, created_at=now, updated_at=now))
+                enqueue(s, JobKind.PROVISION, desktop_id, now)
                 ids.append(desktop_id)
             return ids
 
-    def _provisioning_ids(self, pool_id: str) -> list[str]:
+    def _recompose_spares(self, pool: Pool) -> int:
+        """A floating pool's spares on another version than the pool's target are
+        reverted onto it at once (compare-and-set: a clerk claiming one first keeps it;
+        their desktop is reverted onto the new version when they log off)."""
         with self._sessions() as s:
-            return list(s.scalars(select(DesktopRow.id).where(
-                DesktopRow.pool_id == pool_id,
-                DesktopRow.state == DesktopState.PROVISIONING.value)))
+            spares = list(s.execute(select(DesktopRow.id, DesktopRow.host_uri,
+                                           DesktopRow.image_version).where(
+                DesktopRow.pool_id == pool.id, DesktopRow.state == DesktopState.READY.value)))
+        targets: dict[str, int] = {}
+        stale = []
+        for desktop_id, host_uri, version in spares:
+            if host_uri not in targets:
+                targets[host_uri] = self._images.target_version(pool, host_uri)
+            if targets[host_uri] and version != targets[host_uri]:
+                stale.append(desktop_id)
+        done = 0
+        for desktop_id in stale:
+            with self._sessions.begin() as s:
+                now = self._clock()
+                changed = rows_changed(s.execute(update(DesktopRow).where(
+                    DesktopRow.id == desktop_id, DesktopRow.state == DesktopState.READY.value)
+                    .values(state=DesktopState.RECLAIMING.value, updated_at=now)))
+                if changed:
+                    enqueue(s, JobKind.REVERT, desktop_id, now)
+                    done += 1
+        return done
 
-    async def _provision(self, pool: Pool, desktop_id: str) -> None:
-        try:
-            async with self._slots:
-                row = await asyncio.to_thread(self._load, desktop_id)
-                if row is None or row.state != DesktopState.PROVISIONING.value:
-                    return
-                try:
-                    version, files = await asyncio.to_thread(
-                        self._images.files, row.host_uri, pool.image, row.image_version or None)
-                except ImageNotPublished as e:
-                    await asyncio.to_thread(self._fail, desktop_id, str(e))
-                    return
-                spec = DesktopSpec(name=row.domain_name, desktop_id=desktop_id, pool_id=pool.id,
-                                   vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files)
-                try:
-                    endpoint = await self._calls.run(row.host_uri,
-                                                     lambda h: h.create_desktop(spec),
-                                                     timeout_s=max(self._calls.timeout_s, 60))
-                except HostUnavailable as e:
-                    log.warning("desktop %s: host unavailable, will retry: %s", desktop_id, e)
-                    await asyncio.to_thread(self._note, desktop_id, str(e))
-                    return
-                except HypervisorError as e:
-                    log.error("desktop %s: provisioning failed: %s", desktop_id, e)
-                    await asyncio.to_thread(self._fail, desktop_id, str(e))
-                    return
-                await asyncio.to_thread(self._mark_ready, desktop_id, endpoint, version)
-                log.info("desktop %s ready on %s:%d", desktop_id, endpoint.host, endpoint.port)
-        finally:
-            self._in_flight.discard(desktop_id)
-
-    def _load(self, desktop_id: str) -> DesktopRow | None:
-        with self._sessions() as s:
-            return s.get(DesktopRow, desktop_id)
-
-    def _mark_ready(self, desktop_id: str, endpoint: GraphicsEndpoint, version: int) -> None:
+    def _adopt_orphans(self) -> int:
+        """Desktops in provisioning or reclaiming with no job to finish them (a database
+        from before jobs existed, or a job row lost): give them one."""
+        kinds = {DesktopState.PROVISIONING.value: JobKind.PROVISION,
+                 DesktopState.RECLAIMING.value: JobKind.REVERT}
         with self._sessions.begin() as s:
-            s.execute(update(DesktopRow).where(
-                DesktopRow.id == desktop_id,
-                DesktopRow.state == DesktopState.PROVISIONING.value).values(
-                state=DesktopState.READY.value, vnc_host=endpoint.host, vnc_port=endpoint.port,
-                image_version=version, error=None, updated_at=self._clock()))
+            busy = active_job_desktops(s)
+            orphans = [(d, st) for d, st in s.execute(
+                select(DesktopRow.id, DesktopRow.state).where(DesktopRow.state.in_(list(kinds))))
+                if d not in busy]
+            now = self._clock()
+            for desktop_id, state in orphans:
+                enqueue(s, kinds[state], desktop_id, now)
+            return len(orphans)
 
-    def _fail(self, desktop_id: str, message: str) -> None:
-        with self._sessions.begin() as s:
-            s.execute(update(DesktopRow).where(
-                DesktopRow.id == desktop_id,
-                DesktopRow.state == DesktopState.PROVISIONING.value).values(
-                state=DesktopState.ERROR.value, error=message[:2000], updated_at=self._clock()))
 
-    def _note(self, desktop_id: str, message: str) -> None:
-        with self._sessions.begin() as s:
-            s.execute(update(DesktopRow).where(DesktopRow.id == desktop_id).values(
-                error=message[:2000], updated_at=self._clock()))
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def new_owner_id() -> str:
+    """Who holds a job's lease: this broker process (unique across restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

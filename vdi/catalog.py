@@ -19,7 +19,8 @@ def pool_from_row(row: PoolRow) -> Pool:
     return Pool(id=row.id, display_name=row.display_name, kind=PoolKind(row.kind),
                 image=row.image, vcpus=row.vcpus, memory_mib=row.memory_mib,
                 min_ready=row.min_ready, max_size=row.max_size,
-                entitled_groups=tuple(row.entitled_groups))
+                entitled_groups=tuple(row.entitled_groups), image_version=row.image_version,
+                hosts=tuple(row.hosts or ()))
 
 
 def desktop_from_row(row: DesktopRow) -> Desktop:
@@ -27,7 +28,7 @@ def desktop_from_row(row: DesktopRow) -> Desktop:
                    host_uri=row.host_uri, domain_name=row.domain_name,
                    assigned_user=row.assigned_user, vnc_host=row.vnc_host,
                    vnc_port=row.vnc_port, created_at=row.created_at,
-                   last_input_at=row.last_input_at)
+                   last_input_at=row.last_input_at, image_version=row.image_version)
 
 
 class Catalog:
@@ -59,6 +60,8 @@ class Catalog:
             row.min_ready = pool.min_ready
             row.max_size = pool.max_size
             row.entitled_groups = list(pool.entitled_groups)
+            row.image_version = pool.image_version
+            row.hosts = list(pool.hosts)
 
     def desktops(self, pool_id: str | None = None,
                  states: Sequence[DesktopState] | None = None) -> list[Desktop]:
@@ -85,3 +88,5 @@ def validate_pool(pool: Pool) -> None:
         raise CatalogError("pool sizes: 0 <= min_ready <= max_size, max_size >= 1")
     if not pool.image:
         raise CatalogError("pool needs an image")
+    if pool.image_version is not None and pool.image_version < 1:
+        raise CatalogError("pool image version: 1 or more, or none for the released one")

@@ -7,11 +7,16 @@ the commands that need them), so that `vdi` itself stays free of starlette and l
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import getpass
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from vdi.audit import AuditLog
 from vdi.catalog import Catalog, CatalogError
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import Pool, PoolKind
@@ -28,6 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     pub = sub.add_parser("image-publish", help="publish a built guest image as a new version")
     pub.add_argument("image_id")
     pub.add_argument("source_dir", type=Path)
+    pub.add_argument("--pool", action="append", default=[],
+                     help="try the new version on this pool only (repeat); the pools that "
+                          "follow the image keep the released version")
+    pub.add_argument("--no-release", action="store_true",
+                     help="publish without rolling it out")
+    rel = sub.add_parser("image-release",
+                         help="roll an image version out to the pools that follow the image")
+    rel.add_argument("image_id")
+    rel.add_argument("version", type=int)
+    rb = sub.add_parser("image-rollback", help="release the version before the released one")
+    rb.add_argument("image_id")
+    sub.add_parser("images", help="list image versions and which one is released")
     ps = sub.add_parser("pool-set", help="create or update a desktop pool")
     ps.add_argument("pool_id")
     ps.add_argument("--name", required=True, help="display name shown to clerks")
@@ -38,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--min-ready", type=int, default=1)
     ps.add_argument("--max-size", type=int, default=4)
     ps.add_argument("--group", action="append", default=[], help="entitled group DN (repeat)")
+    ps.add_argument("--image-version", type=int, default=None,
+                    help="pin the pool to this image version (default: the released one)")
+    ps.add_argument("--host", action="append", default=[],
+                    help="host URI the pool may use (repeat; default: any host)")
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
     args = parser.parse_args(argv)
@@ -93,27 +114,81 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                            graphics_listen=settings.graphics_listen,
                            cache_dir=settings.state_dir / "hosts")
         store = ImageStore(db)
+        trial = [catalog.pool(pool_id) for pool_id in args.pool]
+        missing = [pool_id for pool_id, p in zip(args.pool, trial, strict=True) if p is None]
+        if missing:
+            print(f"vdi: no such pool: {', '.join(missing)}", file=sys.stderr)
+            return 2
         try:
             version, files = store.publish(host, args.image_id, args.source_dir)
         except (HypervisorError, FileNotFoundError) as e:
             print(f"vdi: {e}", file=sys.stderr)
             return 1
         print(f"image {args.image_id} v{version} published on {host.uri}: {files.disk_path}")
+        for p in trial:
+            assert p is not None
+            catalog.save_pool(dataclasses.replace(p, image_version=version))
+            print(f"pool {p.id} now runs {args.image_id} v{version} (a trial)")
+            _audit(db, "pool-pin-image", p.id, f"{args.image_id} v{version}")
+        if not trial and not args.no_release:
+            before = store.release(args.image_id, version, by=_cli_actor())
+            _audit(db, "image-release", args.image_id, f"v{before} -> v{version}")
+            print(f"image {args.image_id} v{version} released"
+                  + (f" (was v{before})" if before and before != version else ""))
+    elif args.command == "image-release":
+        from pools.images import ImageStore, ReleaseError
+
+        try:
+            before = ImageStore(db).release(args.image_id, args.version, by=_cli_actor())
+        except ReleaseError as e:
+            print(f"vdi: {e}", file=sys.stderr)
+            return 2
+        _audit(db, "image-release", args.image_id, f"v{before} -> v{args.version}")
+        print(f"image {args.image_id} v{args.version} released (was v{before}); spares are "
+              "replaced now, desktops in use when their clerk logs off")
+    elif args.command == "image-rollback":
+        from pools.images import ImageStore, ReleaseError
+
+        try:
+            was, now = ImageStore(db).rollback(args.image_id, by=_cli_actor())
+        except ReleaseError as e:
+            print(f"vdi: {e}", file=sys.stderr)
+            return 2
+        _audit(db, "image-rollback", args.image_id, f"v{was} -> v{now}")
+        print(f"image {args.image_id} rolled back from v{was} to v{now}")
+    elif args.command == "images":
+        from pools.images import ImageStore
+
+        store = ImageStore(db)
+        for image_id, version, host_uri, published in store.listing():
+            mark = "released" if store.released_version(image_id) == version else ""
+            print(f"{image_id}\tv{version}\t{host_uri}\t{published:%Y-%m-%d %H:%M}\t{mark}")
     elif args.command == "pool-set":
         catalog.save_pool(Pool(id=args.pool_id, display_name=args.name,
                                kind=PoolKind(args.kind), image=args.image, vcpus=args.vcpus,
                                memory_mib=args.memory_mib, min_ready=args.min_ready,
-                               max_size=args.max_size, entitled_groups=tuple(args.group)))
+                               max_size=args.max_size, entitled_groups=tuple(args.group),
+                               image_version=args.image_version, hosts=tuple(args.host)))
         print(f"pool {args.pool_id} saved")
     elif args.command == "pools":
         for p in catalog.pools():
-            print(f"{p.id}\t{p.kind.value}\t{p.image}\tmin_ready={p.min_ready}\t"
+            runs = f"v{p.image_version}" if p.image_version else "released"
+            print(f"{p.id}\t{p.kind.value}\t{p.image} ({runs})\tmin_ready={p.min_ready}\t"
                   f"max_size={p.max_size}\t{p.display_name}")
     elif args.command == "desktops":
         for d in catalog.desktops():
             print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"
-                  f"{d.vnc_host}:{d.vnc_port}")
+                  f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}")
     return 0
+
+
+def _cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _audit(db: sessionmaker[Session], action: str, target: str, detail: str) -> None:
+    AuditLog(db).record(actor=_cli_actor(), role="admin", action=action, target=target,
+                        source="cli", outcome="ok", detail=detail)
 
 
 if __name__ == "__main__":

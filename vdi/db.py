@@ -31,7 +31,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import DisconnectionError, InvalidRequestError, OperationalError
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
@@ -257,3 +257,10 @@ def migrate(url: str) -> None:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), "head")
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched (its compare-and-set succeeded)."""
+    if not isinstance(result, CursorResult):
+        raise TypeError("rows_changed needs the result of an UPDATE or DELETE")
+    return int(result.rowcount)

@@ -45,6 +45,13 @@ class Pool:
     min_ready: int
     max_size: int
     entitled_groups: tuple[str, ...]
+    image_version: int | None = None  # None: the image's released version
+    hosts: tuple[str, ...] = ()  # host URIs the pool may use; empty: any
+
+    @property
+    def persistent(self) -> bool:
+        """Dedicated desktops keep their user and disk; the broker never reverts them."""
+        return self.kind is PoolKind.DEDICATED
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Desktop:
     vnc_port: int | None
     created_at: datetime
     last_input_at: datetime | None
+    image_version: int = 0
 
 
 @dataclass(frozen=True)

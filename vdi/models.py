@@ -56,6 +56,43 @@ class PoolRow(Base):
     max_size: Mapped[int] = mapped_column(Integer)
     entitled_groups: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # the image version this pool runs; NULL: the image's released version
+    image_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # host URIs the pool may place desktops on; empty: any host
+    hosts: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class ImageReleaseRow(Base):
+    """Which version of a golden image the pools that follow it run (rollout, rollback)."""
+
+    __tablename__ = "image_releases"
+    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    previous_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    released_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    released_by: Mapped[str] = mapped_column(String(128))
+
+
+class JobRow(Base):
+    """Hypervisor work as persisted steps. `step` is the next step to run; every step is
+    idempotent, so a broker that died during one runs it again after its lease ran out."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_not_before", "state", "not_before"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    desktop_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    step: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    not_before: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class ImageRow(Base):

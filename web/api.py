@@ -18,6 +18,7 @@ from broker.assignment import (
     DesktopNotReady,
     HostsUnavailable,
     NotEntitled,
+    NothingToLogOff,
     PoolFull,
     PoolNotFound,
 )
@@ -254,6 +255,38 @@ async def connect(request: Request) -> Response:
         return error(request, 500, "assignment_failed", "Could not assign a desktop.")
 
 
+async def log_off(request: Request) -> Response:
+    """The clerk is done with their desktop in this pool. Floating: it goes back to the
+    pool through a fresh clone of the image. Dedicated: it stays theirs, untouched."""
+    svc = services(request)
+    session = await current_session(request)
+    if session is None:
+        return error(request, 401, "not_signed_in", "Please sign in.")
+    if not csrf_ok(request, session):
+        return error(request, 403, "csrf", "The request lacks a valid CSRF token.")
+    pool_id = request.path_params["pool"]
+    who = session.principal
+    pool = await svc.db_call(svc.catalog.pool, pool_id)
+    if pool is None or not entitled(pool, who.groups):
+        return error(request, 404, "pool_not_found", "No such desktop pool for your account.")
+    try:
+        done = await svc.db_call(svc.assigner.log_off, pool_id, who.username)
+    except (PoolNotFound, NothingToLogOff):
+        return error(request, 404, "no_desktop", "You have no desktop in this pool.")
+    closed = 0
+    for tunnel in svc.tunnels.open_for(desktop_id=done.desktop.id, username=who.username):
+        tunnel.close()
+        closed += 1
+    if done.reverted:
+        svc.worker.wake.set()
+    await svc.db_call(lambda: svc.audit.record(
+        actor=who.username, role=_roles(session), action="logoff", target=done.desktop.id,
+        source=client_address(request), outcome="ok",
+        detail=f"{'reverted to the image' if done.reverted else 'kept (dedicated)'}; "
+               f"tunnels closed: {closed}"))
+    return JSONResponse({"desktop": done.desktop.id, "reverted": done.reverted})
+
+
 async def healthz(request: Request) -> Response:
     svc = services(request)
     def ping() -> None:
@@ -277,5 +310,6 @@ routes = [
     Route("/api/session", logout, methods=["DELETE"]),
     Route("/api/pools", list_pools, methods=["GET"]),
     Route("/api/pools/{pool}/connect", connect, methods=["POST"]),
+    Route("/api/pools/{pool}/logoff", log_off, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]

@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from web.i18n import LANG_COOKIE, LANGUAGES, pick_language, translations
-from web.security import current_session
+from web.security import current_session, services
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -35,6 +35,9 @@ JS_STRINGS = (
     N_("Reconnect"),
     N_("Something went wrong. Try again or call the helpdesk."),
     N_("Please fill in both fields."),
+    N_("Log off now? The desktop is reset for the next clerk: unsaved work is lost."),
+    N_("Log off now? Your desktop and its files stay as they are for next time."),
+    N_("Logging off…"),
 )
 
 
@@ -79,8 +82,11 @@ async def desktop_page(request: Request) -> Response:
     session = await current_session(request)
     if session is None:
         return RedirectResponse("/", status_code=303)
+    svc = services(request)
+    pool = await svc.db_call(svc.catalog.pool, request.path_params["pool"])
+    kind = pool.kind.value if pool is not None else ""
     return render(request, "desktop.html", user=session.principal,
-                  pool=request.path_params["pool"], csrf=session.csrf)
+                  pool=request.path_params["pool"], kind=kind, csrf=session.csrf)
 
 
 routes = [

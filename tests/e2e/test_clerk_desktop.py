@@ -43,7 +43,8 @@ def sign_in(page: Page, url: str, username: str, password: str, lang: str = "zh_
     return clicked
 
 
-SHIFTED = {">": "Period", "<": "Comma", "|": "Backslash", "_": "Minus", ":": "Semicolon"}
+SHIFTED = {">": "Period", "<": "Comma", "|": "Backslash", "_": "Minus", ":": "Semicolon",
+           "&": "Digit7"}
 
 
 def type_shell_line(page: Page, line: str) -> None:

@@ -4,7 +4,7 @@ test_hypervisor_contract.py) and a real SQLite database."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import DesktopSpec, GraphicsEndpoint, HypervisorError
 from pools.images import ImageStore
 from pools.worker import PoolWorker, SparePlan
+from tests.conftest import ManualClock
 from vdi.catalog import Catalog
 from vdi.domain import DesktopState, Pool, PoolKind, Principal, Role
 from vdi.models import DesktopRow
@@ -53,11 +54,12 @@ class Rig:
     calls: HostCalls
     catalog: Catalog
     images: ImageStore
+    clock: ManualClock = field(default_factory=ManualClock)
 
     def worker(self) -> PoolWorker:
         """A new worker, as a (re)started broker makes one."""
         return PoolWorker(self.db, self.calls, self.images, host_uri=self.fake.uri,
-                          domain_prefix=PREFIX, interval_s=1.0)
+                          domain_prefix=PREFIX, interval_s=1.0, clock=self.clock)
 
     def rows(self, pool_id: str = "window") -> list[Row]:
         with self.db() as s:
@@ -173,6 +175,7 @@ async def test_a_host_that_is_down_keeps_desktops_and_resumes_them(rig: Rig) -> 
         assert r.error is not None and "does not answer" in r.error
     rig.fake.down = False
     assert ready.domain_name in [d.name for d in rig.fake.list_desktops()]
+    rig.clock.advance(120)  # past the retry backoff
     await run_tick(worker)
     after = {r.id: r for r in rig.rows()}
     assert set(after) == {r.id for r in rows}  # the same desktops, no new ones
@@ -185,7 +188,13 @@ async def test_a_host_that_is_down_keeps_desktops_and_resumes_them(rig: Rig) -> 
 async def test_a_hypervisor_error_puts_the_desktop_in_error(rig: Rig) -> None:
     rig.catalog.save_pool(make_pool(min_ready=1, max_size=4))
     rig.fake.create_error = HypervisorError("no space left on device")
-    await run_tick(rig.worker())
+    worker = rig.worker()
+    await run_tick(worker)
+    [row] = rig.rows()
+    assert row.state == DesktopState.PROVISIONING.value  # tried again, a few times
+    for _ in range(2):
+        rig.clock.advance(120)
+        await run_tick(worker)
     [row] = rig.rows()
     assert row.state == DesktopState.ERROR.value
     assert row.error is not None and "no space left on device" in row.error
@@ -234,6 +243,7 @@ async def test_a_desktop_left_provisioning_is_resumed_without_a_second_domain(
         assert (domain.name, domain.desktop_id) == (left.domain_name, left.id)
 
         fake.kill = False  # the broker restarts; the host kept its domain
+        rig.clock.advance(60)  # the dead broker's lease on the job runs out
         await run_tick(rig.worker())
         [resumed] = rig.rows()
         assert (resumed.id, resumed.state) == (left.id, "ready")

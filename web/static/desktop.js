@@ -10,6 +10,8 @@ const csrf = document.body.dataset.csrf;
 const screen = document.getElementById("screen");
 const status = document.getElementById("status");
 const reconnectButton = document.getElementById("reconnect");
+const logoffButton = document.getElementById("logoff");
+let loggingOff = false;
 const timings = (window.vdiTimings = { loginClick: Number(sessionStorage.getItem("vdiLoginClick")) || null });
 let rfb = null;
 let retries = 0;
@@ -73,6 +75,7 @@ async function connect() {
   });
   rfb.addEventListener("disconnect", async (event) => {
     rfb = null;
+    if (loggingOff) return;
     if (retries < MAX_RETRIES) {
       retries += 1;
       show(t("Disconnected. Reconnecting…"), true);
@@ -86,4 +89,16 @@ async function connect() {
 }
 
 reconnectButton.addEventListener("click", () => { retries = 0; connect(); });
+logoffButton.addEventListener("click", async () => {
+  const question = document.body.dataset.kind === "dedicated"
+    ? t("Log off now? Your desktop and its files stay as they are for next time.")
+    : t("Log off now? The desktop is reset for the next clerk: unsaved work is lost.");
+  if (!window.confirm(question)) return;
+  loggingOff = true;
+  show(t("Logging off…"), true);
+  const r = await api("POST", `/api/pools/${encodeURIComponent(pool)}/logoff`, {}, csrf);
+  if (r.status === 200 || r.status === 404) { window.location.href = "/"; return; }
+  loggingOff = false;
+  show((r.data && r.data.message) || t("Something went wrong. Try again or call the helpdesk."), false);
+});
 connect();

@@ -1,0 +1,343 @@
+"""Hypervisor work as persisted, idempotent steps (the `jobs` table).
+
+A job is written in the same transaction as the desktop state change that asks for it
+(a spare planned, a floating desktop logged off), so the database never says "being
+reverted" without the work to do it. A runner claims a due job with a lease, runs its
+steps in order and records each finished step; it renews the lease while it works. A
+broker killed half-way leaves a job `running` with a lease that runs out: any broker
+(the same one restarted) then claims it and runs the unfinished step again. Every step
+is idempotent, so running one twice does no harm.
+
+Failures: a host that does not answer retries the step later (backoff), without limit
+and without changing the desktop: nothing is undone because a host did not answer. A
+hypervisor error retries a few times, then fails the job and puts the desktop in
+`error` with the message for the admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from pools.calls import HostCalls
+from pools.hypervisor import DesktopSpec, HostUnavailable, HypervisorError
+from pools.images import ImageNotPublished, ImageStore
+from vdi.catalog import pool_from_row
+from vdi.db import rows_changed
+from vdi.domain import DesktopState, utc_now
+from vdi.models import DesktopRow, JobRow, PoolRow
+
+log = logging.getLogger(__name__)
+
+
+class JobKind(enum.StrEnum):
+    PROVISION = "provision"  # a new desktop: clone, define, start
+    REVERT = "revert"  # a floating desktop back to its pool's image: a fresh clone
+    REMOVE = "remove"  # the domain and its disk deleted, the row kept as `deleted`
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+STEPS: dict[JobKind, tuple[str, ...]] = {
+    JobKind.PROVISION: ("create", "ready"),
+    JobKind.REVERT: ("destroy", "create", "ready"),
+    JobKind.REMOVE: ("destroy", "forget"),
+}
+ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
+# the desktop states a job may take to `ready` (or `error`)
+IN_WORK = (DesktopState.PROVISIONING.value, DesktopState.RECLAIMING.value)
+
+
+def enqueue(s: Session, kind: JobKind, desktop_id: str, now: datetime,
+            payload: dict[str, Any] | None = None) -> JobRow:
+    """Add a job in the caller's transaction (together with the state change it serves)."""
+    job = JobRow(kind=kind.value, desktop_id=desktop_id, state=JobState.PENDING.value,
+                 step=STEPS[kind][0], attempts=0, payload=dict(payload or {}),
+                 not_before=now, created_at=now, updated_at=now)
+    s.add(job)
+    return job
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: JobKind
+    desktop_id: str
+    step: str
+    attempts: int
+    payload: dict[str, Any]
+
+
+class LeaseLost(Exception):
+    """Another runner took the job over (this one was too slow to renew its lease)."""
+
+
+class StepFailed(Exception):
+    """The step cannot succeed by retrying (e.g. the image is not published)."""
+
+
+class JobRunner:
+    """Claims due jobs and runs them, at most `per_host_parallel` at a time per host."""
+
+    def __init__(self, sessions: sessionmaker[Session], calls: HostCalls, images: ImageStore,
+                 *, owner: str, clock: Callable[[], datetime] = utc_now,
+                 lease_s: float = 30.0, per_host_parallel: int = 2, max_attempts: int = 3,
+                 create_timeout_s: float = 60.0) -> None:
+        self._sessions = sessions
+        self._calls = calls
+        self._images = images
+        self.owner = owner
+        self._clock = clock
+        self._lease = timedelta(seconds=lease_s)
+        self._per_host = per_host_parallel
+        self._max_attempts = max_attempts
+        self._create_timeout_s = create_timeout_s
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.finished = asyncio.Event()  # set whenever a job ends (tests, the worker)
+
+    # -- claiming ---------------------------------------------------------------------
+
+    async def dispatch(self) -> int:
+        """Start every due job this runner is not running yet. Returns how many."""
+        claimed = await asyncio.to_thread(self._claim_due)
+        for job in claimed:
+            self._in_flight.add(job.id)
+            task = asyncio.create_task(self._execute(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(claimed)
+
+    async def drain(self) -> None:
+        """Wait for the jobs started so far (tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _claim_due(self) -> list[Job]:
+        now = self._clock()
+        with self._sessions() as s:
+            due = list(s.scalars(select(JobRow.id).where(or_(
+                (JobRow.state == JobState.PENDING.value) & (JobRow.not_before <= now),
+                (JobRow.state == JobState.RUNNING.value) & (JobRow.lease_until < now),
+            )).order_by(JobRow.id).limit(100)))
+        jobs = []
+        for job_id in due:
+            if job_id in self._in_flight:
+                continue
+            with self._sessions.begin() as s:
+                row = s.scalars(
+                    update(JobRow).where(JobRow.id == job_id, or_(
+                        (JobRow.state == JobState.PENDING.value) & (JobRow.not_before <= now),
+                        (JobRow.state == JobState.RUNNING.value) & (JobRow.lease_until < now)))
+                    .values(state=JobState.RUNNING.value, lease_owner=self.owner,
+                            lease_until=now + self._lease, updated_at=now)
+                    .returning(JobRow).execution_options(synchronize_session=False)).first()
+                if row is not None and row.desktop_id is not None:
+                    jobs.append(Job(id=row.id, kind=JobKind(row.kind), desktop_id=row.desktop_id,
+                                    step=row.step, attempts=row.attempts,
+                                    payload=dict(row.payload or {})))
+        return jobs
+
+    # -- running ----------------------------------------------------------------------
+
+    async def _execute(self, job: Job) -> None:
+        renew = asyncio.create_task(self._renew_forever(job.id))
+        try:
+            host = await asyncio.to_thread(self._host_of, job.desktop_id)
+            async with self._slots.setdefault(host, asyncio.Semaphore(self._per_host)):
+                await self._run_steps(job)
+        except LeaseLost:
+            log.warning("job %d: another broker took it over", job.id)
+        except StepFailed as e:  # the desktop or its pool is gone
+            await asyncio.to_thread(self._fail, job, job.step, str(e))
+        except Exception:  # a bug must not kill the runner; the lease lets it retry
+            log.exception("job %d (%s %s) crashed", job.id, job.kind, job.desktop_id)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            self._in_flight.discard(job.id)
+            self.finished.set()
+
+    async def _run_steps(self, job: Job) -> None:
+        steps = STEPS[job.kind]
+        index = steps.index(job.step) if job.step in steps else 0
+        payload = dict(job.payload)
+        for step in steps[index:]:
+            try:
+                payload = await self._step(job, step, payload)
+            except HostUnavailable as e:
+                await asyncio.to_thread(self._retry_later, job, step, str(e), count=False)
+                return
+            except StepFailed as e:
+                await asyncio.to_thread(self._fail, job, step, str(e))
+                return
+            except HypervisorError as e:
+                if job.attempts + 1 >= self._max_attempts:
+                    await asyncio.to_thread(self._fail, job, step, str(e))
+                else:
+                    await asyncio.to_thread(self._retry_later, job, step, str(e), count=True)
+                return
+            following = steps[steps.index(step) + 1:]
+            await asyncio.to_thread(self._finish_step, job, following[0] if following else None,
+                                    payload)
+        log.info("job %d: %s %s done", job.id, job.kind, job.desktop_id)
+
+    async def _step(self, job: Job, step: str, payload: dict[str, Any]) -> dict[str, Any]:
+        desktop, pool = await asyncio.to_thread(self._load, job.desktop_id)
+        if step == "destroy":
+            await self._calls.run(desktop.host_uri,
+                                  lambda h: h.destroy_desktop(desktop.domain_name))
+            return payload
+        if step == "create":
+            version = payload.get("version")
+            if version is None:  # chosen once: a retried create must not switch versions
+                version = await asyncio.to_thread(self._images.target_version, pool,
+                                                  desktop.host_uri)
+                payload = {**payload, "version": version}
+                await asyncio.to_thread(self._save_payload, job, payload)
+            try:
+                version, files = await asyncio.to_thread(
+                    self._images.files, desktop.host_uri, pool.image, version or None)
+            except ImageNotPublished as e:
+                raise StepFailed(str(e)) from e
+            spec = DesktopSpec(name=desktop.domain_name, desktop_id=desktop.id, pool_id=pool.id,
+                               vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files)
+            endpoint = await self._calls.run(desktop.host_uri, lambda h: h.create_desktop(spec),
+                                             timeout_s=max(self._calls.timeout_s,
+                                                           self._create_timeout_s))
+            return {**payload, "version": version, "vnc_host": endpoint.host,
+                    "vnc_port": endpoint.port}
+        if step == "ready":
+            await asyncio.to_thread(self._mark_ready, job, payload)
+            return payload
+        if step == "forget":
+            await asyncio.to_thread(self._forget, job)
+            return payload
+        raise StepFailed(f"unknown step {step!r}")
+
+    # -- database side ----------------------------------------------------------------
+
+    def _host_of(self, desktop_id: str) -> str:
+        with self._sessions() as s:
+            row = s.get(DesktopRow, desktop_id)
+            if row is None:
+                raise StepFailed(f"desktop {desktop_id} does not exist")
+            return row.host_uri
+
+    def _load(self, desktop_id: str) -> tuple[DesktopRow, Any]:
+        with self._sessions() as s:
+            row = s.get(DesktopRow, desktop_id)
+            if row is None:
+                raise StepFailed(f"desktop {desktop_id} does not exist")
+            prow = s.get(PoolRow, row.pool_id)
+            if prow is None:
+                raise StepFailed(f"pool {row.pool_id} of desktop {desktop_id} does not exist")
+            s.expunge(row)
+            return row, pool_from_row(prow)
+
+    def _mine(self, job: Job) -> Any:
+        return (JobRow.id == job.id) & (JobRow.lease_owner == self.owner) & (
+            JobRow.state == JobState.RUNNING.value)
+
+    def _renew(self, job_id: int) -> None:
+        now = self._clock()
+        with self._sessions.begin() as s:
+            done = rows_changed(s.execute(update(JobRow).where(
+                JobRow.id == job_id, JobRow.lease_owner == self.owner,
+                JobRow.state == JobState.RUNNING.value).values(
+                lease_until=now + self._lease, updated_at=now)))
+        if not done:
+            raise LeaseLost(str(job_id))
+
+    async def _renew_forever(self, job_id: int) -> None:
+        interval = self._lease.total_seconds() / 3
+        with contextlib.suppress(LeaseLost):
+            while True:
+                await asyncio.sleep(interval)
+                await asyncio.to_thread(self._renew, job_id)
+
+    def _save_payload(self, job: Job, payload: dict[str, Any]) -> None:
+        with self._sessions.begin() as s:
+            if not rows_changed(s.execute(update(JobRow).where(self._mine(job)).values(
+                    payload=payload, updated_at=self._clock()))):
+                raise LeaseLost(str(job.id))
+
+    def _finish_step(self, job: Job, next_step: str | None, payload: dict[str, Any]) -> None:
+        now = self._clock()
+        values: dict[str, Any] = {"payload": payload, "updated_at": now, "error": None}
+        if next_step is None:
+            values.update(state=JobState.DONE.value, finished_at=now, lease_owner=None,
+                          lease_until=None)
+        else:
+            values["step"] = next_step
+        with self._sessions.begin() as s:
+            mine = update(JobRow).where(self._mine(job))
+            if not rows_changed(s.execute(mine.values(**values))):
+                raise LeaseLost(str(job.id))
+
+    def _retry_later(self, job: Job, step: str, message: str, *, count: bool) -> None:
+        now = self._clock()
+        attempts = job.attempts + (1 if count else 0)
+        delay = min(60.0, 2.0 * 2 ** min(attempts, 5))
+        log.warning("job %d: %s %s, step %s: %s; again in %.0f s", job.id, job.kind,
+                    job.desktop_id, step, message, delay)
+        with self._sessions.begin() as s:
+            s.execute(update(JobRow).where(self._mine(job)).values(
+                state=JobState.PENDING.value, step=step, attempts=attempts,
+                error=message[:2000], lease_owner=None, lease_until=None,
+                not_before=now + timedelta(seconds=delay), updated_at=now))
+            # the desktop keeps its state; the note tells the admin (and the assigner)
+            s.execute(update(DesktopRow).where(DesktopRow.id == job.desktop_id).values(
+                error=message[:2000], updated_at=now))
+
+    def _fail(self, job: Job, step: str, message: str) -> None:
+        now = self._clock()
+        log.error("job %d: %s %s failed at step %s: %s", job.id, job.kind, job.desktop_id,
+                  step, message)
+        with self._sessions.begin() as s:
+            s.execute(update(JobRow).where(self._mine(job)).values(
+                state=JobState.FAILED.value, step=step, attempts=job.attempts + 1,
+                error=message[:2000], lease_owner=None, lease_until=None, finished_at=now,
+                updated_at=now))
+            s.execute(update(DesktopRow).where(
+                DesktopRow.id == job.desktop_id, DesktopRow.state.in_(IN_WORK)).values(
+                state=DesktopState.ERROR.value, error=message[:2000], updated_at=now))
+
+    def _mark_ready(self, job: Job, payload: dict[str, Any]) -> None:
+        now = self._clock()
+        with self._sessions.begin() as s:
+            s.execute(update(DesktopRow).where(
+                DesktopRow.id == job.desktop_id, DesktopRow.state.in_(IN_WORK)).values(
+                state=DesktopState.READY.value, vnc_host=payload.get("vnc_host"),
+                vnc_port=payload.get("vnc_port"), image_version=payload.get("version", 0),
+                assigned_user=None, assigned_at=None, last_input_at=None,
+                last_disconnect_at=None, error=None, updated_at=now))
+
+    def _forget(self, job: Job) -> None:
+        now = self._clock()
+        with self._sessions.begin() as s:
+            s.execute(update(DesktopRow).where(DesktopRow.id == job.desktop_id).values(
+                state=DesktopState.DELETED.value, assigned_user=None, vnc_host=None,
+                vnc_port=None, error=None, updated_at=now))
+
+
+def active_job_desktops(s: Session) -> set[str]:
+    """Desktops that have a pending or running job."""
+    return {d for d in s.scalars(select(JobRow.desktop_id).where(JobRow.state.in_(ACTIVE)))
+            if d is not None}
