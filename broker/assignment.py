@@ -21,7 +21,7 @@ from pools.jobs import JobKind, enqueue
 from vdi.catalog import desktop_from_row, pool_from_row
 from vdi.db import rows_changed
 from vdi.domain import Desktop, DesktopState, Pool, Principal, utc_now
-from vdi.models import DesktopRow, PoolRow
+from vdi.models import DesktopRow, HostRow, PoolRow
 
 # states that still count against a pool's max_size
 LIVE_STATES = (DesktopState.PROVISIONING, DesktopState.READY, DesktopState.ASSIGNED,
@@ -221,8 +221,14 @@ class Assigner:
             starting = list(s.scalars(select(DesktopRow.error).where(
                 DesktopRow.pool_id == pool_id,
                 DesktopRow.state == DesktopState.PROVISIONING.value)))
+            usable = s.scalar(select(func.count()).select_from(HostRow).where(
+                HostRow.status == "up", HostRow.maintenance.is_(False),
+                *([HostRow.uri.in_(prow.hosts)] if prow.hosts else [])))
+            known = s.scalar(select(func.count()).select_from(HostRow))
         if live >= prow.max_size and not starting:
             return PoolFull(pool_id)
         if starting and all(err for err in starting):
             return HostsUnavailable(pool_id)  # the worker noted a failure on each of them
+        if not starting and known and not usable:
+            return HostsUnavailable(pool_id)  # no host answers: nothing can be made
         return DesktopNotReady(pool_id)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pools.hypervisor import HostUnavailable, Hypervisor
+
+if TYPE_CHECKING:
+    from pools.hosts import Host
 
 T = TypeVar("T")
 
@@ -20,10 +23,17 @@ class HostCalls:
     """
 
     def __init__(self, hosts: dict[str, Hypervisor], timeout_s: float,
-                 max_threads: int = 16) -> None:
+                 max_threads: int = 16,
+                 factory: Callable[[Host], Hypervisor] | None = None) -> None:
         self.hosts = hosts
         self.timeout_s = timeout_s
+        self._factory = factory
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt")
+
+    def ensure(self, host: Host) -> None:
+        """Make an adapter for a host registered in the database, once."""
+        if host.uri not in self.hosts and self._factory is not None:
+            self.hosts[host.uri] = self._factory(host)
 
     def host(self, uri: str) -> Hypervisor:
         try:

@@ -14,6 +14,7 @@ Thread-safe: the broker calls hypervisors from worker threads (`pools.calls`).
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pools.hypervisor import (
     DomainInfo,
     DomainNotFound,
     GraphicsEndpoint,
+    HostInfo,
     HostUnavailable,
     HypervisorError,
     ImageFiles,
@@ -31,6 +33,9 @@ from pools.hypervisor import (
 )
 
 FIRST_VNC_PORT = 5900
+# every fake host by URI, so one can migrate a domain to another
+_FAKES: dict[str, FakeHypervisor] = {}
+_DISK_SERIALS = itertools.count(1)
 
 
 @dataclass
@@ -51,8 +56,15 @@ class FakeDomain:
 class FakeHypervisor:
     def __init__(self, uri: str = "fake:///system", *, graphics_listen: str = "127.0.0.1",
                  storage_dir: Path = Path("/fake/images"),
-                 log_dir: Path = Path("/fake/log")) -> None:
+                 log_dir: Path = Path("/fake/log"), memory_mib: int = 16384, cpus: int = 8,
+                 disks: dict[str, int] | None = None) -> None:
         self.uri = uri
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        # name -> serial of the desktop disks in this host's storage; hosts given the same
+        # dict share storage (as hosts with a shared folder do)
+        self.disks: dict[str, int] = {} if disks is None else disks
+        _FAKES[uri] = self
         self.graphics_listen = graphics_listen
         self.storage_dir = storage_dir
         self.log_dir = log_dir
@@ -111,8 +123,10 @@ class FakeHypervisor:
                     raise HypervisorError(f"host {self.uri}: create desktop {spec.name}: "
                                           f"backing image {spec.image.disk_path} does not exist")
                 self.defined_count += 1
-                dom = FakeDomain(spec=spec, port=self._free_port(),
-                                 disk_serial=self.defined_count)
+                serial = self.disks.get(spec.name)
+                if serial is None:  # a new clone; an existing disk is reused, as libvirt does
+                    serial = self.disks[spec.name] = next(_DISK_SERIALS)
+                dom = FakeDomain(spec=spec, port=self._free_port(), disk_serial=serial)
                 self.domains[spec.name] = dom
             dom.running = True
             return GraphicsEndpoint(host=self.graphics_listen, port=dom.port)
@@ -141,13 +155,39 @@ class FakeHypervisor:
             self.passwords[name] = password
             self.password_valid_s[name] = valid_s
 
-    def destroy_desktop(self, name: str) -> None:
+    def destroy_desktop(self, name: str, keep_disk: bool = False) -> None:
         """Idempotent: an unknown name is already destroyed."""
         with self._lock:
             self._answer()
             self.domains.pop(name, None)
             self.passwords.pop(name, None)
             self.password_valid_s.pop(name, None)
+            if not keep_disk:
+                self.disks.pop(name, None)
+
+    def host_info(self) -> HostInfo:
+        with self._lock:
+            self._answer()
+            return HostInfo(hostname=self.uri, memory_mib=self.memory_mib, cpus=self.cpus)
+
+    def migrate_desktop(self, name: str, dest_uri: str, dest_listen: str) -> None:
+        with self._lock:
+            self._answer()
+            dom = self._domain(name)
+            if not dom.running:
+                raise HypervisorError(f"host {self.uri}: migrate {name}: domain is not running")
+        dest = _FAKES.get(dest_uri)
+        if dest is None or dest.down:
+            raise HypervisorError(f"host {self.uri}: migrate {name}: {dest_uri} does not answer")
+        if dest.disks is not self.disks:
+            raise HypervisorError(f"host {self.uri}: migrate {name}: no shared storage "
+                                  f"with {dest_uri}")
+        with dest._lock:
+            dest.domains[name] = FakeDomain(spec=dom.spec, port=dest._free_port(),
+                                            disk_serial=dom.disk_serial)
+            dest.defined_count += 1
+        with self._lock:
+            self.domains.pop(name, None)
 
     def list_desktops(self) -> list[DomainInfo]:
         with self._lock:

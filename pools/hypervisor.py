@@ -45,12 +45,24 @@ class DesktopSpec:
     vcpus: int
     memory_mib: int
     image: ImageFiles
+    # linked clone: a qcow2 overlay on the image (instant, shares its blocks);
+    # full copy: the image's disk copied whole (independent of the image afterwards)
+    linked_clone: bool = True
 
 
 @dataclass(frozen=True)
 class GraphicsEndpoint:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What a host reports of itself: its capacity for placement."""
+
+    hostname: str
+    memory_mib: int
+    cpus: int
 
 
 @dataclass(frozen=True)
@@ -115,8 +127,19 @@ class Hypervisor(Protocol):
         valid_s seconds. Raises DomainNotFound, ValueError for an empty password."""
         ...
 
-    def destroy_desktop(self, name: str) -> None:
-        """Stop and undefine the domain and delete its overlay disk. Idempotent."""
+    def destroy_desktop(self, name: str, keep_disk: bool = False) -> None:
+        """Stop and undefine the domain and delete its disk (unless keep_disk: the disk
+        lives on shared storage and the desktop runs on another host now). Idempotent."""
+        ...
+
+    def host_info(self) -> HostInfo:
+        """The host's name and capacity. Raises HostUnavailable when it does not answer."""
+        ...
+
+    def migrate_desktop(self, name: str, dest_uri: str, dest_listen: str) -> None:
+        """Live-migrate a running domain to the host at dest_uri (disks on storage both
+        see at the same path), its console listening on dest_listen there. The domain
+        is defined on the destination and undefined here. Raises DomainNotFound."""
         ...
 
     def list_desktops(self) -> list[DomainInfo]:

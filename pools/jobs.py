@@ -29,11 +29,12 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.calls import HostCalls
-from pools.hypervisor import DesktopSpec, HostUnavailable, HypervisorError
+from pools.hosts import HostRegistry, Limits, host_loads, place
+from pools.hypervisor import DesktopSpec, DomainNotFound, HostUnavailable, HypervisorError
 from pools.images import ImageNotPublished, ImageStore
 from vdi.catalog import pool_from_row
 from vdi.db import rows_changed
-from vdi.domain import DesktopState, utc_now
+from vdi.domain import DesktopState, Pool, utc_now
 from vdi.models import DesktopRow, JobRow, PoolRow
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class JobKind(enum.StrEnum):
     PROVISION = "provision"  # a new desktop: clone, define, start
     REVERT = "revert"  # a floating desktop back to its pool's image: a fresh clone
     REMOVE = "remove"  # the domain and its disk deleted, the row kept as `deleted`
+    RELOCATE = "relocate"  # a floating desktop remade on another host (its host is down)
+    RESTART = "restart"  # a dedicated desktop started again, its disk kept (elsewhere
+    #                      if its host cannot take it and the storage is shared)
+    MIGRATE = "migrate"  # a running dedicated desktop live-migrated off its host
 
 
 class JobState(enum.StrEnum):
@@ -54,9 +59,14 @@ class JobState(enum.StrEnum):
 
 STEPS: dict[JobKind, tuple[str, ...]] = {
     JobKind.PROVISION: ("create", "ready"),
-    JobKind.REVERT: ("destroy", "create", "ready"),
+    JobKind.REVERT: ("destroy", "place", "create", "ready"),
     JobKind.REMOVE: ("destroy", "forget"),
+    JobKind.RELOCATE: ("release", "place", "wipe", "create", "ready"),
+    JobKind.RESTART: ("place", "create", "resume"),
+    JobKind.MIGRATE: ("place", "migrate", "resume"),
 }
+# kinds that keep the desktop's disk: a new host must see the same storage
+KEEPS_DISK = (JobKind.RESTART, JobKind.MIGRATE)
 ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
 # the desktop states a job may take to `ready` (or `error`)
 IN_WORK = (DesktopState.PROVISIONING.value, DesktopState.RECLAIMING.value)
@@ -90,16 +100,22 @@ class StepFailed(Exception):
     """The step cannot succeed by retrying (e.g. the image is not published)."""
 
 
+class NoRoom(Exception):
+    """No host can take the desktop now; the step is tried again later."""
+
+
 class JobRunner:
     """Claims due jobs and runs them, at most `per_host_parallel` at a time per host."""
 
     def __init__(self, sessions: sessionmaker[Session], calls: HostCalls, images: ImageStore,
                  *, owner: str, clock: Callable[[], datetime] = utc_now,
                  lease_s: float = 30.0, per_host_parallel: int = 2, max_attempts: int = 3,
-                 create_timeout_s: float = 60.0) -> None:
+                 create_timeout_s: float = 60.0, limits: Limits | None = None) -> None:
         self._sessions = sessions
         self._calls = calls
         self._images = images
+        self._registry = HostRegistry(sessions, clock)
+        self._limits = limits or Limits(max_provisioning=per_host_parallel)
         self.owner = owner
         self._clock = clock
         self._lease = timedelta(seconds=lease_s)
@@ -181,7 +197,7 @@ class JobRunner:
         for step in steps[index:]:
             try:
                 payload = await self._step(job, step, payload)
-            except HostUnavailable as e:
+            except (HostUnavailable, NoRoom) as e:
                 await asyncio.to_thread(self._retry_later, job, step, str(e), count=False)
                 return
             except StepFailed as e:
@@ -226,12 +242,81 @@ class JobRunner:
         if step == "ready":
             await asyncio.to_thread(self._mark_ready, job, payload)
             return payload
+        if step == "place":
+            if "host" in payload:  # chosen before a crash: keep it
+                return payload
+            host = await asyncio.to_thread(self._place, job, desktop, pool)
+            return {**payload, "host": host, "from_host": desktop.host_uri}
+        if step == "release":  # off the old host if it answers; if not, the reconciler
+            try:                # removes it when the host is back
+                await self._calls.run(desktop.host_uri,
+                                      lambda h: h.destroy_desktop(desktop.domain_name))
+            except HostUnavailable as e:
+                return {**payload, "released": False, "release_error": str(e)[:500]}
+            return payload
+        if step == "wipe":  # a leftover disk of that name (shared storage) must not be reused
+            await self._calls.run(desktop.host_uri,
+                                  lambda h: h.destroy_desktop(desktop.domain_name))
+            return payload
+        if step == "migrate":
+            await self._migrate(desktop.domain_name, payload["from_host"], payload["host"])
+            return payload
+        if step == "resume":
+            host = payload.get("host", desktop.host_uri)
+            endpoint = await self._calls.run(
+                host, lambda h: h.graphics_endpoint(desktop.domain_name))
+            await asyncio.to_thread(self._resume, job, host, endpoint.host, endpoint.port)
+            return payload
         if step == "forget":
             await asyncio.to_thread(self._forget, job)
             return payload
         raise StepFailed(f"unknown step {step!r}")
 
+    async def _migrate(self, name: str, source: str, dest: str) -> None:
+        if source == dest:
+            return
+        target = await asyncio.to_thread(self._registry.host, dest)
+        if target is None:
+            raise StepFailed(f"host {dest} is not registered")
+        try:
+            await self._calls.run(source, lambda h: h.migrate_desktop(
+                name, dest, target.graphics_listen), timeout_s=max(self._calls.timeout_s, 300))
+        except DomainNotFound:
+            # gone from the source: done already (a broker died before recording it)?
+            await self._calls.run(dest, lambda h: h.graphics_endpoint(name))
+
     # -- database side ----------------------------------------------------------------
+
+    def _place(self, job: Job, desktop: DesktopRow, pool: Pool) -> str:
+        """Where the desktop goes: its own host if that still takes desktops (a revert,
+        a restart), else the best other one; for a kept disk, one sharing the storage."""
+        hosts = self._registry.hosts()
+        by_uri = {h.uri: h for h in hosts}
+        current = by_uri.get(desktop.host_uri)
+        stays = job.kind in (JobKind.REVERT, JobKind.RESTART) and current is not None and (
+            current.accepts_desktops and (not pool.hosts or current.uri in pool.hosts))
+        if stays:
+            return desktop.host_uri
+        if job.kind in KEEPS_DISK:
+            if current is None or not current.shared_storage:
+                raise NoRoom(f"desktop {desktop.id} keeps its disk on {desktop.host_uri}, "
+                             "which shares it with no other host: it waits for that host")
+            hosts = [h for h in hosts if h.shared_storage]
+        with self._sessions.begin() as s:
+            loads = host_loads(s, hosts)
+            chosen = place(pool, loads.values(), self._limits, avoid=desktop.host_uri)
+            if chosen is None:
+                raise NoRoom(f"no host has room for desktop {desktop.id} now")
+            if job.kind is not JobKind.MIGRATE:  # a migration moves it when it is done
+                s.execute(update(DesktopRow).where(DesktopRow.id == desktop.id).values(
+                    host_uri=chosen.host.uri, updated_at=self._clock()))
+            return chosen.host.uri
+
+    def _resume(self, job: Job, host: str, vnc_host: str, vnc_port: int) -> None:
+        with self._sessions.begin() as s:
+            s.execute(update(DesktopRow).where(DesktopRow.id == job.desktop_id).values(
+                host_uri=host, vnc_host=vnc_host, vnc_port=vnc_port, error=None,
+                updated_at=self._clock()))
 
     def _host_of(self, desktop_id: str) -> str:
         with self._sessions() as s:
@@ -240,7 +325,7 @@ class JobRunner:
                 raise StepFailed(f"desktop {desktop_id} does not exist")
             return row.host_uri
 
-    def _load(self, desktop_id: str) -> tuple[DesktopRow, Any]:
+    def _load(self, desktop_id: str) -> tuple[DesktopRow, Pool]:
         with self._sessions() as s:
             row = s.get(DesktopRow, desktop_id)
             if row is None:
@@ -318,6 +403,10 @@ class JobRunner:
             s.execute(update(DesktopRow).where(
                 DesktopRow.id == job.desktop_id, DesktopRow.state.in_(IN_WORK)).values(
                 state=DesktopState.ERROR.value, error=message[:2000], updated_at=now))
+            # a desktop in use (a failed restart or migration) keeps its state and user
+            s.execute(update(DesktopRow).where(
+                DesktopRow.id == job.desktop_id, DesktopRow.state.not_in(IN_WORK)).values(
+                error=message[:2000], updated_at=now))
 
     def _mark_ready(self, job: Job, payload: dict[str, Any]) -> None:
         now = self._clock()

@@ -28,6 +28,7 @@ from pools.hypervisor import (
     DomainInfo,
     DomainNotFound,
     GraphicsEndpoint,
+    HostInfo,
     HostUnavailable,
     HypervisorError,
     ImageFiles,
@@ -43,6 +44,28 @@ T = TypeVar("T")
 
 # libvirt prints every error to stderr unless a handler is registered.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+# Remote hosts: probe every KEEPALIVE_S, give up after KEEPALIVE_COUNT missed answers, so
+# a call to a host whose network is gone fails in ~20 s instead of TCP's minutes.
+KEEPALIVE_S = 5
+KEEPALIVE_COUNT = 3
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _ensure_event_loop() -> None:
+    """libvirt's keepalive needs its event loop running in this process (once)."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
 
 _CONNECTION_ERRORS = {
     libvirt.VIR_ERR_RPC,
@@ -81,9 +104,15 @@ class LibvirtHost:
                     if self._conn.isAlive():
                         return self._conn
                 self._conn = None
+            remote = not self._is_local()
+            if remote:
+                _ensure_event_loop()
             try:
                 self._conn = libvirt.open(self.uri)
+                if remote:
+                    self._conn.setKeepAlive(KEEPALIVE_S, KEEPALIVE_COUNT)
             except libvirt.libvirtError as e:
+                self._conn = None
                 raise HostUnavailable(f"host {self.uri} does not answer: {_msg(e)}") from e
             return self._conn
 
@@ -286,12 +315,26 @@ class LibvirtHost:
             vol_name = f"{spec.name}.qcow2"
             vol = self._volume(pool, vol_name)
             if vol is None:
+                pool.refresh(0)  # on shared storage, another host may have made it
+                vol = self._volume(pool, vol_name)
+            if vol is not None and not spec.linked_clone and not self._defined(conn, spec.name):
+                # the domain is defined only once its copy is complete: without it, this
+                # may be a copy cut short by a crash
+                vol.delete(0)
+                vol = None
+            if vol is None and spec.linked_clone:
                 vol = pool.createXML(
                     f"<volume><name>{_x(vol_name)}</name>"
                     f"<capacity unit='bytes'>{spec.image.disk_bytes}</capacity>"
                     "<target><format type='qcow2'/></target>"
                     f"<backingStore><path>{_x(spec.image.disk_path)}</path>"
                     "<format type='qcow2'/></backingStore></volume>", 0)
+            elif vol is None:  # a full copy: the image's blocks copied into a new volume
+                image_vol = conn.storageVolLookupByPath(spec.image.disk_path)
+                vol = pool.createXMLFrom(
+                    f"<volume><name>{_x(vol_name)}</name>"
+                    f"<capacity unit='bytes'>{spec.image.disk_bytes}</capacity>"
+                    "<target><format type='qcow2'/></target></volume>", image_vol, 0)
             try:
                 dom = conn.lookupByName(spec.name)
             except libvirt.libvirtError as e:
@@ -307,6 +350,16 @@ class LibvirtHost:
             if not dom.isActive():
                 dom.create()
         return self.graphics_endpoint(spec.name)
+
+    @staticmethod
+    def _defined(conn: Any, name: str) -> bool:
+        try:
+            conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
+        return True
 
     def _lookup(self, name: str) -> Any:
         conn = self._connection()
@@ -342,7 +395,32 @@ class LibvirtHost:
             dom.updateDeviceFlags(ET.tostring(g, encoding="unicode"),
                                   libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
-    def destroy_desktop(self, name: str) -> None:
+    def host_info(self) -> HostInfo:
+        conn = self._connection()
+        with self._errors("host info"):
+            info = conn.getInfo()  # [model, memory MiB, cpus, MHz, nodes, sockets, ...]
+            return HostInfo(hostname=conn.getHostname(), memory_mib=int(info[1]),
+                            cpus=int(info[2]))
+
+    def migrate_desktop(self, name: str, dest_uri: str, dest_listen: str) -> None:
+        dom = self._lookup(name)
+        with self._errors(f"migrate {name} to {dest_uri}"):
+            root = parse_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE
+                                         | libvirt.VIR_DOMAIN_XML_SECURE))
+            for g in root.findall("./devices/graphics"):
+                g.set("listen", dest_listen)  # this host's address does not exist there
+                for listen in g.findall("listen"):
+                    listen.set("address", dest_listen)
+            params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: ET.tostring(root, encoding="unicode")}
+            # UNSAFE: libvirt calls a disk "unsafe" unless it knows the file system as a
+            # cluster one; the hosts share the folder the disks live in (the operator's
+            # promise when a host is added with shared storage).
+            flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                     | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+                     | libvirt.VIR_MIGRATE_UNSAFE)
+            dom.migrateToURI3(dest_uri, params, flags)
+
+    def destroy_desktop(self, name: str, keep_disk: bool = False) -> None:
         conn = self._connection()
         pool = self._pool()
         with self._errors(f"destroy desktop {name}"):
@@ -356,9 +434,11 @@ class LibvirtHost:
                 if dom.isActive():
                     _ignore_gone(dom.destroy)
                 _ignore_gone(dom.undefine)
-            vol = self._volume(pool, f"{name}.qcow2")
-            if vol is not None:
-                vol.delete(0)
+            if not keep_disk:
+                pool.refresh(0)  # on shared storage another host may have made it
+                vol = self._volume(pool, f"{name}.qcow2")
+                if vol is not None:
+                    vol.delete(0)
         if self._is_local():
             (self.log_dir / f"{name}.serial.log").unlink(missing_ok=True)
 
@@ -400,8 +480,9 @@ def _ignore_gone(fn: Callable[[], T]) -> None:
 def _is_transport_error(e: Any) -> bool:
     """The connection to the host failed, not the operation. A system error (an errno)
     counts only from the RPC layer: the storage and QEMU drivers report a missing file
-    the same way, and that is no outage (retrying it forever would hide it)."""
-    if e.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR:
+    the same way, and that is no outage (retrying it forever would hide it). The RPC
+    layer reports a keepalive timeout or a daemon gone mid-call as an internal error."""
+    if e.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR):
         return e.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
     return e.get_error_code() in _CONNECTION_ERRORS
 

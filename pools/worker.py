@@ -16,14 +16,17 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.calls import HostCalls
+from pools.failover import HostMonitor
+from pools.hosts import Host, Limits, host_loads, place
 from pools.images import ImageStore
 from pools.jobs import JobKind, JobRunner, active_job_desktops, enqueue
 from vdi.catalog import Catalog
@@ -51,18 +54,27 @@ class SparePlan:
 
 class PoolWorker:
     def __init__(self, sessions: sessionmaker[Session], calls: HostCalls, images: ImageStore,
-                 *, host_uri: str, domain_prefix: str, interval_s: float,
+                 *, domain_prefix: str, interval_s: float,
                  per_host_parallel: int = 2, clock: Callable[[], datetime] = utc_now,
-                 job_lease_s: float = 30.0) -> None:
+                 job_lease_s: float = 30.0, limits: Limits | None = None,
+                 host_check_interval_s: float = 5.0, down_after_s: float = 30.0,
+                 reconcile_every_s: float = 60.0) -> None:
         self._sessions = sessions
         self._catalog = Catalog(sessions)
+        self._calls = calls
         self._images = images
-        self._host_uri = host_uri
         self._prefix = domain_prefix
         self._interval = interval_s
         self._clock = clock
+        self._limits = limits or Limits(max_provisioning=per_host_parallel)
         self.jobs = JobRunner(sessions, calls, images, owner=new_owner_id(), clock=clock,
-                              lease_s=job_lease_s, per_host_parallel=per_host_parallel)
+                              lease_s=job_lease_s, per_host_parallel=per_host_parallel,
+                              limits=self._limits)
+        self.monitor = HostMonitor(sessions, calls, domain_prefix=domain_prefix,
+                                   down_after_s=down_after_s,
+                                   reconcile_every_s=reconcile_every_s, clock=clock)
+        self._check_every = timedelta(seconds=host_check_interval_s)
+        self._checked: datetime | None = None
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -81,6 +93,11 @@ class PoolWorker:
                 await asyncio.wait_for(_first(self.wake, self.jobs.finished), self._interval)
 
     async def tick(self) -> None:
+        now = self._clock()
+        if self._checked is None or now - self._checked >= self._check_every:
+            await asyncio.to_thread(self._register_known_hosts)
+            await self.monitor.check()
+            self._checked = now
         pools = await asyncio.to_thread(self._catalog.pools)
         for pool in pools:
             new_ids = await asyncio.to_thread(self._plan_and_insert, pool)
@@ -100,7 +117,23 @@ class PoolWorker:
         """Wait for the jobs started so far (tests and shutdown)."""
         await self.jobs.drain()
 
+    def _register_known_hosts(self) -> None:
+        """Hosts the broker was given an adapter for (the settings' libvirt_uri, tests'
+        fakes) get a record if they have none; hosts added as records get an adapter."""
+        known = {h.uri: h for h in self.monitor.registry.hosts()}
+        for uri, adapter in list(self._calls.hosts.items()):
+            if uri not in known:
+                self.monitor.registry.add(Host(
+                    uri=uri, name=host_name(uri, known.values()),
+                    graphics_listen=getattr(adapter, "graphics_listen", "127.0.0.1"),
+                    storage_pool=getattr(adapter, "storage_pool", ""),
+                    storage_dir=str(getattr(adapter, "storage_dir", "")),
+                    log_dir=str(getattr(adapter, "log_dir", ""))))
+        for host in known.values():
+            self._calls.ensure(host)
+
     def _plan_and_insert(self, pool: Pool) -> list[str]:
+        hosts = self.monitor.registry.hosts()
         with self._sessions.begin() as s:
             counts: dict[str, int] = {
                 state: n for state, n in s.execute(
@@ -113,12 +146,19 @@ class PoolWorker:
             if not plan.add:
                 return []
             now = self._clock()
-            ids = []
+            loads = host_loads(s, hosts)
+            ids: list[str] = []
             for _ in range(plan.add):
+                chosen = place(pool, loads.values(), self._limits)
+                if chosen is None:
+                    if not ids:
+                        log.info("pool %s: no host has room for another desktop now", pool.id)
+                    break
+                loads[chosen.host.uri] = chosen.plus(pool)
                 desktop_id = f"{pool.id}-{secrets.token_hex(4)}"
                 s.add(DesktopRow(id=desktop_id, pool_id=pool.id,
                                  state=DesktopState.PROVISIONING.value,
-                                 host_uri=self._host_uri,
+                                 host_uri=chosen.host.uri,
                                  domain_name=f"{self._prefix}{desktop_id}",
                                  image_version=0, created_at=now, updated_at=now))
                 enqueue(s, JobKind.PROVISION, desktop_id, now)
@@ -166,6 +206,18 @@ class PoolWorker:
             for desktop_id, state in orphans:
                 enqueue(s, kinds[state], desktop_id, now)
             return len(orphans)
+
+
+def host_name(uri: str, taken: Iterable[Host]) -> str:
+    """A readable name for a host known only by its URI: its address, else 'local'."""
+    base = urlsplit(uri).hostname or "local"
+    base = "".join(c if c.isalnum() else "-" for c in base)[:48] or "local"
+    names = {h.name for h in taken}
+    name, n = base, 1
+    while name in names:
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 async def _first(*events: asyncio.Event) -> None:

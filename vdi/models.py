@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -93,6 +94,30 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class HostRow(Base):
+    """A libvirt host the broker places desktops on."""
+
+    __tablename__ = "hosts"
+    uri: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # where its desktops' consoles listen (an address of that host the broker reaches)
+    graphics_listen: Mapped[str] = mapped_column(String(255))
+    storage_pool: Mapped[str] = mapped_column(String(64))
+    storage_dir: Mapped[str] = mapped_column(String(1024))
+    log_dir: Mapped[str] = mapped_column(String(1024))
+    # its storage_dir is shared with the other shared hosts (live migration, restart
+    # of a dedicated desktop elsewhere when it fails)
+    shared_storage: Mapped[bool] = mapped_column(Boolean)
+    maintenance: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))  # unknown | up | down
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[int] = mapped_column(Integer)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    down_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ImageRow(Base):

@@ -69,6 +69,15 @@ class Settings:
     max_ws_frame_bytes: int = 1 << 20
     vnc_password_valid_s: int = 30
 
+    # several hosts: placement and failure
+    memory_overcommit: float = 1.0  # guest memory per MiB of host memory
+    cpu_overcommit: float = 4.0  # vCPUs per host CPU
+    max_provisioning_per_host: int = 2  # desktops being made on one host at once
+    host_check_interval_s: float = 5.0
+    host_down_after_s: float = 30.0  # no answer for this long: the host is down
+    reconcile_interval_s: float = 60.0
+    job_lease_s: float = 30.0
+
     # worker
     worker_interval_s: float = 2.0
     input_flush_s: float = 10.0

@@ -24,6 +24,7 @@ from broker.sessions import SessionStore
 from broker.throttle import LoginThrottle
 from broker.tokens import TokenStore
 from pools.calls import HostCalls
+from pools.hosts import Host, Limits
 from pools.hypervisor import Hypervisor
 from pools.images import ImageStore
 from pools.worker import PoolWorker
@@ -108,15 +109,14 @@ def build_services(settings: Settings, *, directory: Directory | None = None,
     migrate(url)
     engine = make_engine(url)
     db = session_factory(engine)
+    factory: Callable[[Host], Hypervisor] | None = None
     if hosts is None:
-        from pools.libvirt_host import LibvirtHost  # imported only when the real one is used
-
-        hosts = {settings.libvirt_uri: LibvirtHost(
-            settings.libvirt_uri, storage_pool=settings.storage_pool,
-            storage_dir=settings.storage_dir, domain_type=settings.domain_type,
-            graphics_listen=settings.graphics_listen,
-            cache_dir=Path(settings.state_dir) / "hosts")}
-    calls = HostCalls(hosts, settings.libvirt_timeout_s)
+        factory = libvirt_factory(settings)
+        hosts = {settings.libvirt_uri: factory(Host(
+            uri=settings.libvirt_uri, name="local", graphics_listen=settings.graphics_listen,
+            storage_pool=settings.storage_pool, storage_dir=str(settings.storage_dir),
+            log_dir=""))}
+    calls = HostCalls(hosts, settings.libvirt_timeout_s, factory=factory)
     images = ImageStore(db)
     return Services(
         settings=settings, engine=engine, db=db,
@@ -127,10 +127,33 @@ def build_services(settings: Settings, *, directory: Directory | None = None,
         assigner=Assigner(db), catalog=Catalog(db), images=images, audit=AuditLog(db),
         tunnels=TunnelRegistry(settings.max_tunnels_per_user),
         throttle=LoginThrottle(),
-        worker=PoolWorker(db, calls, images, host_uri=settings.libvirt_uri,
-                          domain_prefix=settings.domain_prefix,
-                          interval_s=settings.worker_interval_s),
+        worker=PoolWorker(db, calls, images, domain_prefix=settings.domain_prefix,
+                          interval_s=settings.worker_interval_s,
+                          per_host_parallel=settings.max_provisioning_per_host,
+                          job_lease_s=settings.job_lease_s,
+                          limits=Limits(memory_overcommit=settings.memory_overcommit,
+                                        cpu_overcommit=settings.cpu_overcommit,
+                                        max_provisioning=settings.max_provisioning_per_host),
+                          host_check_interval_s=settings.host_check_interval_s,
+                          down_after_s=settings.host_down_after_s,
+                          reconcile_every_s=settings.reconcile_interval_s),
     )
+
+
+def libvirt_factory(settings: Settings) -> Callable[[Host], Hypervisor]:
+    """Adapters for libvirt hosts, from their records (the settings fill what is blank)."""
+
+    def make(host: Host) -> Hypervisor:
+        from pools.libvirt_host import LibvirtHost  # imported only when the real one is used
+
+        extra = {"log_dir": Path(host.log_dir)} if host.log_dir else {}
+        return LibvirtHost(host.uri, storage_pool=host.storage_pool or settings.storage_pool,
+                           storage_dir=Path(host.storage_dir or settings.storage_dir),
+                           domain_type=settings.domain_type,
+                           graphics_listen=host.graphics_listen or settings.graphics_listen,
+                           cache_dir=Path(settings.state_dir) / "hosts", **extra)
+
+    return make
 
 
 def tune_garbage_collector() -> None:

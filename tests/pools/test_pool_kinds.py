@@ -54,7 +54,7 @@ class Rig:
 
     def new_worker(self) -> PoolWorker:
         """A new worker, as a (re)started broker makes one."""
-        return PoolWorker(self.db, self.calls, self.images, host_uri=self.fake.uri,
+        return PoolWorker(self.db, self.calls, self.images,
                           domain_prefix=PREFIX, interval_s=1.0, clock=self.clock,
                           job_lease_s=30)
 

@@ -28,7 +28,7 @@ from tests.web.conftest import (
     window_pool,
 )
 from vdi.domain import DesktopState, utc_now
-from vdi.models import AuditRow, ConsoleTokenRow, DesktopRow, ImageRow, SessionRow
+from vdi.models import AuditRow, ConsoleTokenRow, DesktopRow, HostRow, ImageRow, SessionRow
 from web.security import cookie_name
 
 pytestmark = pytest.mark.real
@@ -375,9 +375,8 @@ def test_libvirtd_not_running_answers_503_and_deletes_nothing(
     me = broker.login("zhangsan")
     assert_host_unavailable_and_nothing_deleted(broker, me.connect, seeded)
     with broker.services.db() as s:
-        notes = list(s.scalars(select(DesktopRow.error).where(
-            DesktopRow.state == DesktopState.PROVISIONING.value)))
-    # the worker noted why, and the note names the socket that is not there
+        notes = list(s.scalars(select(HostRow.error).where(HostRow.uri == uri)))
+    # the host monitor noted why, and the note names the socket that is not there
     assert notes and all(n and "/nonexistent/libvirt-sock" in n for n in notes), notes
 
 
