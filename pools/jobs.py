@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -68,6 +70,10 @@ STEPS: dict[JobKind, tuple[str, ...]] = {
 # kinds that keep the desktop's disk: a new host must see the same storage
 KEEPS_DISK = (JobKind.RESTART, JobKind.MIGRATE)
 ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
+# Failpoint for the crash tests: the broker process kills itself (SIGKILL) right after
+# this step's hypervisor work is done and before the database records it. Never set in
+# production; read once at start-up.
+KILL_AFTER_STEP = os.environ.get("VDI_FAILPOINT_KILL_AFTER_STEP", "")
 # the desktop states a job may take to `ready` (or `error`)
 IN_WORK = (DesktopState.PROVISIONING.value, DesktopState.RECLAIMING.value)
 
@@ -209,6 +215,8 @@ class JobRunner:
                 else:
                     await asyncio.to_thread(self._retry_later, job, step, str(e), count=True)
                 return
+            if step == KILL_AFTER_STEP:  # a test's failpoint: die before recording it
+                os.kill(os.getpid(), signal.SIGKILL)
             following = steps[steps.index(step) + 1:]
             await asyncio.to_thread(self._finish_step, job, following[0] if following else None,
                                     payload)

@@ -22,6 +22,7 @@ from xml.sax.saxutils import quoteattr
 import libvirt
 from defusedxml.ElementTree import fromstring as parse_xml
 
+from pools.hosts import Host
 from pools.hypervisor import (
     IMAGE_FILES,
     DesktopSpec,
@@ -36,6 +37,7 @@ from pools.hypervisor import (
     image_digest,
     new_vnc_password,
 )
+from vdi.settings import Settings
 
 log = logging.getLogger(__name__)
 METADATA_NS = "urn:vdi-broker:desktop:1"
@@ -493,3 +495,13 @@ def _msg(e: Any) -> str:
 
 def _x(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def adapter_for(host: Host, settings: Settings) -> LibvirtHost:
+    """The adapter for a registered host; the settings fill what the record leaves blank."""
+    extra = {"log_dir": Path(host.log_dir)} if host.log_dir else {}
+    return LibvirtHost(host.uri, storage_pool=host.storage_pool or settings.storage_pool,
+                       storage_dir=Path(host.storage_dir or settings.storage_dir),
+                       domain_type=settings.domain_type,
+                       graphics_listen=host.graphics_listen or settings.graphics_listen,
+                       cache_dir=Path(settings.state_dir) / "hosts", **extra)

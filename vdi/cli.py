@@ -1,7 +1,8 @@
 """The `vdi` command: run the broker and manage its records.
 
-This is the composition root: it alone reaches into `web` and `pools` (imported inside
-the commands that need them), so that `vdi` itself stays free of starlette and libvirt.
+This is the composition root: it alone reaches into `web` and `pools.libvirt_host`
+(imported inside the commands that need them), so that `vdi` itself stays free of
+starlette and libvirt.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from pools.hosts import Host, HostError, HostRegistry
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog, CatalogError
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import Pool, PoolKind
+from vdi.domain import Pool, PoolKind, utc_now
 from vdi.settings import Settings, SettingsError, load_settings
 
 
@@ -59,6 +61,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="pin the pool to this image version (default: the released one)")
     ps.add_argument("--host", action="append", default=[],
                     help="host URI the pool may use (repeat; default: any host)")
+    ha = sub.add_parser("host-add", help="register a libvirt host, or change how it is reached")
+    ha.add_argument("uri", help="e.g. qemu+tcp://10.0.0.12/system")
+    ha.add_argument("--name", required=True)
+    ha.add_argument("--graphics-listen", required=True,
+                    help="the host's address its desktops' consoles listen on")
+    ha.add_argument("--storage-pool", default="", help="default: the storage_pool setting")
+    ha.add_argument("--storage-dir", default="", help="default: the storage_dir setting")
+    ha.add_argument("--log-dir", default="",
+                    help="where the host writes serial logs (shared with the other hosts "
+                         "when the storage is)")
+    ha.add_argument("--shared-storage", action="store_true",
+                    help="the storage dir is shared with the other shared hosts (live "
+                         "migration; dedicated desktops restarted elsewhere on failure)")
+    sub.add_parser("hosts", help="list hosts")
+    hm = sub.add_parser("host-maintenance", help="stop (on) or resume (off) placing on a host")
+    hm.add_argument("host")
+    hm.add_argument("state", choices=["on", "off"])
+    hd = sub.add_parser("host-drain", help="maintenance on, and move the host's desktops off "
+                                           "(dedicated: live migration)")
+    hd.add_argument("host")
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
     args = parser.parse_args(argv)
@@ -107,24 +129,26 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "image-publish":
         from pools.hypervisor import HypervisorError
         from pools.images import ImageStore
-        from pools.libvirt_host import LibvirtHost
+        from pools.libvirt_host import adapter_for
 
-        host = LibvirtHost(settings.libvirt_uri, storage_pool=settings.storage_pool,
-                           storage_dir=settings.storage_dir, domain_type=settings.domain_type,
-                           graphics_listen=settings.graphics_listen,
-                           cache_dir=settings.state_dir / "hosts")
+        targets = HostRegistry(db).hosts() or [_default_host(settings)]
         store = ImageStore(db)
         trial = [catalog.pool(pool_id) for pool_id in args.pool]
         missing = [pool_id for pool_id, p in zip(args.pool, trial, strict=True) if p is None]
         if missing:
             print(f"vdi: no such pool: {', '.join(missing)}", file=sys.stderr)
             return 2
-        try:
-            version, files = store.publish(host, args.image_id, args.source_dir)
-        except (HypervisorError, FileNotFoundError) as e:
-            print(f"vdi: {e}", file=sys.stderr)
-            return 1
-        print(f"image {args.image_id} v{version} published on {host.uri}: {files.disk_path}")
+        version = 0
+        for record in targets:  # the same version number on every host
+            print(f"publishing {args.image_id} on {record.name} ({record.uri})...", flush=True)
+            try:
+                version, files = store.publish(adapter_for(record, settings), args.image_id,
+                                               args.source_dir, version or None)
+            except (HypervisorError, FileNotFoundError) as e:
+                print(f"vdi: {record.name}: {e}", file=sys.stderr)
+                return 1
+            print(f"image {args.image_id} v{version} published on {record.name}: "
+                  f"{files.disk_path}")
         for p in trial:
             assert p is not None
             catalog.save_pool(dataclasses.replace(p, image_version=version))
@@ -170,6 +194,43 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                                max_size=args.max_size, entitled_groups=tuple(args.group),
                                image_version=args.image_version, hosts=tuple(args.host)))
         print(f"pool {args.pool_id} saved")
+    elif args.command == "host-add":
+        registry = HostRegistry(db)
+        try:
+            registry.add(Host(uri=args.uri, name=args.name, graphics_listen=args.graphics_listen,
+                              storage_pool=args.storage_pool, storage_dir=args.storage_dir,
+                              log_dir=args.log_dir, shared_storage=args.shared_storage))
+        except HostError as e:
+            print(f"vdi: {e}", file=sys.stderr)
+            return 2
+        _audit(db, "host-add", args.uri, f"name {args.name}")
+        print(f"host {args.name} saved; the broker asks it for its capacity within seconds "
+              "(publish the images on it with image-publish)")
+    elif args.command == "hosts":
+        for h in HostRegistry(db).hosts():
+            flags = ",".join(f for f, on in (("maintenance", h.maintenance),
+                                             ("shared", h.shared_storage)) if on) or "-"
+            print(f"{h.name}\t{h.status.value}\t{flags}\t{h.memory_mib} MiB\t{h.cpus} CPUs\t"
+                  f"{h.uri}\t{h.error or ''}")
+    elif args.command in ("host-maintenance", "host-drain"):
+        from pools.failover import evacuate
+
+        registry = HostRegistry(db)
+        on = args.command == "host-drain" or args.state == "on"
+        try:
+            host = registry.set_maintenance(args.host, on)
+        except HostError as e:
+            print(f"vdi: {e}", file=sys.stderr)
+            return 2
+        _audit(db, args.command, host.uri, f"maintenance {'on' if on else 'off'}")
+        print(f"host {host.name}: maintenance {'on' if on else 'off'}")
+        if args.command == "host-drain":
+            with db.begin() as s:
+                moves = evacuate(s, host, utc_now(), live=True)
+            print(f"host {host.name}: {moves.migrated} dedicated desktop(s) to live-migrate, "
+                  f"{moves.relocated} spare(s) to remake elsewhere, {moves.waiting} waiting "
+                  "(no shared storage); desktops in use of floating pools move when their "
+                  "clerk logs off. The broker's worker does the moves.")
     elif args.command == "pools":
         for p in catalog.pools():
             runs = f"v{p.image_version}" if p.image_version else "released"
@@ -178,8 +239,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "desktops":
         for d in catalog.desktops():
             print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"
-                  f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}")
+                  f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}\t{d.host_uri}")
     return 0
+
+
+def _default_host(settings: Settings) -> Host:
+    """The settings' host, as the broker registers it on its first start."""
+    return Host(uri=settings.libvirt_uri, name="local", graphics_listen=settings.graphics_listen,
+                storage_pool=settings.storage_pool, storage_dir=str(settings.storage_dir),
+                log_dir="")
 
 
 def _cli_actor() -> str:

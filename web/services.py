@@ -11,7 +11,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Engine, update
@@ -144,14 +143,9 @@ def libvirt_factory(settings: Settings) -> Callable[[Host], Hypervisor]:
     """Adapters for libvirt hosts, from their records (the settings fill what is blank)."""
 
     def make(host: Host) -> Hypervisor:
-        from pools.libvirt_host import LibvirtHost  # imported only when the real one is used
+        from pools.libvirt_host import adapter_for  # imported only when the real one is used
 
-        extra = {"log_dir": Path(host.log_dir)} if host.log_dir else {}
-        return LibvirtHost(host.uri, storage_pool=host.storage_pool or settings.storage_pool,
-                           storage_dir=Path(host.storage_dir or settings.storage_dir),
-                           domain_type=settings.domain_type,
-                           graphics_listen=host.graphics_listen or settings.graphics_listen,
-                           cache_dir=Path(settings.state_dir) / "hosts", **extra)
+        return adapter_for(host, settings)
 
     return make
 

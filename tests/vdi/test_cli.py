@@ -1,0 +1,105 @@
+"""The `vdi` command's admin verbs: hosts, maintenance and drain, image releases."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from pools.hosts import HostStatus
+from pools.jobs import JobKind
+from vdi.cli import main
+from vdi.db import make_engine, session_factory
+from vdi.domain import DesktopState, utc_now
+from vdi.models import AuditRow, DesktopRow, HostRow, ImageRow, JobRow, PoolRow
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in list(os.environ):
+        if name.startswith("VDI_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "vdi.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\n', encoding="utf-8")
+    assert main(["--config", str(path), "migrate"]) == 0
+    return path
+
+
+def vdi(config: Path, *args: str) -> int:
+    return main(["--config", str(config), *args])
+
+
+def database(config: Path) -> str:
+    return f"sqlite:///{(config.parent / 'vdi.sqlite3').resolve()}"
+
+
+def test_hosts_are_added_listed_and_refused_with_a_reason(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert vdi(config, "host-add", "qemu+tcp://10.77.0.11/system", "--name", "h1",
+               "--graphics-listen", "10.77.0.11", "--shared-storage") == 0
+    assert vdi(config, "host-add", "not-a-uri", "--name", "h2",
+               "--graphics-listen", "x") == 2
+    assert "libvirt URI" in capsys.readouterr().err
+    assert vdi(config, "host-add", "qemu+tcp://10.77.0.12/system", "--name", "h1",
+               "--graphics-listen", "10.77.0.12") == 2
+    assert "taken" in capsys.readouterr().err
+    assert vdi(config, "hosts") == 0
+    out = capsys.readouterr().out
+    assert "h1\tunknown\tshared" in out and "qemu+tcp://10.77.0.11/system" in out
+    assert vdi(config, "host-maintenance", "nope", "on") == 2
+    assert "no such host" in capsys.readouterr().err
+
+
+def test_drain_puts_the_host_in_maintenance_and_asks_for_the_moves(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = "qemu+tcp://10.77.0.11/system"
+    assert vdi(config, "host-add", uri, "--name", "h1", "--graphics-listen", "10.77.0.11",
+               "--shared-storage") == 0
+    db = session_factory(make_engine(database(config)))
+    now = utc_now()
+    with db.begin() as s:
+        s.add(PoolRow(id="own", display_name="Own", kind="dedicated", image="demo", vcpus=1,
+                      memory_mib=128, min_ready=0, max_size=2, entitled_groups=[],
+                      created_at=now, hosts=[]))
+        s.flush()  # the pool first: the desktop refers to it
+        s.add(DesktopRow(id="own-1", pool_id="own", state=DesktopState.ASSIGNED.value,
+                         host_uri=uri, domain_name="vdi-own-1", image_version=1,
+                         assigned_user="lisi", created_at=now, updated_at=now))
+        row = s.get(HostRow, uri)
+        assert row is not None
+        row.status = HostStatus.UP.value
+    assert vdi(config, "host-drain", "h1") == 0
+    assert "1 dedicated desktop(s) to live-migrate" in capsys.readouterr().out
+    with db() as s:
+        host = s.get(HostRow, uri)
+        assert host is not None and host.maintenance
+        assert [(j.desktop_id, j.kind) for j in s.scalars(select(JobRow))] == [
+            ("own-1", JobKind.MIGRATE.value)]
+        actions = [a.action for a in s.scalars(select(AuditRow))]
+    assert "host-drain" in actions
+    assert vdi(config, "host-maintenance", "h1", "off") == 0
+    with db() as s:
+        host = s.get(HostRow, uri)
+        assert host is not None and not host.maintenance
+
+
+def test_release_and_rollback_from_the_command_line(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = session_factory(make_engine(database(config)))
+    with db.begin() as s:
+        for v in (1, 2):
+            s.add(ImageRow(id="demo", host_uri="qemu:///system", version=v, disk_path="d",
+                           kernel_path="k", initrd_path="i", cmdline="", disk_bytes=1,
+                           digest=str(v), published_at=utc_now()))
+    assert vdi(config, "image-release", "demo", "3") == 2
+    assert "no published version 3" in capsys.readouterr().err
+    assert vdi(config, "image-release", "demo", "2") == 0
+    assert vdi(config, "image-rollback", "demo") == 0
+    assert "rolled back from v2 to v1" in capsys.readouterr().out
+    assert vdi(config, "image-rollback", "demo") == 2
+    assert "no version older than 1" in capsys.readouterr().err
+    assert vdi(config, "images") == 0
+    out = capsys.readouterr().out
+    assert "demo\tv1\tqemu:///system" in out and "released" in out.splitlines()[0]
