@@ -82,7 +82,7 @@ def test_broker_killed_between_domain_start_and_commit(tmp_path: Path) -> None:
                 doomed.wait(90)
             except subprocess.TimeoutExpired:
                 doomed.kill()
-                raise AssertionError(f"the failpoint never fired\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"no failpoint fired\n{log.read_text()[-3000:]}") from None
             assert doomed.returncode == -signal.SIGKILL
             [left] = rows(env)
             assert left[1] == "provisioning" and left[5] == "None:None"  # never recorded
