@@ -119,6 +119,14 @@ class ImageStore:
         self.release(image_id, older[-1], by)
         return current, older[-1]
 
+    def hosts_ready_for(self, pool: Pool, host_uris: list[str]) -> set[str]:
+        """The hosts that hold the image version `pool` would get there."""
+        with self._sessions() as s:
+            published = {(uri, version) for uri, version in s.execute(
+                select(ImageRow.host_uri, ImageRow.version).where(ImageRow.id == pool.image))}
+        return {uri for uri in host_uris
+                if (uri, self.target_version(pool, uri)) in published}
+
     def target_version(self, pool: Pool, host_uri: str) -> int:
         """The version new desktops of `pool` get on that host: the pool's pinned one,
         else the image's released one, else the newest published there (0: none)."""

@@ -310,6 +310,9 @@ class JobRunner:
                 raise NoRoom(f"desktop {desktop.id} keeps its disk on {desktop.host_uri}, "
                              "which shares it with no other host: it waits for that host")
             hosts = [h for h in hosts if h.shared_storage]
+        if job.kind not in KEEPS_DISK:  # a new clone needs the image there
+            ready = self._images.hosts_ready_for(pool, [h.uri for h in hosts])
+            hosts = [h for h in hosts if h.uri in ready]
         with self._sessions.begin() as s:
             loads = host_loads(s, hosts)
             chosen = place(pool, loads.values(), self._limits, avoid=desktop.host_uri)

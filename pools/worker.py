@@ -134,6 +134,12 @@ class PoolWorker:
 
     def _plan_and_insert(self, pool: Pool) -> list[str]:
         hosts = self.monitor.registry.hosts()
+        # only hosts that hold the pool's image version (a host added later has none
+        # until the image is published there); if none does, the desktop's job fails
+        # with "not published" for the admin to see
+        holding = self._images.hosts_ready_for(pool, [h.uri for h in hosts])
+        if holding:
+            hosts = [h for h in hosts if h.uri in holding]
         with self._sessions.begin() as s:
             counts: dict[str, int] = {
                 state: n for state, n in s.execute(

@@ -286,3 +286,17 @@ def test_host_records_refuse_bad_input(db: sessionmaker[Session]) -> None:
         registry.add(host("a", uri="fake://other/system"))
     with pytest.raises(HostError, match="no such host"):
         registry.set_maintenance("nope", True)
+
+
+async def test_a_host_without_the_image_gets_no_desktops_until_it_is_published(
+        rig: Rig, guest_image: Path) -> None:
+    c = FakeHypervisor("fake://c/system", memory_mib=64 * GIB)  # the roomiest by far
+    rig.calls.hosts[c.uri] = c
+    rig.catalog.save_pool(pool(min_ready=4, max_size=12, memory_mib=512))
+    await rig.settle()
+    assert not rig.on(c) and len(rig.on(rig.a)) + len(rig.on(rig.b)) == 4
+    assert all(d.state is DesktopState.READY for d in rig.catalog.desktops("window"))
+    rig.images.publish(c, "demo", guest_image, version=rig.images.released_version("demo"))
+    rig.catalog.save_pool(pool(min_ready=8, max_size=12, memory_mib=512))
+    await rig.settle()
+    assert len(rig.on(c)) == 4  # the new room is used once the image is there
