@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
@@ -19,7 +20,9 @@ class HostCalls:
     """The hosts the broker knows, and a bounded thread pool to call them in.
 
     A call that overruns its deadline raises HostUnavailable; its thread finishes (or
-    hangs) on its own, and the event loop never waits for it.
+    hangs) on its own, and the event loop never waits for it. While such a call to a host
+    still hangs, further calls to that host fail at once instead of tying up more threads:
+    a host whose network is gone costs one thread, not the whole pool.
     """
 
     def __init__(self, hosts: dict[str, Hypervisor], timeout_s: float,
@@ -29,6 +32,8 @@ class HostCalls:
         self.timeout_s = timeout_s
         self._factory = factory
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt")
+        self._overdue: dict[str, int] = {}  # calls past their deadline, still running
+        self._lock = threading.Lock()
 
     def ensure(self, host: Host) -> None:
         """Make an adapter for a host registered in the database, once."""
@@ -44,13 +49,23 @@ class HostCalls:
     async def run(self, uri: str, fn: Callable[[Hypervisor], T],
                   timeout_s: float | None = None) -> T:
         host = self.host(uri)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, fn, host)
+        with self._lock:
+            if self._overdue.get(uri):
+                raise HostUnavailable(f"host {uri} has not answered an earlier call yet")
+        call = self._executor.submit(fn, host)
         try:
-            return await asyncio.wait_for(future, timeout_s or self.timeout_s)
+            return await asyncio.wait_for(asyncio.wrap_future(call), timeout_s or self.timeout_s)
         except TimeoutError:
+            if not call.done():
+                with self._lock:
+                    self._overdue[uri] = self._overdue.get(uri, 0) + 1
+                call.add_done_callback(lambda _: self._answered(uri))
             raise HostUnavailable(f"host {uri} did not answer within "
                                   f"{timeout_s or self.timeout_s:.0f} s") from None
+
+    def _answered(self, uri: str) -> None:
+        with self._lock:
+            self._overdue[uri] -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

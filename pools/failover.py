@@ -211,6 +211,7 @@ class HostMonitor:
                     continue
                 dom = ours.get(row.domain_name)
                 if dom is not None and dom.running:
+                    row.error = None  # e.g. "its host is down": it answers and runs it
                     continue
                 if kinds.get(row.pool_id) == PoolKind.DEDICATED.value:
                     enqueue(s, JobKind.RESTART, row.id, now)  # its disk is kept
