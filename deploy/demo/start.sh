@@ -13,6 +13,9 @@ $vdi image-publish demo var/guest
 $vdi pool-set window --name "东街/西街街道办窗口桌面 (Street office window desktop)" \
   --image demo --kind floating --min-ready 2 --max-size 6 --memory-mib 256 \
   --group "cn=window-staff,ou=groups,dc=district,dc=example" >/dev/null
+$vdi pool-set records --name "西街档案室专用桌面 (Records room, personal desktop)" \
+  --image demo --kind dedicated --min-ready 1 --max-size 3 --memory-mib 256 \
+  --group "cn=xijie-window,ou=groups,dc=district,dc=example" >/dev/null
 if [[ -f $state/broker.pid ]] && kill -0 "$(cat "$state/broker.pid")" 2>/dev/null; then
   echo "demo: the broker is already running (pid $(cat "$state/broker.pid"))"
 else
@@ -36,7 +39,7 @@ cat <<'TXT'
   Demo accounts (password for all: demo2026)
     zhangsan  张三  东街街道办窗口  window clerk  -> desktop pool "window"
     sunqi     孙七  东街街道办窗口  window clerk
-    lisi      李四  西街街道办窗口  window clerk
+    lisi      李四  西街街道办窗口  window clerk   -> also "records" (dedicated: keeps its disk)
     wangwu    王五  helpdesk
     zhaoliu   赵六  IT admin (through the nested group it-ops -> vdi-admins)
     zhouba    周八  in no group: is refused
