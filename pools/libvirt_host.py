@@ -89,7 +89,11 @@ class LibvirtHost:
         self.domain_type_setting = domain_type
         self.graphics_listen = graphics_listen
         self.log_dir = log_dir
-        self._conn: Any = None
+        # One connection per calling thread, never shared (see _connection); all of them
+        # are kept here so close() can close them.
+        self._local = threading.local()
+        self._conns: set[Any] = set()
+        self._generation = 0  # close() starts a new one: older thread connections are void
         self._lock = threading.Lock()
         self._domain_type: str | None = None if domain_type == "auto" else domain_type
         self._cache_file = None
@@ -100,23 +104,49 @@ class LibvirtHost:
     # -- connection -----------------------------------------------------------------
 
     def _connection(self) -> Any:
-        with self._lock:
-            if self._conn is not None:
+        """This thread's connection to the host, opened on first use and again after it
+        failed. Never shared between threads: with libvirt 9.0, two threads calling
+        through one keepalive connection to a host whose link is cut crash the process
+        (SIGSEGV in the client's RPC event loop; one thread per connection does not),
+        seen with tests/pools/test_multihost.py's cut-network test."""
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            generation, conn = held
+            if generation == self._generation:
                 with contextlib.suppress(libvirt.libvirtError):
-                    if self._conn.isAlive():
-                        return self._conn
-                self._conn = None
-            remote = not self._is_local()
-            if remote:
-                _ensure_event_loop()
+                    if conn.isAlive():
+                        return conn
+            self._drop()
+        remote = not self._is_local()
+        if remote:
+            _ensure_event_loop()
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            raise HostUnavailable(f"host {self.uri} does not answer: {_msg(e)}") from e
+        with self._lock:
+            self._conns.add(conn)
+            self._local.held = (self._generation, conn)
+        if remote:
             try:
-                self._conn = libvirt.open(self.uri)
-                if remote:
-                    self._conn.setKeepAlive(KEEPALIVE_S, KEEPALIVE_COUNT)
+                conn.setKeepAlive(KEEPALIVE_S, KEEPALIVE_COUNT)
             except libvirt.libvirtError as e:
-                self._conn = None
+                self._drop()
                 raise HostUnavailable(f"host {self.uri} does not answer: {_msg(e)}") from e
-            return self._conn
+        return conn
+
+    def _drop(self) -> None:
+        """Forget (and close) this thread's connection: it failed or is not alive."""
+        held = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is None:
+            return
+        with self._lock:
+            if held[1] not in self._conns:
+                return  # close() closed it already
+            self._conns.discard(held[1])
+        with contextlib.suppress(libvirt.libvirtError):
+            held[1].close()
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -126,8 +156,7 @@ class LibvirtHost:
         except libvirt.libvirtError as e:
             code = e.get_error_code()
             if _is_transport_error(e):
-                with self._lock:
-                    self._conn = None
+                self._drop()
                 raise HostUnavailable(f"host {self.uri}: {what}: {_msg(e)}") from e
             if code == libvirt.VIR_ERR_NO_DOMAIN:
                 raise DomainNotFound(f"host {self.uri}: {what}: no such domain") from e
@@ -135,10 +164,11 @@ class LibvirtHost:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                with contextlib.suppress(libvirt.libvirtError):
-                    self._conn.close()
-                self._conn = None
+            conns, self._conns = self._conns, set()
+            self._generation += 1
+        for conn in conns:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
     # -- storage ----------------------------------------------------------------------
 
@@ -177,7 +207,7 @@ class LibvirtHost:
         digest = image_digest(source_dir)[:12]
         disk_bytes = self._virtual_size(source_dir / "disk.qcow2")
         with self._errors(f"publish image {image_id} v{version}"):
-            pool.refresh(0)
+            _refresh(pool)
             for fname in IMAGE_FILES:
                 src = source_dir / fname
                 vol_name = f"{image_id}-v{version}-{digest}-{fname}"
@@ -213,7 +243,7 @@ class LibvirtHost:
         # The copy below converts from the source volume's format, which libvirt knows
         # only after probing the uploaded bytes: without the refresh, a qcow2 file
         # uploaded into a 'raw' volume would be wrapped as the *contents* of a new disk.
-        pool.refresh(0)
+        _refresh(pool)
         vol = pool.storageVolLookupByName(vol_name + ".part")
         probed = parse_xml(vol.XMLDesc(0)).find("./target/format")
         if probed is None or probed.get("type") != fmt:
@@ -317,7 +347,7 @@ class LibvirtHost:
             vol_name = f"{spec.name}.qcow2"
             vol = self._volume(pool, vol_name)
             if vol is None:
-                pool.refresh(0)  # on shared storage, another host may have made it
+                _refresh(pool)  # on shared storage, another host may have made it
                 vol = self._volume(pool, vol_name)
             if vol is not None and not spec.linked_clone and not self._defined(conn, spec.name):
                 # the domain is defined only once its copy is complete: without it, this
@@ -437,7 +467,7 @@ class LibvirtHost:
                     _ignore_gone(dom.destroy)
                 _ignore_gone(dom.undefine)
             if not keep_disk:
-                pool.refresh(0)  # on shared storage another host may have made it
+                _refresh(pool)  # on shared storage another host may have made it
                 vol = self._volume(pool, f"{name}.qcow2")
                 if vol is not None:
                     vol.delete(0)
@@ -477,6 +507,23 @@ def _ignore_gone(fn: Callable[[], T]) -> None:
     except libvirt.libvirtError as e:
         if e.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
             raise
+
+
+def _refresh(pool: Any, bound_s: float = 10) -> None:
+    """pool.refresh(0), waiting while the daemon builds a volume in that pool: libvirt
+    refuses a refresh meanwhile ("pool '...' has asynchronous jobs running"), which
+    happens whenever two desktops are made on one host at once (seen on the namespace
+    hosts: a clone being created while another create or a destroy refreshes)."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        try:
+            pool.refresh(0)
+            return
+        except libvirt.libvirtError as e:
+            if ("asynchronous jobs" not in str(e.get_error_message() or "")
+                    or time.monotonic() > deadline):
+                raise
+        time.sleep(0.1)
 
 
 def _is_transport_error(e: Any) -> bool:

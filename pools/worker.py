@@ -146,7 +146,10 @@ class PoolWorker:
                     select(DesktopRow.state, func.count()).where(DesktopRow.pool_id == pool.id)
                     .group_by(DesktopRow.state))}
             ready = counts.get(DesktopState.READY.value, 0)
-            prov = counts.get(DesktopState.PROVISIONING.value, 0)
+            # desktops being made or remade become spares: a floating desktop being
+            # reverted returns to the pool (a dedicated pool has none of those)
+            prov = counts.get(DesktopState.PROVISIONING.value, 0) + (
+                0 if pool.persistent else counts.get(DesktopState.RECLAIMING.value, 0))
             live = sum(counts.get(st.value, 0) for st in COUNTED)
             plan = SparePlan.for_pool(pool, ready, prov, live)
             if not plan.add:

@@ -154,7 +154,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             catalog.save_pool(dataclasses.replace(p, image_version=version))
             print(f"pool {p.id} now runs {args.image_id} v{version} (a trial)")
             _audit(db, "pool-pin-image", p.id, f"{args.image_id} v{version}")
-        if not trial and not args.no_release:
+        if not trial and not args.no_release and store.released_version(args.image_id) == version:
+            print(f"image {args.image_id} v{version} is the released version already")
+        elif not trial and not args.no_release:
             before = store.release(args.image_id, version, by=_cli_actor())
             _audit(db, "image-release", args.image_id, f"v{before} -> v{version}")
             print(f"image {args.image_id} v{version} released"
