@@ -13,7 +13,14 @@ pool on the shared images folder, serial logs on the shared logs folder, TCG gue
   remakes its floating desktops on B, and restarts its dedicated one on B from the same
   disk once QEMU's image lock no longer holds it (the copy still running on A keeps it
   locked: fencing); nothing is deleted on A while it is down; when A answers again the
-  reconciler removes its stale copies and leaves the moved desktops alone.
+  reconciler removes its stale copies and leaves the moved desktops alone;
+* a host cut off the network (libvirtd and qemu keep running there): calls to it hang
+  until the call's deadline or the adapter's keepalive; it is marked down, its floating
+  desktop is remade on B, and once its link is back its stale copy is removed.
+
+Seen here (reported, not asserted): the failed host's libvirtd, when it comes back,
+restores the DAC owner (root:root 0600) of disks that the moved desktops' qemu on the
+healthy host still has open; a drain's source does the same after the migration.
 
 The job runner and host monitor take the ManualClock (leases, backoff, down detection);
 libvirt and the guests run in real time, so real state is polled with real deadlines.
@@ -23,6 +30,7 @@ namespace-host lock. Timings go to test-artifacts/multihost-timings.json.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -182,8 +190,10 @@ class Rig:
             self.clock.advance(step_s)
 
     async def until(self, what: str, done: Callable[[], bool], rounds: int = ROUND_BOUND,
-                    bound_s: float = 240) -> float:
-        """Worker rounds until done(); the real seconds it took. Fails with the state."""
+                    bound_s: float = 240, pause_s: float = 0) -> float:
+        """Worker rounds until done(); the real seconds it took. Fails with the state.
+        pause_s: real seconds between rounds, for outcomes that wait on real time (a call
+        to a host that still hangs makes HostCalls refuse the next ones at once)."""
         t0 = time.monotonic()
         for _ in range(rounds):
             if done():
@@ -191,6 +201,8 @@ class Rig:
             if time.monotonic() - t0 > bound_s:
                 break
             await self.settle()
+            if pause_s:
+                await asyncio.sleep(pause_s)
         if done():
             return time.monotonic() - t0
         pytest.fail(f"{what}: not after {rounds} worker rounds "
@@ -508,8 +520,13 @@ async def test_failed_host_desktops_come_back_on_the_healthy_host(rig: Rig) -> N
     # a restart, not a move of the running guest: it boots again, from the same disk
     poll(lambda: serial.read_bytes().count(b"VDI-READY") == 2, BOOT_BOUND_S,
          "no second boot of the dedicated desktop", serial)
-    type_until(healthy, mine.domain_name, "cat /desk/token >/dev/ttyS0\n", serial,
-               f"d{token}".encode())
+    answered = secrets.token_hex(4)
+    log = type_until(healthy, mine.domain_name,
+                     f"cat /desk/token >/dev/ttyS0\necho r{answered} >/dev/ttyS0\n", serial,
+                     f"r{answered}".encode())
+    assert f"d{token}".encode() in log, (
+        "the shell answers, but the file written before the failure is not on the disk: "
+        f"{log[-400:]!r}")
 
     # the failed host answers again: marked up, its stale copies removed
     victim.restart_libvirtd()
@@ -556,7 +573,7 @@ async def test_cut_off_host_is_noticed_through_keepalive_and_its_desktops_remade
                 victim.uri).status is status
 
         await rig.until("the cut-off host is marked down", victim_is(HostStatus.DOWN),
-                        rounds=4)
+                        rounds=30, bound_s=90, pause_s=1)
         TIMINGS["cut_detect_s"] = round(time.monotonic() - t_cut, 2)
         TIMINGS["cut_victim_error"] = rig.registry.host(victim.uri).error  # type: ignore[union-attr]
 
@@ -564,7 +581,8 @@ async def test_cut_off_host_is_noticed_through_keepalive_and_its_desktops_remade
             d = rig.catalog.desktop(gone.id)
             return d is not None and d.host_uri == healthy.uri and d.state is DesktopState.READY
 
-        await rig.until("its floating desktop is remade on the healthy host", back, rounds=4)
+        await rig.until("its floating desktop is remade on the healthy host", back,
+                        rounds=30, bound_s=90, pause_s=1)
         TIMINGS["cut_floating_back_s"] = round(time.monotonic() - t_cut, 2)
         assert rig.registry.host(healthy.uri).status is HostStatus.UP, rig.state()  # type: ignore[union-attr]
         now = rig.catalog.desktop(gone.id)
@@ -578,7 +596,8 @@ async def test_cut_off_host_is_noticed_through_keepalive_and_its_desktops_remade
     finally:
         victim.restore_network()
     t_restore = time.monotonic()
-    await rig.until("the host is up again", victim_is(HostStatus.UP), rounds=4)
+    await rig.until("the host is up again", victim_is(HostStatus.UP), rounds=90,
+                    bound_s=90, pause_s=1)
     await rig.until("its stale copy is removed", lambda: not domains(victim), rounds=3)
     TIMINGS["cut_reconciled_after_restore_s"] = round(time.monotonic() - t_restore, 2)
     assert not any(p in victim.pids() for p in victim_qemu)
