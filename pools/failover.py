@@ -89,12 +89,13 @@ def _destroy(host: Hypervisor, *, name: str, keep_disk: bool) -> None:
     host.destroy_desktop(name, keep_disk=keep_disk)
 
 
-def _supersede(s: Session, desktop_id: str, now: datetime) -> None:
-    """Fail the desktop's pending or running job: another one replaces it. A runner
-    still in one of its steps loses its lease at the next step."""
+def _supersede(s: Session, desktop_id: str, now: datetime,
+               why: str = "its host is being evacuated") -> None:
+    """Fail the desktop's pending or running job: another one replaces it (or none is
+    needed). A runner still in one of its steps loses its lease at the next step."""
     s.execute(update(JobRow).where(JobRow.desktop_id == desktop_id,
                                    JobRow.state.in_(ACTIVE)).values(
-        state=JobState.FAILED.value, error="superseded: its host is being evacuated",
+        state=JobState.FAILED.value, error=f"superseded: {why}",
         lease_owner=None, lease_until=None, finished_at=now, updated_at=now))
 
 
@@ -193,6 +194,8 @@ class HostMonitor:
         with self._sessions.begin() as s:
             kinds: dict[str, str] = {p: k for p, k in s.execute(select(PoolRow.id, PoolRow.kind))}
             busy = active_job_desktops(s)
+            restarting = set(s.scalars(select(JobRow.desktop_id).where(
+                JobRow.state.in_(ACTIVE), JobRow.kind == JobKind.RESTART.value)))
             rows = {r.domain_name: r for r in s.scalars(select(DesktopRow).where(
                 DesktopRow.domain_name.in_(list(ours))))} if ours else {}
             for name in ours:
@@ -207,11 +210,15 @@ class HostMonitor:
                     DesktopRow.host_uri == uri,
                     DesktopRow.state.in_([DesktopState.READY.value,
                                           DesktopState.ASSIGNED.value]))):
-                if row.id in busy:
-                    continue
                 dom = ours.get(row.domain_name)
                 if dom is not None and dom.running:
                     row.error = None  # e.g. "its host is down": it answers and runs it
+                    if row.id in restarting:
+                        # its host was cut off, not dead: the guest ran on all along (its
+                        # disk lock refused the restart elsewhere). Keep it; no restart.
+                        _supersede(s, row.id, now, "its host runs it again")
+                    continue
+                if row.id in busy:
                     continue
                 if kinds.get(row.pool_id) == PoolKind.DEDICATED.value:
                     enqueue(s, JobKind.RESTART, row.id, now)  # its disk is kept

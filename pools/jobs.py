@@ -70,6 +70,8 @@ STEPS: dict[JobKind, tuple[str, ...]] = {
 # kinds that keep the desktop's disk: a new host must see the same storage
 KEEPS_DISK = (JobKind.RESTART, JobKind.MIGRATE)
 ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
+# what QEMU says when another process holds a disk's write lock
+DISK_IN_USE = 'Failed to get "write" lock'
 # Failpoint for the crash tests: the broker process kills itself (SIGKILL) right after
 # this step's hypervisor work is done and before the database records it. Never set in
 # production; read once at start-up.
@@ -210,6 +212,12 @@ class JobRunner:
                 await asyncio.to_thread(self._fail, job, step, str(e))
                 return
             except HypervisorError as e:
+                if DISK_IN_USE in str(e):
+                    # QEMU's lock on the disk: the copy on a host that lost contact still
+                    # runs. Starting a second would corrupt the disk; wait until that copy
+                    # ends (or its host comes back and keeps it), however long it takes.
+                    await asyncio.to_thread(self._retry_later, job, step, str(e), count=False)
+                    return
                 if job.attempts + 1 >= self._max_attempts:
                     await asyncio.to_thread(self._fail, job, step, str(e))
                 else:
@@ -229,20 +237,26 @@ class JobRunner:
                                   lambda h: h.destroy_desktop(desktop.domain_name))
             return payload
         if step == "create":
+            # a restart makes the domain on the chosen host but moves the desktop's record
+            # there only once it runs (until then its old home may still run it)
+            target = payload.get("host", desktop.host_uri)
             version = payload.get("version")
             if version is None:  # chosen once: a retried create must not switch versions
-                version = await asyncio.to_thread(self._images.target_version, pool,
-                                                  desktop.host_uri)
+                if job.kind is JobKind.RESTART and desktop.image_version:
+                    version = desktop.image_version  # its disk was made from that one
+                else:
+                    version = await asyncio.to_thread(self._images.target_version, pool,
+                                                      target)
                 payload = {**payload, "version": version}
                 await asyncio.to_thread(self._save_payload, job, payload)
             try:
                 version, files = await asyncio.to_thread(
-                    self._images.files, desktop.host_uri, pool.image, version or None)
+                    self._images.files, target, pool.image, version or None)
             except ImageNotPublished as e:
                 raise StepFailed(str(e)) from e
             spec = DesktopSpec(name=desktop.domain_name, desktop_id=desktop.id, pool_id=pool.id,
                                vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files)
-            endpoint = await self._calls.run(desktop.host_uri, lambda h: h.create_desktop(spec),
+            endpoint = await self._calls.run(target, lambda h: h.create_desktop(spec),
                                              timeout_s=max(self._calls.timeout_s,
                                                            self._create_timeout_s))
             return {**payload, "version": version, "vnc_host": endpoint.host,
@@ -318,7 +332,7 @@ class JobRunner:
             chosen = place(pool, loads.values(), self._limits, avoid=desktop.host_uri)
             if chosen is None:
                 raise NoRoom(f"no host has room for desktop {desktop.id} now")
-            if job.kind is not JobKind.MIGRATE:  # a migration moves it when it is done
+            if job.kind not in KEEPS_DISK:  # a migration or restart moves it when it runs
                 s.execute(update(DesktopRow).where(DesktopRow.id == desktop.id).values(
                     host_uri=chosen.host.uri, updated_at=self._clock()))
             return chosen.host.uri

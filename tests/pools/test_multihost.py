@@ -439,7 +439,7 @@ async def test_failed_host_desktops_come_back_on_the_healthy_host(rig: Rig) -> N
     wait_for(serial, b"VDI-READY", victim.qemu_log(mine.domain_name), bound_s=BOOT_BOUND_S)
     token = secrets.token_hex(4)
     type_until(victim, mine.domain_name,
-               f"echo d{token} >/desk/token\nsync\necho w{token} >/dev/ttyS0\n", serial,
+               f"echo d{token} >/desk/token && sync && echo w{token} >/dev/ttyS0\n", serial,
                f"w{token}".encode())
 
     # A's daemon dies; its qemu processes keep running
@@ -521,8 +521,10 @@ async def test_failed_host_desktops_come_back_on_the_healthy_host(rig: Rig) -> N
     poll(lambda: serial.read_bytes().count(b"VDI-READY") == 2, BOOT_BOUND_S,
          "no second boot of the dedicated desktop", serial)
     answered = secrets.token_hex(4)
+    # one line: the first keystrokes after boot may be lost, and the marker must not
+    # come without the file's content (a lost `cat` line must be typed again)
     log = type_until(healthy, mine.domain_name,
-                     f"cat /desk/token >/dev/ttyS0\necho r{answered} >/dev/ttyS0\n", serial,
+                     f"cat /desk/token >/dev/ttyS0 && echo r{answered} >/dev/ttyS0\n", serial,
                      f"r{answered}".encode())
     assert f"d{token}".encode() in log, (
         "the shell answers, but the file written before the failure is not on the disk: "

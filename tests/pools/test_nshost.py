@@ -257,7 +257,7 @@ _KEYS = {c: code for row, first in (("1234567890-=", 2), ("qwertyuiop", 16),
                                     ("asdfghjkl", 30), ("zxcvbnm,./", 44))
          for code, c in enumerate(row, first)}
 _KEYS.update({" ": 57, "\n": 28})
-_SHIFTED = {"$": "4", ">": ".", "_": "-"}
+_SHIFTED = {"$": "4", ">": ".", "_": "-", "&": "7"}
 KEY_LEFTSHIFT = 42
 
 
