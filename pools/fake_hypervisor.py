@@ -123,6 +123,15 @@ class FakeHypervisor:
                     raise HypervisorError(f"host {self.uri}: create desktop {spec.name}: "
                                           f"backing image {spec.image.disk_path} does not exist")
                 self.defined_count += 1
+                in_use = self.disks.get(spec.name)
+                for other in _FAKES.values():  # QEMU's write lock on a shared disk
+                    running = other.domains.get(spec.name)
+                    if (other is not self and other.disks is self.disks and in_use is not None
+                            and running is not None and running.running
+                            and running.disk_serial == in_use):
+                        raise HypervisorError(
+                            f"host {self.uri}: create desktop {spec.name}: qemu-system-x86_64: "
+                            'Failed to get "write" lock. Is another process using the image?')
                 serial = self.disks.get(spec.name)
                 if serial is None:  # a new clone; an existing disk is reused, as libvirt does
                     serial = self.disks[spec.name] = next(_DISK_SERIALS)
@@ -201,6 +210,13 @@ class FakeHypervisor:
             return str(self.log_dir / f"{name}.serial.log")
 
     # -- test helpers (not part of the Hypervisor protocol) ------------------------------
+
+    def crash(self) -> None:
+        """The host dies: it stops answering and its guests die with it."""
+        with self._lock:
+            self.down = True
+            for dom in self.domains.values():
+                dom.running = False
 
     def stop(self, name: str) -> None:
         """Power the domain off, as a guest shutting itself down would."""

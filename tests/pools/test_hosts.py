@@ -206,7 +206,7 @@ async def test_host_failure_moves_desktops_and_the_returning_host_is_reconciled(
     on_victim = {d.id: d for p in ("window", "own") for d in rig.on(victim, p)}
     disks = {d.domain_name: victim.domains[d.domain_name].disk_serial
              for d in on_victim.values()}
-    victim.down = True
+    victim.crash()  # no answer, and its guests died with it
     await rig.settle(rounds=8, step_s=6)  # > 30 s: down, desktops moved
     assert rig.registry.host(victim.uri).status is HostStatus.DOWN  # type: ignore[union-attr]
     for desktop_id, was in on_victim.items():
@@ -300,3 +300,42 @@ async def test_a_host_without_the_image_gets_no_desktops_until_it_is_published(
     rig.catalog.save_pool(pool(min_ready=8, max_size=12, memory_mib=512))
     await rig.settle()
     assert len(rig.on(c)) == 4  # the new room is used once the image is there
+
+
+async def test_a_cut_off_host_that_comes_back_keeps_its_running_dedicated_desktop(
+        rig: Rig) -> None:
+    """The host lost contact but its guest ran on: the disk lock refuses the restart
+    elsewhere, and when the host answers again it keeps the desktop (no power cycle)."""
+    await rig.settle(1)
+    rig.shared()
+    rig.catalog.save_pool(pool(pool_id="own", kind=PoolKind.DEDICATED, min_ready=1,
+                               hosts=(rig.a.uri, rig.b.uri)))
+    await rig.settle()
+    mine = rig.assigner.assign("own", clerk(1))
+    home = rig.a if mine.host_uri == rig.a.uri else rig.b
+    other = rig.b if home is rig.a else rig.a
+    rig.catalog.save_pool(pool(pool_id="own", kind=PoolKind.DEDICATED, min_ready=0,
+                               hosts=(rig.a.uri, rig.b.uri)))
+    disk = home.domains[mine.domain_name].disk_serial
+    home.down = True  # cut off: it does not answer, its guest keeps running
+    await rig.settle(rounds=12, step_s=10)
+    kept = rig.catalog.desktop(mine.id)
+    assert kept is not None and kept.host_uri == home.uri  # not moved: the restart waits
+    assert kept.state is DesktopState.ASSIGNED and kept.assigned_user == "clerk1"
+    assert mine.domain_name not in other.domains
+    with rig.db() as s:
+        restart = s.scalars(select(JobRow).where(JobRow.desktop_id == mine.id,
+                                                 JobRow.kind == JobKind.RESTART.value)).one()
+        assert restart.state == "pending" and restart.error and "write\" lock" in restart.error
+        assert restart.attempts == 0  # waiting on the lock is not a failed attempt
+    home.down = False
+    await rig.settle(rounds=3, step_s=10)
+    back = rig.catalog.desktop(mine.id)
+    assert back is not None and back.host_uri == home.uri
+    assert home.domains[mine.domain_name].disk_serial == disk
+    assert home.domains[mine.domain_name].running
+    assert mine.domain_name not in other.domains
+    with rig.db() as s:
+        restart = s.get(JobRow, restart.id)
+        assert restart is not None and restart.state == "failed"
+        assert "runs it again" in (restart.error or "")
