@@ -336,6 +336,6 @@ async def test_a_cut_off_host_that_comes_back_keeps_its_running_dedicated_deskto
     assert home.domains[mine.domain_name].running
     assert mine.domain_name not in other.domains
     with rig.db() as s:
-        restart = s.get(JobRow, restart.id)
-        assert restart is not None and restart.state == "failed"
-        assert "runs it again" in (restart.error or "")
+        ended = s.get(JobRow, restart.id)
+        assert ended is not None and ended.state == "failed"
+        assert "runs it again" in (ended.error or "")
