@@ -54,8 +54,9 @@ _event_loop_lock = threading.Lock()
 _event_loop_started = False
 
 
-def _ensure_event_loop() -> None:
-    """libvirt's keepalive needs its event loop running in this process (once)."""
+def ensure_event_loop() -> None:
+    """libvirt's keepalive needs its event loop running in this process (once); it must
+    run before the connections that use keepalive are opened, and keep running."""
     global _event_loop_started
     with _event_loop_lock:
         if _event_loop_started:
@@ -119,7 +120,7 @@ class LibvirtHost:
             self._drop()
         remote = not self._is_local()
         if remote:
-            _ensure_event_loop()
+            ensure_event_loop()
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:

@@ -47,7 +47,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -312,29 +311,12 @@ def exclusive(timeout_s: float = 600) -> Iterator[None]:
 
 # --- libvirt client side ---------------------------------------------------------------
 
-_event_loop_lock = threading.Lock()
-_event_loop_started = False
-
-
 def ensure_libvirt_event_loop() -> None:
-    """Register libvirt's default event loop and run it in a daemon thread (once per
-    process). Client keepalive (`conn.setKeepAlive`) needs it; it must run before the
-    connections that use keepalive are opened, and must keep running afterwards (the
-    server then pings the client, which answers from this loop)."""
-    global _event_loop_started
-    import libvirt
+    """libvirt's default event loop in a daemon thread, once per process: the broker's
+    own (the test's connections and the broker's adapters share it)."""
+    from pools.libvirt_host import ensure_event_loop
 
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def loop() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=loop, name="libvirt-event-loop", daemon=True).start()
-        _event_loop_started = True
+    ensure_event_loop()
 
 
 # --- one host ------------------------------------------------------------------------
