@@ -14,8 +14,11 @@ import logging
 import os
 
 import uvicorn
+from sqlalchemy import select
 
 from pools.fake_hypervisor import FakeHypervisor
+from vdi.db import make_engine, session_factory
+from vdi.models import DesktopRow
 from vdi.settings import load_settings
 from web.app import create_app
 
@@ -25,6 +28,15 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(environ=dict(os.environ))
     host = FakeHypervisor(settings.libvirt_uri)
+    # the seeded desktops run on this host, as the worker would have left them (else the
+    # reconciler would rightly find their domains gone and remake them)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with session_factory(engine)() as s:
+            for row in s.scalars(select(DesktopRow).where(DesktopRow.host_uri == host.uri)):
+                host.adopt(row.domain_name, row.id, row.pool_id, row.vnc_port or 5900)
+    finally:
+        engine.dispose()
     app = create_app(settings, hosts={host.uri: host}, run_worker=True)
     uvicorn.run(app, host=settings.listen_host, port=settings.listen_port,
                 log_level="warning", access_log=False, lifespan="on",

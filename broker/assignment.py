@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from broker.roles import entitled
+from pools.hosts import Limits, fits, host_from_row, host_loads
 from pools.jobs import JobKind, enqueue
 from vdi.catalog import desktop_from_row, pool_from_row
 from vdi.db import rows_changed
@@ -74,6 +75,12 @@ class HostsUnavailable(AssignmentError):
     code = "host_unavailable"
 
 
+class NoCapacity(AssignmentError):
+    """The pool may grow, but no host that answers has room for another desktop."""
+
+    code = "no_capacity"
+
+
 class DesktopNotReady(AssignmentError):
     """No spare right now, but the pool may grow: one is being prepared."""
 
@@ -94,9 +101,10 @@ class LogOff:
 
 class Assigner:
     def __init__(self, sessions: sessionmaker[Session],
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now, limits: Limits | None = None) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._limits = limits or Limits()
 
     def assign(self, pool_id: str, who: Principal) -> Desktop:
         """The user's desktop in this pool: their existing one, else a claimed spare.
@@ -225,10 +233,15 @@ class Assigner:
                 HostRow.status == "up", HostRow.maintenance.is_(False),
                 *([HostRow.uri.in_(prow.hosts)] if prow.hosts else [])))
             known = s.scalar(select(func.count()).select_from(HostRow))
+            pool = pool_from_row(prow)
+            loads = host_loads(s, [host_from_row(r) for r in s.scalars(select(HostRow))])
+            room = any(fits(ld, pool, self._limits) for ld in loads.values())
         if live >= prow.max_size and not starting:
             return PoolFull(pool_id)
         if starting and all(err for err in starting):
             return HostsUnavailable(pool_id)  # the worker noted a failure on each of them
         if not starting and known and not usable:
             return HostsUnavailable(pool_id)  # no host answers: nothing can be made
+        if not starting and known and not room:
+            return NoCapacity(pool_id)  # the worker cannot place another one anywhere
         return DesktopNotReady(pool_id)

@@ -211,6 +211,18 @@ class FakeHypervisor:
 
     # -- test helpers (not part of the Hypervisor protocol) ------------------------------
 
+    def adopt(self, name: str, desktop_id: str, pool_id: str, port: int) -> None:
+        """A running domain this host has already (made before this fake existed, as a
+        benchmark's seeded desktops are)."""
+        image = ImageFiles(disk_path=str(self.storage_dir / "seeded-disk.qcow2"),
+                           kernel_path="", initrd_path="", cmdline="", disk_bytes=0)
+        spec = DesktopSpec(name=name, desktop_id=desktop_id, pool_id=pool_id, vcpus=1,
+                           memory_mib=128, image=image)
+        with self._lock:
+            self.domains[name] = FakeDomain(spec=spec, port=port,
+                                            disk_serial=self.disks.setdefault(
+                                                name, next(_DISK_SERIALS)))
+
     def crash(self) -> None:
         """The host dies: it stops answering and its guests die with it."""
         with self._lock:

@@ -71,7 +71,7 @@ def host_from_row(row: HostRow) -> Host:
 @dataclass(frozen=True)
 class Limits:
     memory_overcommit: float = 1.0
-    cpu_overcommit: float = 4.0
+    cpu_overcommit: float = 8.0
     max_provisioning: int = 2
 
 

@@ -71,7 +71,7 @@ class Settings:
 
     # several hosts: placement and failure
     memory_overcommit: float = 1.0  # guest memory per MiB of host memory
-    cpu_overcommit: float = 4.0  # vCPUs per host CPU
+    cpu_overcommit: float = 8.0  # vCPUs per host CPU (light task workers: 6-10 is usual)
     max_provisioning_per_host: int = 2  # desktops being made on one host at once
     host_check_interval_s: float = 5.0
     host_down_after_s: float = 30.0  # no answer for this long: the host is down

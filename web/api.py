@@ -17,6 +17,7 @@ from broker.assignment import (
     AssignmentError,
     DesktopNotReady,
     HostsUnavailable,
+    NoCapacity,
     NotEntitled,
     NothingToLogOff,
     PoolFull,
@@ -244,6 +245,13 @@ async def connect(request: Request) -> Response:
         return error(request, 503, "host_unavailable",
                      "The desktop servers are not answering. Try again shortly or call "
                      "the helpdesk.", headers={"Retry-After": "10"})
+    except NoCapacity:
+        await svc.db_call(lambda: svc.audit.record(
+            actor=who.username, role=_roles(session), action="connect", target=pool_id,
+            source=source, outcome="no_capacity"))
+        return error(request, 503, "no_capacity",
+                     "The desktop servers are full. Try again later or call the helpdesk.",
+                     headers={"Retry-After": "30"})
     except PoolFull:
         await svc.db_call(lambda: svc.audit.record(
             actor=who.username, role=_roles(session), action="connect", target=pool_id,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from pools.fake_hypervisor import FakeHypervisor
 from pools.jobs import JobKind
 from tests.web.conftest import (
     STAFF_GROUP,
@@ -108,3 +109,21 @@ def test_log_off_floating_reverts_dedicated_keeps(broker_factory: BrokerFactory,
     other = fake.broker.login("zhangsan")
     assert other.client.post("/api/pools/nope/logoff",
                              headers={"X-CSRF-Token": other.csrf}).status_code == 404
+
+
+def test_no_room_on_any_host_is_said_clearly(broker_factory: BrokerFactory,
+                                             image_dir: Path) -> None:
+    host = FakeHypervisor("fake:///small", memory_mib=600)  # room for two 256 MiB desktops
+    broker = broker_factory(hosts={host.uri: host}, libvirt_uri=host.uri)
+    broker.publish_image(host, "guest", image_dir)
+    broker.save_pool(window_pool(min_ready=2, max_size=4))
+    broker.wait_ready("window", 2)
+    first, second = broker.login("zhangsan"), broker.login("lisi")
+    assert first.connect_when_ready("window") and second.connect_when_ready("window")
+    third = broker.login("sunqi")
+    r = third.client.post("/api/pools/window/connect", headers={
+        "X-CSRF-Token": third.csrf, "Accept-Language": "en"})
+    assert r.status_code == 503 and r.json()["error"] == "no_capacity"
+    assert "servers are full" in r.json()["message"] and r.headers["Retry-After"] == "30"
+    assert [e.outcome for e in broker.audit(action="connect")][-1] == "no_capacity"
+    assert len(host.domains) == 2
