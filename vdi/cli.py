@@ -21,7 +21,8 @@ from pools.hosts import Host, HostError, HostRegistry
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog, CatalogError
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import Pool, PoolKind, utc_now
+from vdi.domain import DesktopState, Pool, PoolKind, utc_now
+from vdi.models import DesktopRow
 from vdi.settings import Settings, SettingsError, load_settings
 
 
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     hd = sub.add_parser("host-drain", help="maintenance on, and move the host's desktops off "
                                            "(dedicated: live migration)")
     hd.add_argument("host")
+    dr = sub.add_parser("desktop-remove",
+                        help="delete a desktop: its domain and disk (an admin's decision)")
+    dr.add_argument("desktop_id")
+    dr.add_argument("--yes", action="store_true",
+                    help="also when a user holds it (a dedicated desktop's disk is lost)")
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
     args = parser.parse_args(argv)
@@ -233,6 +239,30 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                   f"{moves.relocated} spare(s) to remake elsewhere, {moves.waiting} waiting "
                   "(no shared storage); desktops in use of floating pools move when their "
                   "clerk logs off. The broker's worker does the moves.")
+    elif args.command == "desktop-remove":
+        from pools.jobs import JobKind, active_job_desktops, enqueue
+
+        with db.begin() as s:
+            row = s.get(DesktopRow, args.desktop_id)
+            if row is None or row.state == DesktopState.DELETED.value:
+                print(f"vdi: no such desktop: {args.desktop_id}", file=sys.stderr)
+                return 2
+            if row.assigned_user and not args.yes:
+                print(f"vdi: desktop {row.id} belongs to {row.assigned_user}; its disk and "
+                      "everything on it would be deleted. Add --yes to do it.", file=sys.stderr)
+                return 2
+            if row.id in active_job_desktops(s):
+                print(f"vdi: desktop {row.id} is being worked on; try again in a minute",
+                      file=sys.stderr)
+                return 2
+            owner = row.assigned_user
+            row.state = DesktopState.RECLAIMING.value
+            row.assigned_user = None
+            row.updated_at = utc_now()
+            enqueue(s, JobKind.REMOVE, row.id, row.updated_at)
+        _audit(db, "desktop-remove", args.desktop_id, f"held by {owner or 'nobody'}")
+        print(f"desktop {args.desktop_id}: removal queued; the broker deletes its domain and "
+              "disk (the pool makes a new spare if it needs one)")
     elif args.command == "pools":
         for p in catalog.pools():
             runs = f"v{p.image_version}" if p.image_version else "released"

@@ -16,7 +16,7 @@ from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import HostUnavailable
 from pools.images import ImageStore, ReleaseError
-from pools.jobs import JobKind, JobState
+from pools.jobs import JobKind, JobState, enqueue
 from pools.worker import PoolWorker
 from tests.conftest import ManualClock
 from tests.pools.test_worker import PREFIX, clerk, make_pool
@@ -284,3 +284,20 @@ def test_host_unavailable_is_what_the_fake_raises_when_down(rig: Rig) -> None:
     rig.fake.down = True
     with pytest.raises(HostUnavailable):
         rig.fake.list_desktops()
+
+
+async def test_an_admin_removal_deletes_domain_and_disk_and_the_pool_refills(
+        rig: Rig) -> None:
+    rig.catalog.save_pool(pool(PoolKind.DEDICATED))
+    await rig.settle()
+    mine = rig.assigner.assign("window", clerk(1))
+    with rig.db.begin() as s:  # what `vdi desktop-remove --yes` does
+        row = s.get(DesktopRow, mine.id)
+        assert row is not None
+        row.state = DesktopState.RECLAIMING.value
+        row.assigned_user = None
+        enqueue(s, JobKind.REMOVE, mine.id, rig.clock())
+    await rig.settle()
+    assert rig.row(mine.id).state == DesktopState.DELETED.value
+    assert mine.domain_name not in rig.fake.domains and mine.domain_name not in rig.fake.disks
+    assert [d.state for d in rig.desktops() if d.id != mine.id] == [DesktopState.READY]

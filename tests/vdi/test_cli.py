@@ -103,3 +103,30 @@ def test_release_and_rollback_from_the_command_line(
     assert vdi(config, "images") == 0
     out = capsys.readouterr().out
     assert "demo\tv1\tqemu:///system" in out and "released" in out.splitlines()[0]
+
+
+def test_desktop_remove_asks_before_deleting_a_users_desktop(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = session_factory(make_engine(database(config)))
+    now = utc_now()
+    with db.begin() as s:
+        s.add(PoolRow(id="own", display_name="Own", kind="dedicated", image="demo", vcpus=1,
+                      memory_mib=128, min_ready=0, max_size=2, entitled_groups=[],
+                      created_at=now, hosts=[]))
+        s.flush()
+        s.add(DesktopRow(id="own-1", pool_id="own", state=DesktopState.ASSIGNED.value,
+                         host_uri="qemu:///system", domain_name="vdi-own-1", image_version=1,
+                         assigned_user="lisi", created_at=now, updated_at=now))
+    assert vdi(config, "desktop-remove", "nope") == 2
+    assert "no such desktop" in capsys.readouterr().err
+    assert vdi(config, "desktop-remove", "own-1") == 2
+    assert "belongs to lisi" in capsys.readouterr().err
+    with db() as s:
+        assert not list(s.scalars(select(JobRow)))  # nothing happened
+    assert vdi(config, "desktop-remove", "own-1", "--yes") == 0
+    with db() as s:
+        row = s.get(DesktopRow, "own-1")
+        assert row is not None and row.state == "reclaiming" and row.assigned_user is None
+        assert [(j.desktop_id, j.kind) for j in s.scalars(select(JobRow))] == [
+            ("own-1", JobKind.REMOVE.value)]
+        assert "desktop-remove" in [a.action for a in s.scalars(select(AuditRow))]
