@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import select
 import shutil
 import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.relay import LoopbackRelay
 
 REPO = Path(__file__).resolve().parent.parent
 LDAP_DEPLOY = REPO / "deploy" / "ldap"
@@ -120,52 +120,34 @@ class SlapdServer:
         self.stop()
 
 
-class SilentServer:
+class SilentServer(LoopbackRelay):
     """A loopback TCP server that accepts connections and never answers (or, with
     close_at_once, hangs up immediately): an LDAP server that hangs or drops clients.
+    A relay that relays nothing.
 
     `accepted` counts connections, which lets a test prove no traffic happened.
     """
 
+    scheme = "ldap"
+
     def __init__(self, close_at_once: bool = False) -> None:
         self._close_at_once = close_at_once
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
         self._held: list[socket.socket] = []
-        self._stopping = threading.Event()
         self.accepted = 0
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, name="silent-ldap", daemon=True)
-        self._thread.start()
+        super().__init__(0, name="silent-ldap")
 
-    @property
-    def url(self) -> str:
-        return f"ldap://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self.accepted += 1
-            if self._close_at_once:
-                conn.close()
-            else:
-                self._held.append(conn)
+    def admit(self, conn: socket.socket) -> socket.socket | None:
+        self.accepted += 1
+        if self._close_at_once:
+            conn.close()
+        else:
+            self._held.append(conn)
+        return None
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join()
+        super().stop()
         for conn in self._held:
             conn.close()
-        self._listener.close()
-
-    def __enter__(self) -> SilentServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)
@@ -224,70 +206,25 @@ def make_tls_files(directory: Path, *, ip: str | None = None, dns: str | None = 
     return files
 
 
-class TlsProxy:
+class TlsProxy(LoopbackRelay):
     """ldaps:// in front of a plain loopback LDAP server: terminates TLS with `tls`'s
     certificate and relays bytes to 127.0.0.1:`backend_port`. Connections whose TLS
     handshake fails (the client rejected the certificate) are counted and dropped.
     """
 
+    scheme = "ldaps"
+
     def __init__(self, tls: TlsFiles, backend_port: int) -> None:
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(tls.cert, tls.key)
-        self._backend_port = backend_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self._stopping = threading.Event()
         self.failed_handshakes = 0
-        self.port: int = self._listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._serve, name="tls-proxy", daemon=True)]
-        self._threads[0].start()
+        super().__init__(backend_port, name="tls-proxy")
 
-    @property
-    def url(self) -> str:
-        return f"ldaps://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(5)
-            try:
-                client = self._context.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError):
-                self.failed_handshakes += 1
-                conn.close()
-                continue
-            thread = threading.Thread(target=self._relay, args=(client,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _relay(self, client: ssl.SSLSocket) -> None:
-        # One thread per connection and select(), not one thread per direction: an
-        # SSL socket must not be read and written from two threads at once.
-        with client, socket.create_connection(("127.0.0.1", self._backend_port), 5) as backend:
-            peers: dict[socket.socket, socket.socket] = {client: backend, backend: client}
-            while not self._stopping.is_set():
-                ready = [client] if client.pending() else select.select(
-                    list(peers), [], [], 0.1)[0]
-                for sock in ready:
-                    try:
-                        data = sock.recv(65536)
-                    except (ssl.SSLError, OSError):
-                        return
-                    if not data:
-                        return
-                    peers[sock].sendall(data)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join()
-        self._listener.close()
-
-    def __enter__(self) -> TlsProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def admit(self, conn: socket.socket) -> socket.socket | None:
+        conn.settimeout(5)
+        try:
+            return self._context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.failed_handshakes += 1
+            conn.close()
+            return None

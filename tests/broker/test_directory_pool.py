@@ -8,10 +8,7 @@ A counting relay in front of slapd shows every TCP connection the adapter opens.
 
 from __future__ import annotations
 
-import contextlib
-import select
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,77 +19,26 @@ import pytest
 import broker.directory as directory_module
 from broker.directory import DirectoryUnavailable, InvalidCredentials, LdapDirectory
 from tests.ldap_server import DEMO_PASSWORD, GROUP_BASE, SERVICE_DN, SlapdServer
+from tests.relay import LoopbackRelay
 from vdi.settings import Settings
 
 pytestmark = pytest.mark.real
 
 
-class CountingRelay:
+class CountingRelay(LoopbackRelay):
     """A loopback TCP relay to slapd that counts the connections it accepts and can drop
     every relayed connection at once (a server restart, an idle timeout)."""
 
+    scheme = "ldap"
+
     def __init__(self, backend_port: int) -> None:
-        self._backend_port = backend_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
         self.accepted = 0
-        self.port: int = self._listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._serve, daemon=True)]
-        self._threads[0].start()
+        super().__init__(backend_port, name="counting-relay")
 
-    @property
-    def url(self) -> str:
-        return f"ldap://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.accepted += 1
-            t = threading.Thread(target=self._relay, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _relay(self, client: socket.socket) -> None:
-        backend = socket.create_connection(("127.0.0.1", self._backend_port), 5)
+    def admit(self, conn: socket.socket) -> socket.socket | None:
         with self._lock:
-            self._open += [client, backend]
-        peers = {client: backend, backend: client}
-        try:
-            while not self._stopping.is_set():
-                for sock in select.select(list(peers), [], [], 0.1)[0]:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    peers[sock].sendall(data)
-        except OSError:
-            return
-        finally:
-            client.close()
-            backend.close()
-
-    def drop_all(self) -> None:
-        """Hang up every relayed connection, as a restarted server would."""
-        with self._lock:
-            socks, self._open = self._open, []
-        for sock in socks:
-            with contextlib.suppress(OSError):  # already closed by its relay thread
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.drop_all()
-        for t in self._threads:
-            t.join(5)
-        self._listener.close()
+            self.accepted += 1
+        return conn
 
 
 @pytest.fixture

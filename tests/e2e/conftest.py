@@ -3,7 +3,6 @@ libvirtd, and headless Debian Chromium driven by Playwright."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.ldap_server import SlapdServer, free_loopback_port
+from tests.relay import LoopbackRelay
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -27,66 +27,31 @@ PREFIX = "vdit-e2e-"
 STAFF_GROUP = "cn=window-staff,ou=groups,dc=district,dc=example"
 
 
-class BlipProxy:
+class BlipProxy(LoopbackRelay):
     """A TCP relay in front of the broker whose link the test can cut and restore: a
     real network blip for the browser (open connections die, new ones are refused)."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
-        self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port, name="blip-proxy")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if not self._up.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+    def admit(self, conn: socket.socket) -> socket.socket | None:
+        if not self._up.is_set():
+            conn.close()
+            return None
+        return conn
 
     def cut(self) -> None:
         self._up.clear()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
+        self.drop_all()
 
     def restore(self) -> None:
         self._up.set()
 
     def close(self) -> None:
         self.cut()
-        self._listener.close()
+        self.stop()
 
 
 @dataclass(frozen=True)

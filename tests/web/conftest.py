@@ -9,7 +9,6 @@ start, the test fails and says why; nothing here skips.
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ from starlette.applications import Starlette
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import Hypervisor
 from tests.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
+from tests.relay import LoopbackRelay
 from vdi.domain import Desktop, DesktopState, Pool, PoolKind
 from vdi.models import AuditRow
 from vdi.settings import Settings, load_settings
@@ -307,67 +307,30 @@ def fake(broker_factory: BrokerFactory, image_dir: Path) -> FakeHostBroker:
                                           name="Helpdesk tools")))
 
 
-class HangingProxy:
+class HangingProxy(LoopbackRelay):
     """A loopback TCP relay to a real server that can be switched to 'hang': from then
     on it accepts new connections and never answers them (the server seems to hang),
     while connections already relayed keep working."""
 
+    scheme = "ldap"
+
     def __init__(self, backend_port: int) -> None:
-        self._backend_port = backend_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self._stopping = threading.Event()
         self.hanging = False
         self._held: list[socket.socket] = []
-        self.port: int = self._listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._serve, name="hang-proxy", daemon=True)]
-        self._threads[0].start()
-
-    @property
-    def url(self) -> str:
-        return f"ldap://127.0.0.1:{self.port}"
+        super().__init__(backend_port, name="hang-proxy")
 
     @property
     def held(self) -> int:
         """Connections accepted in hang mode (each one a client left waiting)."""
         return len(self._held)
 
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            if self.hanging:
-                self._held.append(conn)
-                continue
-            t = threading.Thread(target=self._relay, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _relay(self, client: socket.socket) -> None:
-        with client, socket.create_connection(("127.0.0.1", self._backend_port), 5) as backend:
-            peers = {client: backend, backend: client}
-            while not self._stopping.is_set():
-                for sock in select.select(list(peers), [], [], 0.1)[0]:
-                    try:
-                        data = sock.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    peers[sock].sendall(data)
-
-    def __enter__(self) -> HangingProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def admit(self, conn: socket.socket) -> socket.socket | None:
+        if self.hanging:
+            self._held.append(conn)
+            return None
+        return conn
 
     def stop(self) -> None:
-        self._stopping.set()
-        for t in self._threads:
-            t.join()
+        super().stop()
         for conn in self._held:
             conn.close()
-        self._listener.close()
