@@ -120,6 +120,7 @@ class HostMonitor:
         self._check_timeout_s = check_timeout_s
         self._reconcile_every = timedelta(seconds=reconcile_every_s)
         self._clock = clock
+        self._watching_since = clock()
         self._reconciled: dict[str, datetime] = {}
 
     async def check(self) -> None:
@@ -132,7 +133,7 @@ class HostMonitor:
                                          timeout_s=self._check_timeout_s)
         except HostUnavailable as e:
             went_down = await asyncio.to_thread(self.registry.unanswered, host.uri, str(e),
-                                                self._down_after_s)
+                                                self._down_after_s, self._watching_since)
             if went_down:
                 moves = await asyncio.to_thread(self._evacuate, host.uri, False)
                 log.error("host %s is down (%s): %s", host.name, e, moves)
@@ -187,8 +188,6 @@ class HostMonitor:
 
     def _plan_repairs(self, uri: str, ours: dict[str, DomainInfo]) -> _Plan:
         now = self._clock()
-        host = self.registry.host(uri)
-        shared = bool(host and host.shared_storage)
         strays: list[tuple[str, bool]] = []
         remade: list[str] = []
         with self._sessions.begin() as s:
@@ -200,12 +199,16 @@ class HostMonitor:
                 DesktopRow.domain_name.in_(list(ours))))} if ours else {}
             for name in ours:
                 row = rows.get(name)
-                if row is None or row.state == DesktopState.DELETED.value:
-                    strays.append((name, False))  # ours by name, unknown or deleted
+                if row is not None and row.state == DesktopState.DELETED.value:
+                    strays.append((name, False))  # removed: its disk goes too
+                elif row is None:
+                    # ours by name but unknown to this database (another broker with the
+                    # same prefix, a restored backup): undefine it, never delete a disk
+                    strays.append((name, True))
                 elif row.host_uri != uri and row.id not in busy:
-                    # moved away while this host was gone: its disk (shared storage)
-                    # belongs to the desktop's new home
-                    strays.append((name, shared))
+                    # moved away while this host was gone (or the same daemon registered
+                    # twice): the disk may be the desktop's at its new home; keep it
+                    strays.append((name, True))
             for row in s.scalars(select(DesktopRow).where(
                     DesktopRow.host_uri == uri,
                     DesktopRow.state.in_([DesktopState.READY.value,

@@ -208,17 +208,20 @@ class HostRegistry:
             row.error = None
             return before
 
-    def unanswered(self, uri: str, error: str, down_after_s: float) -> bool:
+    def unanswered(self, uri: str, error: str, down_after_s: float,
+                   watched_since: datetime | None = None) -> bool:
         """The host did not answer. Marks it down once it has been silent for
-        down_after_s (since its last answer, or since it was added). True: it went down
-        just now."""
+        down_after_s (since its last answer, since it was added, or since the caller
+        started watching: a broker restarted after an hour must not count that hour as
+        silence). True: it went down just now."""
         now = self._clock()
         with self._sessions.begin() as s:
             row = s.get(HostRow, uri)
             if row is None:
                 return False
             row.error = error[:2000]
-            silent_since = row.last_seen_at or row.created_at
+            silent_since = max(row.last_seen_at or row.created_at,
+                               watched_since or row.created_at)
             if row.status != HostStatus.DOWN.value and (
                     now - silent_since >= timedelta(seconds=down_after_s)):
                 row.status = HostStatus.DOWN.value

@@ -27,15 +27,20 @@ class ImageStore:
 
     def publish(self, host: Hypervisor, image_id: str, source_dir: Path,
                 version: int | None = None) -> tuple[int, ImageFiles]:
-        """Upload the image files to the host and record them. Without a version, the
-        same build as the newest version is that version (idempotent); another build
-        becomes a new version. Blocks (hashes and uploads the files)."""
+        """Upload the image files to the host and record them. Without a version: the
+        version that already has this build on any host, else a new one above every
+        host's (so one version number means one build everywhere). Idempotent. Raises
+        ReleaseError when `version` holds another build on this host. Blocks (hashes and
+        uploads the files)."""
         digest = image_digest(source_dir)
         if version is None:
-            latest = self.latest_version(host.uri, image_id)
-            if latest and self._digest(host.uri, image_id, latest) == digest:
-                return self.files(host.uri, image_id, latest)
-            version = latest + 1
+            version = self.version_for(image_id, digest)
+        known = self._digest(host.uri, image_id, version)
+        if known is not None and known != digest:
+            raise ReleaseError(f"image {image_id!r} v{version} on {host.uri} is another "
+                               "build; publish this one as a new version")
+        if known == digest:
+            return self.files(host.uri, image_id, version)
         files = host.publish_image(image_id, version, source_dir)
         with self._sessions.begin() as s:
             row = s.get(ImageRow, (image_id, host.uri, version))
@@ -46,6 +51,16 @@ class ImageStore:
                                disk_bytes=files.disk_bytes, digest=digest,
                                published_at=utc_now()))
         return version, files
+
+    def version_for(self, image_id: str, digest: str) -> int:
+        """The version number of this build: the one it has on some host, else the next."""
+        with self._sessions() as s:
+            same = s.scalar(select(func.max(ImageRow.version)).where(
+                ImageRow.id == image_id, ImageRow.digest == digest))
+            if same:
+                return int(same)
+            return int(s.scalar(select(func.max(ImageRow.version)).where(
+                ImageRow.id == image_id)) or 0) + 1
 
     def _digest(self, host_uri: str, image_id: str, version: int) -> str | None:
         with self._sessions() as s:

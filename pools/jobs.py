@@ -192,10 +192,10 @@ class JobRunner:
         except Exception:  # a bug must not kill the runner; the lease lets it retry
             log.exception("job %d (%s %s) crashed", job.id, job.kind, job.desktop_id)
         finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
             self._in_flight.discard(job.id)
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await renew
             self.finished.set()
 
     async def _run_steps(self, job: Job) -> None:
@@ -231,7 +231,7 @@ class JobRunner:
         log.info("job %d: %s %s done", job.id, job.kind, job.desktop_id)
 
     async def _step(self, job: Job, step: str, payload: dict[str, Any]) -> dict[str, Any]:
-        desktop, pool = await asyncio.to_thread(self._load, job.desktop_id)
+        desktop, pool = await asyncio.to_thread(self._load, job.desktop_id, job)
         if step == "destroy":
             await self._calls.run(desktop.host_uri,
                                   lambda h: h.destroy_desktop(desktop.domain_name))
@@ -316,7 +316,9 @@ class JobRunner:
         by_uri = {h.uri: h for h in hosts}
         current = by_uri.get(desktop.host_uri)
         stays = job.kind in (JobKind.REVERT, JobKind.RESTART) and current is not None and (
-            current.accepts_desktops and (not pool.hosts or current.uri in pool.hosts))
+            current.accepts_desktops and (not pool.hosts or current.uri in pool.hosts)) and (
+            job.kind is JobKind.RESTART
+            or current.uri in self._images.hosts_ready_for(pool, [current.uri]))
         if stays:
             return desktop.host_uri
         if job.kind in KEEPS_DISK:
@@ -350,8 +352,12 @@ class JobRunner:
                 raise StepFailed(f"desktop {desktop_id} does not exist")
             return row.host_uri
 
-    def _load(self, desktop_id: str) -> tuple[DesktopRow, Pool]:
+    def _load(self, desktop_id: str, job: Job) -> tuple[DesktopRow, Pool]:
+        """The desktop and its pool, once it is sure the job is still this runner's (a
+        superseded or taken-over job must not do another step)."""
         with self._sessions() as s:
+            if s.scalar(select(JobRow.id).where(self._mine(job))) is None:
+                raise LeaseLost(str(job.id))
             row = s.get(DesktopRow, desktop_id)
             if row is None:
                 raise StepFailed(f"desktop {desktop_id} does not exist")
@@ -376,11 +382,18 @@ class JobRunner:
             raise LeaseLost(str(job_id))
 
     async def _renew_forever(self, job_id: int) -> None:
+        """Keep the lease while the job runs. A database hiccup is retried at the next
+        interval (the lease outlives two of them); a lost lease ends the renewing, and
+        the step's next write finds it out (LeaseLost)."""
         interval = self._lease.total_seconds() / 3
-        with contextlib.suppress(LeaseLost):
-            while True:
-                await asyncio.sleep(interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
                 await asyncio.to_thread(self._renew, job_id)
+            except LeaseLost:
+                return
+            except Exception:
+                log.exception("job %d: renewing its lease failed; trying again", job_id)
 
     def _save_payload(self, job: Job, payload: dict[str, Any]) -> None:
         with self._sessions.begin() as s:

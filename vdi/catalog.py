@@ -28,7 +28,8 @@ def desktop_from_row(row: DesktopRow) -> Desktop:
                    host_uri=row.host_uri, domain_name=row.domain_name,
                    assigned_user=row.assigned_user, vnc_host=row.vnc_host,
                    vnc_port=row.vnc_port, created_at=row.created_at,
-                   last_input_at=row.last_input_at, image_version=row.image_version)
+                   last_input_at=row.last_input_at, image_version=row.image_version,
+                   error=row.error)
 
 
 class Catalog:

@@ -48,20 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     rb = sub.add_parser("image-rollback", help="release the version before the released one")
     rb.add_argument("image_id")
     sub.add_parser("images", help="list image versions and which one is released")
-    ps = sub.add_parser("pool-set", help="create or update a desktop pool")
+    ps = sub.add_parser("pool-set", help="create or update a desktop pool (an update changes "
+                                         "only the options given)")
     ps.add_argument("pool_id")
-    ps.add_argument("--name", required=True, help="display name shown to clerks")
-    ps.add_argument("--image", required=True)
-    ps.add_argument("--kind", choices=[k.value for k in PoolKind], default="floating")
-    ps.add_argument("--vcpus", type=int, default=1)
-    ps.add_argument("--memory-mib", type=int, default=256)
-    ps.add_argument("--min-ready", type=int, default=1)
-    ps.add_argument("--max-size", type=int, default=4)
-    ps.add_argument("--group", action="append", default=[], help="entitled group DN (repeat)")
-    ps.add_argument("--image-version", type=int, default=None,
-                    help="pin the pool to this image version (default: the released one)")
-    ps.add_argument("--host", action="append", default=[],
-                    help="host URI the pool may use (repeat; default: any host)")
+    ps.add_argument("--name", help="display name shown to clerks (needed for a new pool)")
+    ps.add_argument("--image", help="golden image id (needed for a new pool)")
+    ps.add_argument("--kind", choices=[k.value for k in PoolKind],
+                    help="floating (default for a new pool) or dedicated")
+    ps.add_argument("--vcpus", type=int)
+    ps.add_argument("--memory-mib", type=int)
+    ps.add_argument("--min-ready", type=int)
+    ps.add_argument("--max-size", type=int)
+    ps.add_argument("--group", action="append",
+                    help="entitled group DN (repeat; replaces the list)")
+    ps.add_argument("--image-version",
+                    help="pin the pool to this image version, or 'released' to follow the "
+                         "image's released version (the default)")
+    ps.add_argument("--host", action="append",
+                    help="host URI the pool may use (repeat; replaces the list; 'any': all)")
     ha = sub.add_parser("host-add", help="register a libvirt host, or change how it is reached")
     ha.add_argument("uri", help="e.g. qemu+tcp://10.0.0.12/system")
     ha.add_argument("--name", required=True)
@@ -144,13 +148,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if missing:
             print(f"vdi: no such pool: {', '.join(missing)}", file=sys.stderr)
             return 2
-        version = 0
-        for record in targets:  # the same version number on every host
-            print(f"publishing {args.image_id} on {record.name} ({record.uri})...", flush=True)
+        from pools.hypervisor import image_digest
+        from pools.images import ReleaseError
+
+        try:  # one version number for this build on every host
+            version = store.version_for(args.image_id, image_digest(args.source_dir))
+        except FileNotFoundError as e:
+            print(f"vdi: {e} (build the image first)", file=sys.stderr)
+            return 1
+        for record in targets:
+            print(f"publishing {args.image_id} v{version} on {record.name} ({record.uri})...",
+                  flush=True)
             try:
                 version, files = store.publish(adapter_for(record, settings), args.image_id,
-                                               args.source_dir, version or None)
-            except (HypervisorError, FileNotFoundError) as e:
+                                               args.source_dir, version)
+            except (HypervisorError, FileNotFoundError, ReleaseError) as e:
                 print(f"vdi: {record.name}: {e}", file=sys.stderr)
                 return 1
             print(f"image {args.image_id} v{version} published on {record.name}: "
@@ -196,12 +208,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             mark = "released" if store.released_version(image_id) == version else ""
             print(f"{image_id}\tv{version}\t{host_uri}\t{published:%Y-%m-%d %H:%M}\t{mark}")
     elif args.command == "pool-set":
-        catalog.save_pool(Pool(id=args.pool_id, display_name=args.name,
-                               kind=PoolKind(args.kind), image=args.image, vcpus=args.vcpus,
-                               memory_mib=args.memory_mib, min_ready=args.min_ready,
-                               max_size=args.max_size, entitled_groups=tuple(args.group),
-                               image_version=args.image_version, hosts=tuple(args.host)))
-        print(f"pool {args.pool_id} saved")
+        return _pool_set(args, catalog)
     elif args.command == "host-add":
         registry = HostRegistry(db)
         try:
@@ -271,7 +278,50 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "desktops":
         for d in catalog.desktops():
             print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"
-                  f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}\t{d.host_uri}")
+                  f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}\t{d.host_uri}\t"
+                  f"{(d.error or '').splitlines()[0] if d.error else ''}")
+    return 0
+
+
+def _pool_set(args: argparse.Namespace, catalog: Catalog) -> int:
+    """Create a pool, or change only what the options name: leaving out --kind must
+    never turn a dedicated pool floating (its clerks' disks would be reverted)."""
+    before = catalog.pool(args.pool_id)
+    if before is None and (not args.name or not args.image):
+        print(f"vdi: pool {args.pool_id} is new: --name and --image are needed",
+              file=sys.stderr)
+        return 2
+    base = before or Pool(id=args.pool_id, display_name="", kind=PoolKind.FLOATING, image="",
+                          vcpus=1, memory_mib=256, min_ready=1, max_size=4,
+                          entitled_groups=())
+    changes: dict[str, Any] = {k: v for k, v in {
+        "display_name": args.name, "image": args.image, "vcpus": args.vcpus,
+        "memory_mib": args.memory_mib, "min_ready": args.min_ready,
+        "max_size": args.max_size}.items() if v is not None}
+    if args.kind is not None:
+        changes["kind"] = PoolKind(args.kind)
+    if args.group is not None:
+        changes["entitled_groups"] = tuple(args.group)
+    if args.host is not None:
+        changes["hosts"] = () if args.host == ["any"] else tuple(args.host)
+    if args.image_version is not None:
+        if args.image_version == "released":
+            changes["image_version"] = None
+        elif args.image_version.isdigit() and int(args.image_version) > 0:
+            changes["image_version"] = int(args.image_version)
+        else:
+            print("vdi: --image-version: a version number or 'released'", file=sys.stderr)
+            return 2
+    pool = dataclasses.replace(base, **changes)
+    if before is not None and pool.kind != before.kind:
+        held = [d for d in catalog.desktops(pool.id) if d.state is not DesktopState.DELETED]
+        if held:
+            print(f"vdi: pool {pool.id} has {len(held)} desktop(s); it cannot change from "
+                  f"{before.kind.value} to {pool.kind.value} (remove them first with "
+                  "desktop-remove)", file=sys.stderr)
+            return 2
+    catalog.save_pool(pool)
+    print(f"pool {args.pool_id} {'saved' if before else 'created'}")
     return 0
 
 

@@ -67,6 +67,7 @@ class Desktop:
     created_at: datetime
     last_input_at: datetime | None
     image_version: int = 0
+    error: str | None = None  # the last problem noted for the admin
 
 
 @dataclass(frozen=True)

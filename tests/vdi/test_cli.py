@@ -130,3 +130,30 @@ def test_desktop_remove_asks_before_deleting_a_users_desktop(
         assert [(j.desktop_id, j.kind) for j in s.scalars(select(JobRow))] == [
             ("own-1", JobKind.REMOVE.value)]
         assert "desktop-remove" in [a.action for a in s.scalars(select(AuditRow))]
+
+
+def test_pool_set_changes_only_what_it_is_told(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert vdi(config, "pool-set", "own", "--min-ready", "1") == 2
+    assert "--name and --image are needed" in capsys.readouterr().err
+    assert vdi(config, "pool-set", "own", "--name", "Own", "--image", "demo", "--kind",
+               "dedicated", "--group", "cn=a", "--image-version", "3") == 0
+    assert vdi(config, "pool-set", "own", "--min-ready", "2") == 0  # no --kind: still dedicated
+    db = session_factory(make_engine(database(config)))
+    with db() as s:
+        row = s.get(PoolRow, "own")
+        assert row is not None and (row.kind, row.min_ready, row.entitled_groups,
+                                    row.image_version) == ("dedicated", 2, ["cn=a"], 3)
+    assert vdi(config, "pool-set", "own", "--image-version", "released") == 0
+    assert vdi(config, "pool-set", "own", "--image-version", "latest") == 2
+    now = utc_now()
+    with db.begin() as s:
+        s.add(DesktopRow(id="own-1", pool_id="own", state=DesktopState.ASSIGNED.value,
+                         host_uri="qemu:///system", domain_name="vdi-own-1", image_version=1,
+                         assigned_user="lisi", created_at=now, updated_at=now))
+    capsys.readouterr()
+    assert vdi(config, "pool-set", "own", "--kind", "floating") == 2
+    assert "cannot change from dedicated to floating" in capsys.readouterr().err
+    with db() as s:
+        row = s.get(PoolRow, "own")
+        assert row is not None and row.kind == "dedicated" and row.image_version is None
