@@ -21,7 +21,7 @@ from pools.hosts import Limits, fits, host_from_row, host_loads
 from pools.jobs import JobKind, enqueue
 from vdi.catalog import desktop_from_row, pool_from_row
 from vdi.db import rows_changed
-from vdi.domain import Desktop, DesktopState, Pool, Principal, utc_now
+from vdi.domain import Desktop, DesktopState, Pool, PoolKind, Principal, utc_now
 from vdi.models import DesktopRow, HostRow, PoolRow
 
 # states that still count against a pool's max_size
@@ -226,9 +226,11 @@ class Assigner:
             live = s.scalar(select(func.count()).select_from(DesktopRow).where(
                 DesktopRow.pool_id == pool_id,
                 DesktopRow.state.in_([st.value for st in LIVE_STATES]))) or 0
+            # being made, or (floating) being reverted: a desktop is on its way
+            coming = [DesktopState.PROVISIONING.value] + (
+                [] if prow.kind == PoolKind.DEDICATED.value else [DesktopState.RECLAIMING.value])
             starting = list(s.scalars(select(DesktopRow.error).where(
-                DesktopRow.pool_id == pool_id,
-                DesktopRow.state == DesktopState.PROVISIONING.value)))
+                DesktopRow.pool_id == pool_id, DesktopRow.state.in_(coming))))
             usable = s.scalar(select(func.count()).select_from(HostRow).where(
                 HostRow.status == "up", HostRow.maintenance.is_(False),
                 *([HostRow.uri.in_(prow.hosts)] if prow.hosts else [])))

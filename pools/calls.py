@@ -32,6 +32,9 @@ class HostCalls:
         self.timeout_s = timeout_s
         self._factory = factory
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt")
+        # the host monitor's probes get threads of their own: hosts that hang must not
+        # leave the probes of healthy ones queueing (they would be declared down too)
+        self._probes = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt-probe")
         self._overdue: dict[str, int] = {}  # calls past their deadline, still running
         self._lock = threading.Lock()
 
@@ -47,12 +50,14 @@ class HostCalls:
             raise HostUnavailable(f"host {uri} is not configured") from None
 
     async def run(self, uri: str, fn: Callable[[Hypervisor], T],
-                  timeout_s: float | None = None) -> T:
+                  timeout_s: float | None = None, *, probe: bool = False) -> T:
+        """fn(host) in a thread, with a deadline. probe=True: the host monitor's question
+        whether the host answers, on the probes' own threads."""
         host = self.host(uri)
         with self._lock:
             if self._overdue.get(uri):
                 raise HostUnavailable(f"host {uri} has not answered an earlier call yet")
-        call = self._executor.submit(fn, host)
+        call = (self._probes if probe else self._executor).submit(fn, host)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(call), timeout_s or self.timeout_s)
         except TimeoutError:
@@ -69,3 +74,4 @@ class HostCalls:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._probes.shutdown(wait=False, cancel_futures=True)

@@ -130,7 +130,7 @@ class HostMonitor:
     async def _check(self, host: Host) -> None:
         try:
             info = await self._calls.run(host.uri, lambda h: h.host_info(),
-                                         timeout_s=self._check_timeout_s)
+                                         timeout_s=self._check_timeout_s, probe=True)
         except HostUnavailable as e:
             went_down = await asyncio.to_thread(self.registry.unanswered, host.uri, str(e),
                                                 self._down_after_s, self._watching_since)

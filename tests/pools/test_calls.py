@@ -44,3 +44,24 @@ async def test_a_hung_host_fails_further_calls_at_once_until_it_answers() -> Non
     finally:
         release.set()
         calls.close()
+
+
+async def test_probes_of_a_healthy_host_do_not_queue_behind_hung_calls() -> None:
+    hung = [FakeHypervisor(f"fake://hung{i}/system") for i in range(2)]
+    fine = FakeHypervisor("fake://fine2/system")
+    calls = HostCalls({h.uri: h for h in (*hung, fine)}, timeout_s=0.2, max_threads=2)
+    release = threading.Event()
+
+    def stuck(h: Hypervisor) -> str:
+        release.wait(10)
+        return h.uri
+
+    try:
+        for h in hung:  # every job thread is taken by a host that hangs
+            with pytest.raises(HostUnavailable):
+                await calls.run(h.uri, stuck)
+        info = await calls.run(fine.uri, lambda h: h.host_info(), timeout_s=1, probe=True)
+        assert info.hostname == fine.uri  # the monitor still hears the healthy host
+    finally:
+        release.set()
+        calls.close()
