@@ -132,6 +132,20 @@ class PoolWorker:
         for host in known.values():
             self._calls.ensure(host)
 
+    @staticmethod
+    def _spare_plan(s: Session, pool: Pool) -> SparePlan:
+        counts: dict[str, int] = {
+            state: n for state, n in s.execute(
+                select(DesktopRow.state, func.count()).where(DesktopRow.pool_id == pool.id)
+                .group_by(DesktopRow.state))}
+        ready = counts.get(DesktopState.READY.value, 0)
+        # desktops being made or remade become spares: a floating desktop being
+        # reverted returns to the pool (a dedicated pool has none of those)
+        prov = counts.get(DesktopState.PROVISIONING.value, 0) + (
+            0 if pool.persistent else counts.get(DesktopState.RECLAIMING.value, 0))
+        live = sum(counts.get(st.value, 0) for st in COUNTED)
+        return SparePlan.for_pool(pool, ready, prov, live)
+
     def _plan_and_insert(self, pool: Pool) -> list[str]:
         hosts = self.monitor.registry.hosts()
         # only hosts that hold the pool's image version (a host added later has none
@@ -140,18 +154,11 @@ class PoolWorker:
         holding = self._images.hosts_ready_for(pool, [h.uri for h in hosts])
         if holding:
             hosts = [h for h in hosts if h.uri in holding]
+        with self._sessions() as s:  # most ticks have nothing to add: no write lock then
+            if not self._spare_plan(s, pool).add:
+                return []
         with self._sessions.begin() as s:
-            counts: dict[str, int] = {
-                state: n for state, n in s.execute(
-                    select(DesktopRow.state, func.count()).where(DesktopRow.pool_id == pool.id)
-                    .group_by(DesktopRow.state))}
-            ready = counts.get(DesktopState.READY.value, 0)
-            # desktops being made or remade become spares: a floating desktop being
-            # reverted returns to the pool (a dedicated pool has none of those)
-            prov = counts.get(DesktopState.PROVISIONING.value, 0) + (
-                0 if pool.persistent else counts.get(DesktopState.RECLAIMING.value, 0))
-            live = sum(counts.get(st.value, 0) for st in COUNTED)
-            plan = SparePlan.for_pool(pool, ready, prov, live)
+            plan = self._spare_plan(s, pool)  # again, under the write lock
             if not plan.add:
                 return []
             now = self._clock()
@@ -206,11 +213,18 @@ class PoolWorker:
         from before jobs existed, or a job row lost): give them one."""
         kinds = {DesktopState.PROVISIONING.value: JobKind.PROVISION,
                  DesktopState.RECLAIMING.value: JobKind.REVERT}
-        with self._sessions.begin() as s:
+
+        def orphans_in(s: Session) -> list[tuple[str, str]]:
             busy = active_job_desktops(s)
-            orphans = [(d, st) for d, st in s.execute(
+            return [(d, st) for d, st in s.execute(
                 select(DesktopRow.id, DesktopRow.state).where(DesktopRow.state.in_(list(kinds))))
                 if d not in busy]
+
+        with self._sessions() as s:  # the usual answer is none: no write lock for that
+            if not orphans_in(s):
+                return 0
+        with self._sessions.begin() as s:
+            orphans = orphans_in(s)
             now = self._clock()
             for desktop_id, state in orphans:
                 enqueue(s, kinds[state], desktop_id, now)
