@@ -136,11 +136,17 @@ class ImageStore:
 
     def hosts_ready_for(self, pool: Pool, host_uris: list[str]) -> set[str]:
         """The hosts that hold the image version `pool` would get there."""
-        with self._sessions() as s:
+        with self._sessions() as s:  # one read, whatever the number of hosts
             published = {(uri, version) for uri, version in s.execute(
                 select(ImageRow.host_uri, ImageRow.version).where(ImageRow.id == pool.image))}
-        return {uri for uri in host_uris
-                if (uri, self.target_version(pool, uri)) in published}
+            release = s.get(ImageReleaseRow, pool.image)
+        wanted = pool.image_version or (release.version if release else None)
+        if wanted is not None:
+            return {uri for uri in host_uris if (uri, wanted) in published}
+        newest: dict[str, int] = {}  # nothing released: each host's newest version
+        for uri, version in published:
+            newest[uri] = max(version, newest.get(uri, 0))
+        return {uri for uri in host_uris if uri in newest}
 
     def target_version(self, pool: Pool, host_uri: str) -> int:
         """The version new desktops of `pool` get on that host: the pool's pinned one,
