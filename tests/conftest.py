@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,3 +193,18 @@ def libvirt_image(libvirt_host: LibvirtHost, guest_image: Path,
                   domain_names: DomainNames) -> ImageFiles:
     """The guest image published on the real host as `<prefix>img` version 1."""
     return libvirt_host.publish_image(f"{domain_names.prefix}img", 1, guest_image)
+
+
+def wait_for_serial(path: Path, marker: bytes, bound_s: float = 90.0, context: str = "",
+                    interval_s: float = 0.1) -> bytes:
+    """A guest's serial log once it holds `marker`; fails with the log's tail (and
+    `context`) after bound_s."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        data = path.read_bytes() if path.exists() else b""
+        if marker in data:
+            return data
+        if time.monotonic() > deadline:
+            pytest.fail(f"{marker!r} not in {path} after {bound_s:.0f} s; "
+                        f"log ends with: {data[-800:]!r}\n{context}")
+        time.sleep(interval_s)

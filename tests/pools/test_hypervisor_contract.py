@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from tests.conftest import (
     TEST_STORAGE_DIR,
     TEST_STORAGE_POOL,
     DomainNames,
+    wait_for_serial,
 )
 
 BOOT_BOUND_S = 60  # liveness bound for a TCG guest that boots in ~2 s; not a speed test
@@ -120,19 +120,6 @@ def vnc_authenticate(endpoint: GraphicsEndpoint, password: str) -> None:
             reply = handshake.receive(data)
             if reply:
                 sock.sendall(reply)
-
-
-def wait_for_serial(path: Path, marker: bytes, bound_s: float = BOOT_BOUND_S) -> bytes:
-    """The serial log once it holds `marker`; fails with the log's tail after bound_s."""
-    deadline = time.monotonic() + bound_s
-    while True:
-        data = path.read_bytes() if path.exists() else b""
-        if marker in data:
-            return data
-        if time.monotonic() > deadline:
-            pytest.fail(f"{marker!r} not in {path} after {bound_s:.0f} s; "
-                        f"log ends with: {data[-800:]!r}")
-        time.sleep(0.25)
 
 
 # --- contract: fake and real ---------------------------------------------------------
@@ -349,7 +336,8 @@ def test_desktop_disk_is_a_linked_clone_of_the_image(real: Subject) -> None:
 def test_guest_boots_with_its_disk(real: Subject) -> None:
     spec = real.spec()
     real.host.create_desktop(spec)
-    log = wait_for_serial(Path(real.host.serial_log_path(spec.name)), b"VDI-READY")
+    log = wait_for_serial(Path(real.host.serial_log_path(spec.name)), b"VDI-READY",
+                          BOOT_BOUND_S)
     assert b"VDI-DISK-OK" in log  # init mounted the linked clone's ext4 filesystem
 
 
@@ -385,7 +373,7 @@ def test_auto_domain_type_picks_one_that_boots(libvirt_image: ImageFiles,
         dtype = host.domain_type(libvirt_image)
         assert dtype in ("kvm", "qemu")
         assert domain_xml(name).get("type") == dtype
-        wait_for_serial(Path(host.serial_log_path(name)), b"VDI-READY")
+        wait_for_serial(Path(host.serial_log_path(name)), b"VDI-READY", BOOT_BOUND_S)
     finally:
         host.destroy_desktop(name)
         host.close()

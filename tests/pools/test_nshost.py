@@ -33,7 +33,7 @@ import pytest
 from defusedxml.ElementTree import fromstring as parse_xml
 
 from broker.rfb import RfbAuthFailed, ServerHandshake
-from tests.conftest import REPO, DomainNames
+from tests.conftest import REPO, DomainNames, wait_for_serial
 from tests.nshost import (
     HOSTS_DIR,
     NamespaceHost,
@@ -200,15 +200,7 @@ def guest(hosts: tuple[NamespaceHost, NamespaceHost], images: GuestFiles,
 
 def wait_for(path: Path, marker: bytes, context: str = "",
              bound_s: float = BOOT_BOUND_S) -> bytes:
-    deadline = time.monotonic() + bound_s
-    while True:
-        data = path.read_bytes() if path.exists() else b""
-        if marker in data:
-            return data
-        if time.monotonic() > deadline:
-            pytest.fail(f"{marker!r} not in {path} after {bound_s:.0f} s; "
-                        f"log ends with: {data[-600:]!r}\n{context}")
-        time.sleep(0.1)
+    return wait_for_serial(path, marker, bound_s, context)
 
 
 def rfb_hello(address: str, port: int) -> tuple[bytes, list[int]]:

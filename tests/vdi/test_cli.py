@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hosts import HostStatus
 from pools.jobs import JobKind
@@ -35,6 +36,21 @@ def database(config: Path) -> str:
     return f"sqlite:///{(config.parent / 'vdi.sqlite3').resolve()}"
 
 
+def seed_dedicated_desktop(config: Path, host_uri: str) -> sessionmaker[Session]:
+    """Pool `own` (dedicated) and its desktop `own-1`, held by lisi on host_uri."""
+    db = session_factory(make_engine(database(config)))
+    now = utc_now()
+    with db.begin() as s:
+        s.add(PoolRow(id="own", display_name="Own", kind="dedicated", image="demo", vcpus=1,
+                      memory_mib=128, min_ready=0, max_size=2, entitled_groups=[],
+                      created_at=now, hosts=[]))
+        s.flush()  # the pool first: the desktop refers to it
+        s.add(DesktopRow(id="own-1", pool_id="own", state=DesktopState.ASSIGNED.value,
+                         host_uri=host_uri, domain_name="vdi-own-1", image_version=1,
+                         assigned_user="lisi", created_at=now, updated_at=now))
+    return db
+
+
 def test_hosts_are_added_listed_and_refused_with_a_reason(
         config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert vdi(config, "host-add", "qemu+tcp://10.77.0.11/system", "--name", "h1",
@@ -57,16 +73,8 @@ def test_drain_puts_the_host_in_maintenance_and_asks_for_the_moves(
     uri = "qemu+tcp://10.77.0.11/system"
     assert vdi(config, "host-add", uri, "--name", "h1", "--graphics-listen", "10.77.0.11",
                "--shared-storage") == 0
-    db = session_factory(make_engine(database(config)))
-    now = utc_now()
+    db = seed_dedicated_desktop(config, uri)
     with db.begin() as s:
-        s.add(PoolRow(id="own", display_name="Own", kind="dedicated", image="demo", vcpus=1,
-                      memory_mib=128, min_ready=0, max_size=2, entitled_groups=[],
-                      created_at=now, hosts=[]))
-        s.flush()  # the pool first: the desktop refers to it
-        s.add(DesktopRow(id="own-1", pool_id="own", state=DesktopState.ASSIGNED.value,
-                         host_uri=uri, domain_name="vdi-own-1", image_version=1,
-                         assigned_user="lisi", created_at=now, updated_at=now))
         row = s.get(HostRow, uri)
         assert row is not None
         row.status = HostStatus.UP.value
@@ -107,16 +115,7 @@ def test_release_and_rollback_from_the_command_line(
 
 def test_desktop_remove_asks_before_deleting_a_users_desktop(
         config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = session_factory(make_engine(database(config)))
-    now = utc_now()
-    with db.begin() as s:
-        s.add(PoolRow(id="own", display_name="Own", kind="dedicated", image="demo", vcpus=1,
-                      memory_mib=128, min_ready=0, max_size=2, entitled_groups=[],
-                      created_at=now, hosts=[]))
-        s.flush()
-        s.add(DesktopRow(id="own-1", pool_id="own", state=DesktopState.ASSIGNED.value,
-                         host_uri="qemu:///system", domain_name="vdi-own-1", image_version=1,
-                         assigned_user="lisi", created_at=now, updated_at=now))
+    db = seed_dedicated_desktop(config, "qemu:///system")
     assert vdi(config, "desktop-remove", "nope") == 2
     assert "no such desktop" in capsys.readouterr().err
     assert vdi(config, "desktop-remove", "own-1") == 2
