@@ -24,6 +24,7 @@ from pools.calls import HostCalls
 from pools.hosts import Host, HostRegistry, HostStatus
 from pools.hypervisor import DomainInfo, HostUnavailable, Hypervisor, HypervisorError
 from pools.jobs import ACTIVE, JobKind, JobState, active_job_desktops, enqueue
+from vdi.db import rows_changed
 from vdi.domain import DesktopState, PoolKind, utc_now
 from vdi.models import DesktopRow, JobRow, PoolRow
 
@@ -54,33 +55,42 @@ def evacuate(s: Session, host: Host, now: datetime, *, live: bool) -> Moves:
     busy: dict[str | None, str] = {d: k for d, k in s.execute(
         select(JobRow.desktop_id, JobRow.kind).where(JobRow.state.in_(ACTIVE)))}
     relocated = restarted = migrated = waiting = 0
-    for row in s.scalars(select(DesktopRow).where(DesktopRow.host_uri == host.uri,
-                                                  DesktopRow.state.in_(ON_HOST))):
-        if busy.get(row.id) in MOVING:
+    rows = list(s.execute(select(DesktopRow.id, DesktopRow.pool_id, DesktopRow.state).where(
+        DesktopRow.host_uri == host.uri, DesktopRow.state.in_(ON_HOST))))
+    for desktop_id, pool_id, state in rows:
+        if busy.get(desktop_id) in MOVING:
             continue
-        dedicated = kinds.get(row.pool_id) == PoolKind.DEDICATED.value
+        # every change below is a compare-and-set on what was read: a clerk who claimed
+        # a spare or logged off meanwhile (another broker) wins, this desktop is skipped
+        unchanged = update(DesktopRow).where(
+            DesktopRow.id == desktop_id, DesktopRow.state == state,
+            DesktopRow.host_uri == host.uri).execution_options(synchronize_session=False)
+        dedicated = kinds.get(pool_id) == PoolKind.DEDICATED.value
         if dedicated:
-            if row.state not in (DesktopState.READY.value, DesktopState.ASSIGNED.value):
+            if state not in (DesktopState.READY.value, DesktopState.ASSIGNED.value):
                 continue  # being made: its job retries when the host answers
             if not host.shared_storage:
-                row.error = f"host {host.name} is {'in maintenance' if live else 'down'}; " \
-                            "this desktop's disk is only there: it waits for the host"
+                s.execute(unchanged.values(
+                    error=f"host {host.name} is {'in maintenance' if live else 'down'}; "
+                          "this desktop's disk is only there: it waits for the host"))
                 waiting += 1
                 continue
-            _supersede(s, row.id, now)
-            enqueue(s, JobKind.MIGRATE if live else JobKind.RESTART, row.id, now)
+            if not rows_changed(s.execute(unchanged.values(updated_at=now))):
+                continue
+            _supersede(s, desktop_id, now)
+            enqueue(s, JobKind.MIGRATE if live else JobKind.RESTART, desktop_id, now)
             if live:
                 migrated += 1
             else:
                 restarted += 1
             continue
-        if live and row.state == DesktopState.ASSIGNED.value:
+        if live and state == DesktopState.ASSIGNED.value:
             continue  # replaced when its clerk logs off
-        _supersede(s, row.id, now)
-        row.state = DesktopState.RECLAIMING.value
-        row.assigned_user = None
-        row.updated_at = now
-        enqueue(s, JobKind.RELOCATE, row.id, now)
+        if not rows_changed(s.execute(unchanged.values(
+                state=DesktopState.RECLAIMING.value, assigned_user=None, updated_at=now))):
+            continue
+        _supersede(s, desktop_id, now)
+        enqueue(s, JobKind.RELOCATE, desktop_id, now)
         relocated += 1
     return Moves(relocated, restarted, migrated, waiting)
 
@@ -167,9 +177,10 @@ class HostMonitor:
     async def reconcile(self, uri: str) -> Repairs:
         """Compare what the host runs with the database and repair the drift. Raises
         HostUnavailable (and changes nothing) when the host does not answer."""
+        listed_at = self._clock()
         domains = await self._calls.run(uri, lambda h: h.list_desktops())
         ours = {d.name: d for d in domains if d.name.startswith(self._prefix)}
-        plan = await asyncio.to_thread(self._plan_repairs, uri, ours)
+        plan = await asyncio.to_thread(self._plan_repairs, uri, ours, listed_at)
         removed = []
         for name, keep_disk in plan.strays:
             try:
@@ -186,7 +197,11 @@ class HostMonitor:
         strays: list[tuple[str, bool]]
         remade: list[str]
 
-    def _plan_repairs(self, uri: str, ours: dict[str, DomainInfo]) -> _Plan:
+    def _plan_repairs(self, uri: str, ours: dict[str, DomainInfo],
+                      listed_at: datetime) -> _Plan:
+        """What to repair. A desktop changed since the host was listed (a job made,
+        moved or removed it meanwhile) is left for the next round: the listing is older
+        than its row and would make a fresh desktop look vanished or stray."""
         now = self._clock()
         strays: list[tuple[str, bool]] = []
         remade: list[str] = []
@@ -199,6 +214,8 @@ class HostMonitor:
                 DesktopRow.domain_name.in_(list(ours))))} if ours else {}
             for name in ours:
                 row = rows.get(name)
+                if row is not None and row.updated_at > listed_at:
+                    continue
                 if row is not None and row.state == DesktopState.DELETED.value:
                     strays.append((name, False))  # removed: its disk goes too
                 elif row is None:
@@ -213,6 +230,8 @@ class HostMonitor:
                     DesktopRow.host_uri == uri,
                     DesktopRow.state.in_([DesktopState.READY.value,
                                           DesktopState.ASSIGNED.value]))):
+                if row.updated_at > listed_at:
+                    continue
                 dom = ours.get(row.domain_name)
                 if dom is not None and dom.running:
                     row.error = None  # e.g. "its host is down": it answers and runs it

@@ -113,7 +113,8 @@ class NoRoom(Exception):
 
 
 class JobRunner:
-    """Claims due jobs and runs them, at most `per_host_parallel` at a time per host."""
+    """Claims due jobs and runs them; at most `per_host_parallel` desktops are made on
+    (or migrated to) one host at a time."""
 
     def __init__(self, sessions: sessionmaker[Session], calls: HostCalls, images: ImageStore,
                  *, owner: str, clock: Callable[[], datetime] = utc_now,
@@ -182,9 +183,7 @@ class JobRunner:
     async def _execute(self, job: Job) -> None:
         renew = asyncio.create_task(self._renew_forever(job.id))
         try:
-            host = await asyncio.to_thread(self._host_of, job.desktop_id)
-            async with self._slots.setdefault(host, asyncio.Semaphore(self._per_host)):
-                await self._run_steps(job)
+            await self._run_steps(job)
         except LeaseLost:
             log.warning("job %d: another broker took it over", job.id)
         except StepFailed as e:  # the desktop or its pool is gone
@@ -256,9 +255,10 @@ class JobRunner:
                 raise StepFailed(str(e)) from e
             spec = DesktopSpec(name=desktop.domain_name, desktop_id=desktop.id, pool_id=pool.id,
                                vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files)
-            endpoint = await self._calls.run(target, lambda h: h.create_desktop(spec),
-                                             timeout_s=max(self._calls.timeout_s,
-                                                           self._create_timeout_s))
+            async with self._slot(target):  # the per-host cap on desktops being made
+                endpoint = await self._calls.run(
+                    target, lambda h: h.create_desktop(spec),
+                    timeout_s=max(self._calls.timeout_s, self._create_timeout_s))
             return {**payload, "version": version, "vnc_host": endpoint.host,
                     "vnc_port": endpoint.port}
         if step == "ready":
@@ -281,7 +281,8 @@ class JobRunner:
                                   lambda h: h.destroy_desktop(desktop.domain_name))
             return payload
         if step == "migrate":
-            await self._migrate(desktop.domain_name, payload["from_host"], payload["host"])
+            async with self._slot(payload["host"]):  # an incoming desktop counts there
+                await self._migrate(desktop.domain_name, payload["from_host"], payload["host"])
             return payload
         if step == "resume":
             host = payload.get("host", desktop.host_uri)
@@ -293,6 +294,12 @@ class JobRunner:
             await asyncio.to_thread(self._forget, job)
             return payload
         raise StepFailed(f"unknown step {step!r}")
+
+    def _slot(self, host: str) -> asyncio.Semaphore:
+        """The cap on desktops being made on (or moved to) `host` at once. Only the host
+        a step works on counts: remaking a down host's desktops elsewhere is not held
+        back by the down host's slots."""
+        return self._slots.setdefault(host, asyncio.Semaphore(self._per_host))
 
     async def _migrate(self, name: str, source: str, dest: str) -> None:
         if source == dest:
@@ -344,13 +351,6 @@ class JobRunner:
             s.execute(update(DesktopRow).where(DesktopRow.id == job.desktop_id).values(
                 host_uri=host, vnc_host=vnc_host, vnc_port=vnc_port, error=None,
                 updated_at=self._clock()))
-
-    def _host_of(self, desktop_id: str) -> str:
-        with self._sessions() as s:
-            row = s.get(DesktopRow, desktop_id)
-            if row is None:
-                raise StepFailed(f"desktop {desktop_id} does not exist")
-            return row.host_uri
 
     def _load(self, desktop_id: str, job: Job) -> tuple[DesktopRow, Pool]:
         """The desktop and its pool, once it is sure the job is still this runner's (a

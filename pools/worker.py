@@ -78,26 +78,57 @@ class PoolWorker:
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
-        """Tick until cancelled. A failing tick is logged and retried, never fatal."""
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep the worker alive; the next tick retries
-                log.exception("pool worker tick failed")
-            self.wake.clear()
-            self.jobs.finished.clear()
-            with contextlib.suppress(TimeoutError):
-                # a finished job may free room for the next one: tick again at once
-                await asyncio.wait_for(_first(self.wake, self.jobs.finished), self._interval)
+        """Tick until cancelled. A failing tick is logged and retried, never fatal. The
+        hosts are checked by a task of their own: a slow host check (up to its timeout)
+        does not hold back the jobs, nor a long tick the checks."""
+        await self._check_hosts_logged()  # hosts registered and probed before placing
+        watcher = asyncio.create_task(self._watch_hosts())
+        try:
+            while True:
+                try:
+                    await self.tick(check_hosts=False)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # keep the worker alive; the next tick retries
+                    log.exception("pool worker tick failed")
+                self.wake.clear()
+                self.jobs.finished.clear()
+                with contextlib.suppress(TimeoutError):
+                    # a finished job may free room for the next one: tick again at once
+                    await asyncio.wait_for(_first(self.wake, self.jobs.finished),
+                                           self._interval)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
-    async def tick(self) -> None:
+    async def _watch_hosts(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_every.total_seconds())
+            await self._check_hosts_logged()
+            self.wake.set()  # a host that went down or came back: plan and dispatch now
+
+    async def _check_hosts_logged(self) -> None:
+        try:
+            await self.check_hosts()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("checking the hosts failed")
+
+    async def check_hosts(self) -> None:
+        """Register the hosts the broker has adapters for, ask each whether it answers
+        (down after the bound: its desktops are moved), reconcile when due."""
+        await asyncio.to_thread(self._register_known_hosts)
+        await self.monitor.check()
+        self._checked = self._clock()
+
+    async def tick(self, *, check_hosts: bool = True) -> None:
+        """One round of planning and dispatch; with check_hosts (tests, a single-step
+        run) the hosts are checked first when the check interval has passed."""
         now = self._clock()
-        if self._checked is None or now - self._checked >= self._check_every:
-            await asyncio.to_thread(self._register_known_hosts)
-            await self.monitor.check()
-            self._checked = now
+        if check_hosts and (self._checked is None or now - self._checked >= self._check_every):
+            await self.check_hosts()
         pools = await asyncio.to_thread(self._catalog.pools)
         for pool in pools:
             new_ids = await asyncio.to_thread(self._plan_and_insert, pool)

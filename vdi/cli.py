@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hosts import Host, HostError, HostRegistry
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog, CatalogError
-from vdi.db import make_engine, migrate, session_factory
+from vdi.db import make_engine, migrate, rows_changed, session_factory
 from vdi.domain import DesktopState, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow
 from vdi.settings import Settings, SettingsError, load_settings
@@ -262,11 +263,20 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"vdi: desktop {row.id} is being worked on; try again in a minute",
                       file=sys.stderr)
                 return 2
-            owner = row.assigned_user
-            row.state = DesktopState.RECLAIMING.value
-            row.assigned_user = None
-            row.updated_at = utc_now()
-            enqueue(s, JobKind.REMOVE, row.id, row.updated_at)
+            owner, asked_at = row.assigned_user, utc_now()
+            # compare-and-set: a clerk who got this desktop since it was read must not
+            # lose it without the --yes that names them
+            if not rows_changed(s.execute(update(DesktopRow).where(
+                    DesktopRow.id == row.id, DesktopRow.state == row.state,
+                    DesktopRow.assigned_user.is_(None) if owner is None
+                    else DesktopRow.assigned_user == owner).values(
+                    state=DesktopState.RECLAIMING.value, assigned_user=None,
+                            updated_at=asked_at)
+                    .execution_options(synchronize_session=False))):
+                print(f"vdi: desktop {row.id} changed meanwhile (a clerk may have just got "
+                      "it); look again with `vdi desktops` and repeat", file=sys.stderr)
+                return 2
+            enqueue(s, JobKind.REMOVE, row.id, asked_at)
         _audit(db, "desktop-remove", args.desktop_id, f"held by {owner or 'nobody'}")
         print(f"desktop {args.desktop_id}: removal queued; the broker deletes its domain and "
               "disk (the pool makes a new spare if it needs one)")

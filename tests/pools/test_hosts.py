@@ -4,18 +4,20 @@ SQLite database. The same against real libvirtd hosts: tests/pools/test_multihos
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.assignment import Assigner
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hosts import Host, HostError, HostLoad, HostRegistry, HostStatus, Limits, place
-from pools.hypervisor import DesktopSpec
+from pools.hypervisor import DesktopSpec, DomainInfo, GraphicsEndpoint
 from pools.images import ImageStore
 from pools.jobs import JobKind
 from pools.worker import PoolWorker
@@ -23,7 +25,7 @@ from tests.conftest import ManualClock
 from tests.pools.test_worker import PREFIX, clerk, make_pool
 from vdi.catalog import Catalog
 from vdi.domain import Desktop, DesktopState, Pool, PoolKind
-from vdi.models import JobRow
+from vdi.models import DesktopRow, JobRow
 
 GIB = 1024
 
@@ -129,6 +131,43 @@ async def test_desktops_spread_over_both_hosts(rig: Rig) -> None:
         "a": HostStatus.UP, "b": HostStatus.UP}
     assert len(rig.on(rig.a)) == 3 and len(rig.on(rig.b)) == 3
     assert len(rig.a.domains) == 3 and len(rig.b.domains) == 3
+
+
+class CreateCounter:
+    """Wraps a fake host's create_desktop: each call takes a while (in the caller's
+    thread, as libvirt does) and the most calls at once on this host are recorded."""
+
+    def __init__(self, fake: FakeHypervisor, takes_s: float = 0.15) -> None:
+        self._create = fake.create_desktop
+        self._takes_s = takes_s
+        self._lock = threading.Lock()
+        self.now = self.most = self.calls = 0
+        fake.create_desktop = self  # type: ignore[method-assign]
+
+    def __call__(self, spec: DesktopSpec) -> GraphicsEndpoint:
+        with self._lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self._takes_s)
+            return self._create(spec)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+async def test_each_host_makes_at_most_its_cap_of_desktops_at_once(rig: Rig) -> None:
+    a, b = CreateCounter(rig.a), CreateCounter(rig.b)
+    rig.catalog.save_pool(pool(min_ready=8, memory_mib=256))
+    await rig.settle()
+    assert a.calls == 4 and b.calls == 4
+    assert a.most == 2 and b.most == 2  # the cap (2), and both slots used
+    # a down host's desktops are remade on b two at a time: b's own slots, not a's
+    rig.a.down = True
+    await rig.settle(1)
+    await rig.settle(3, step_s=31)
+    assert len(rig.on(rig.b)) == 8 and b.calls == 8 and b.most == 2
 
 
 async def test_a_full_host_gets_no_more_and_a_pool_limited_to_one_host_stays_there(
@@ -275,6 +314,30 @@ async def test_reconciler_repairs_drift(rig: Rig, guest_image: Path) -> None:
     with rig.db() as s:
         kinds = {(j.desktop_id, j.kind) for j in s.scalars(select(JobRow))}
     assert (gone.id, JobKind.REVERT.value) in kinds and (own.id, JobKind.RESTART.value) in kinds
+
+
+@pytest.mark.parametrize("changed_after_listing", [True, False])
+async def test_reconciler_leaves_desktops_changed_after_its_listing(
+        rig: Rig, changed_after_listing: bool) -> None:
+    """The host is listed before a job makes a desktop and the database is read after
+    it is marked ready: the desktop is not in the listing but is no drift."""
+    rig.catalog.save_pool(pool(min_ready=1, hosts=(rig.a.uri,)))
+    await rig.settle()
+    [spare] = rig.on(rig.a)
+    listing = rig.a.list_desktops
+
+    def listed_before_it_was_made() -> list[DomainInfo]:
+        seen = [d for d in listing() if d.name != spare.domain_name]
+        rig.clock.advance(1)
+        if changed_after_listing:  # its job records it just after the listing
+            with rig.db.begin() as s:
+                s.execute(update(DesktopRow).where(DesktopRow.id == spare.id)
+                          .values(updated_at=rig.clock()))
+        return seen
+
+    rig.a.list_desktops = listed_before_it_was_made  # type: ignore[method-assign]
+    repairs = await rig.worker.monitor.reconcile(rig.a.uri)
+    assert repairs.remade == ([] if changed_after_listing else [spare.id])
 
 
 def test_host_records_refuse_bad_input(db: sessionmaker[Session]) -> None:
