@@ -31,6 +31,9 @@ from vdi.models import DesktopRow, JobRow, PoolRow
 log = logging.getLogger(__name__)
 ON_HOST = (DesktopState.PROVISIONING.value, DesktopState.READY.value,
            DesktopState.ASSIGNED.value, DesktopState.RECLAIMING.value)
+# a desktop changed this shortly before the reconciler listed its host is left for the
+# next round (another broker's clock may be a little behind)
+RECENT = timedelta(seconds=5)
 # jobs that already move a desktop off its host
 MOVING = (JobKind.RELOCATE.value, JobKind.RESTART.value, JobKind.MIGRATE.value)
 
@@ -201,8 +204,10 @@ class HostMonitor:
                       listed_at: datetime) -> _Plan:
         """What to repair. A desktop changed since the host was listed (a job made,
         moved or removed it meanwhile) is left for the next round: the listing is older
-        than its row and would make a fresh desktop look vanished or stray."""
+        than its row and would make a fresh desktop look vanished or stray. The margin
+        covers other brokers' clocks running a little behind this one's."""
         now = self._clock()
+        settled = listed_at - RECENT
         strays: list[tuple[str, bool]] = []
         remade: list[str] = []
         with self._sessions.begin() as s:
@@ -214,7 +219,7 @@ class HostMonitor:
                 DesktopRow.domain_name.in_(list(ours))))} if ours else {}
             for name in ours:
                 row = rows.get(name)
-                if row is not None and row.updated_at > listed_at:
+                if row is not None and row.updated_at > settled:
                     continue
                 if row is not None and row.state == DesktopState.DELETED.value:
                     strays.append((name, False))  # removed: its disk goes too
@@ -230,7 +235,7 @@ class HostMonitor:
                     DesktopRow.host_uri == uri,
                     DesktopRow.state.in_([DesktopState.READY.value,
                                           DesktopState.ASSIGNED.value]))):
-                if row.updated_at > listed_at:
+                if row.updated_at > settled:
                     continue
                 dom = ours.get(row.domain_name)
                 if dom is not None and dom.running:

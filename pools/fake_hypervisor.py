@@ -133,6 +133,9 @@ class FakeHypervisor:
                             f"host {self.uri}: create desktop {spec.name}: qemu-system-x86_64: "
                             'Failed to get "write" lock. Is another process using the image?')
                 serial = self.disks.get(spec.name)
+                if serial is None and spec.disk_must_exist:
+                    raise HypervisorError(f"host {self.uri}: desktop {spec.name}: its disk "
+                                          "is missing; not making a blank one")
                 if serial is None:  # a new clone; an existing disk is reused, as libvirt does
                     serial = self.disks[spec.name] = next(_DISK_SERIALS)
                 dom = FakeDomain(spec=spec, port=self._free_port(), disk_serial=serial)

@@ -48,6 +48,9 @@ class DesktopSpec:
     # linked clone: a qcow2 overlay on the image (instant, shares its blocks);
     # full copy: the image's disk copied whole (independent of the image afterwards)
     linked_clone: bool = True
+    # the desktop's own disk must already be there (a dedicated desktop started again):
+    # if it is gone, fail instead of giving its owner a blank clone
+    disk_must_exist: bool = False
 
 
 @dataclass(frozen=True)

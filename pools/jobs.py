@@ -254,7 +254,10 @@ class JobRunner:
             except ImageNotPublished as e:
                 raise StepFailed(str(e)) from e
             spec = DesktopSpec(name=desktop.domain_name, desktop_id=desktop.id, pool_id=pool.id,
-                               vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files)
+                               vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files,
+                               # a clerk's dedicated desktop restarted: its disk or nothing
+                               disk_must_exist=job.kind is JobKind.RESTART
+                               and desktop.assigned_user is not None)
             async with self._slot(target):  # the per-host cap on desktops being made
                 endpoint = await self._calls.run(
                     target, lambda h: h.create_desktop(spec),

@@ -350,6 +350,10 @@ class LibvirtHost:
             if vol is None:
                 _refresh(pool)  # on shared storage, another host may have made it
                 vol = self._volume(pool, vol_name)
+            if vol is None and spec.disk_must_exist:
+                raise HypervisorError(
+                    f"host {self.uri}: desktop {spec.name}: its disk {vol_name} is missing "
+                    "(deleted or on storage this host does not see); not making a blank one")
             if vol is not None and not spec.linked_clone and not self._defined(conn, spec.name):
                 # the domain is defined only once its copy is complete: without it, this
                 # may be a copy cut short by a crash

@@ -263,7 +263,9 @@ async def test_host_failure_moves_desktops_and_the_returning_host_is_reconciled(
     # nothing was deleted on the host that did not answer; it comes back and is cleaned
     assert set(victim.domains) >= {d.domain_name for d in on_victim.values()}
     victim.down = False
-    await rig.settle(rounds=2, step_s=6)
+    # reconciled when it answers, and again a round later: a desktop changed just
+    # before a listing (the clerk's reconnect) waits for the next one
+    await rig.settle(rounds=3, step_s=61)
     assert rig.registry.host(victim.uri).status is HostStatus.UP  # type: ignore[union-attr]
     assert not victim.domains  # the stale copies are gone
     for was in on_victim.values():  # and the disks the moved desktops use are kept
@@ -304,6 +306,7 @@ async def test_reconciler_repairs_drift(rig: Rig, guest_image: Path) -> None:
                                      pool_id="window", vcpus=1, memory_mib=128, image=files))
     rig.a.create_desktop(DesktopSpec(name="someone-elses", desktop_id="x", pool_id="x",
                                      vcpus=1, memory_mib=128, image=files))
+    rig.clock.advance(10)  # the reconciler leaves desktops changed just before
     repairs = await rig.worker.monitor.reconcile(rig.a.uri)
     assert repairs.removed == [f"{PREFIX}stray-1"]
     assert sorted(repairs.remade) == sorted([gone.id, own.id])
@@ -336,6 +339,7 @@ async def test_reconciler_leaves_desktops_changed_after_its_listing(
         return seen
 
     rig.a.list_desktops = listed_before_it_was_made  # type: ignore[method-assign]
+    rig.clock.advance(10)  # made well before the listing
     repairs = await rig.worker.monitor.reconcile(rig.a.uri)
     assert repairs.remade == ([] if changed_after_listing else [spare.id])
 

@@ -11,7 +11,7 @@ import json
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,21 @@ def test_create_desktop_starts_a_stopped_desktop(subject: Subject) -> None:
     endpoint = subject.host.create_desktop(spec)
     assert subject.host.graphics_endpoint(spec.name) == endpoint
     assert [d.running for d in subject.host.list_desktops() if d.name == spec.name] == [True]
+
+
+def test_a_desktop_whose_disk_must_exist_is_never_made_blank(subject: Subject) -> None:
+    spec = replace(subject.spec(), disk_must_exist=True)
+    with pytest.raises(HypervisorError, match="missing") as err:
+        subject.host.create_desktop(spec)  # no disk yet: nothing is made
+    assert not isinstance(err.value, HostUnavailable)
+    assert spec.name not in {d.name for d in subject.host.list_desktops()}
+    subject.host.create_desktop(replace(spec, disk_must_exist=False))
+    subject.host.destroy_desktop(spec.name, keep_disk=True)
+    subject.host.create_desktop(spec)  # its kept disk: started again
+    assert [d.running for d in subject.host.list_desktops() if d.name == spec.name] == [True]
+    subject.host.destroy_desktop(spec.name)  # the disk goes too
+    with pytest.raises(HypervisorError, match="missing"):
+        subject.host.create_desktop(spec)
 
 
 def test_two_desktops_get_distinct_ports(subject: Subject) -> None:
