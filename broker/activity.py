@@ -28,6 +28,8 @@ class Tunnel:
     desktop_id: str
     opened_at: datetime
     close: Callable[[], None] = field(repr=False)
+    # why the broker closed it (the idle policy took the desktop back), if it did
+    closed_because: str | None = None
 
 
 class TunnelRegistry:
@@ -87,6 +89,20 @@ class TunnelRegistry:
                     if (desktop_id is None or t.desktop_id == desktop_id)
                     and (session_hash is None or t.session_hash == session_hash)
                     and (username is None or t.username == username)]
+
+    def desktops_open(self) -> dict[str, list[Tunnel]]:
+        """The desktops with a console open here, each with its tunnels."""
+        with self._lock:
+            out: dict[str, list[Tunnel]] = {}
+            for t in self._tunnels.values():
+                out.setdefault(t.desktop_id, []).append(t)
+            return out
+
+    @staticmethod
+    def kick(tunnel: Tunnel, because: str) -> None:
+        """Close a tunnel for a reason its page is told (see web.console)."""
+        tunnel.closed_because = because
+        tunnel.close()
 
     def close_session(self, session_hash: str) -> int:
         """Close every tunnel opened under a session (logout). Returns how many."""

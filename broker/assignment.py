@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from broker.roles import entitled
 from pools.hosts import Limits, fits, host_from_row, host_loads
-from pools.jobs import JobKind, enqueue
+from pools.jobs import ACTIVE, JobKind, enqueue
 from vdi.catalog import desktop_from_row, pool_from_row
 from vdi.db import rows_changed
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind, Principal, utc_now
-from vdi.models import DesktopRow, HostRow, PoolRow
+from vdi.domain import Desktop, DesktopState, Pool, PoolKind, Power, Principal, utc_now
+from vdi.models import ClaimRow, DesktopRow, HostRow, JobRow, PoolRow
 
 # states that still count against a pool's max_size
 LIVE_STATES = (DesktopState.PROVISIONING, DesktopState.READY, DesktopState.ASSIGNED,
@@ -118,6 +118,9 @@ class Assigner:
                 raise NotEntitled(pool_id)
             mine = self._current(s, pool_id, who.username)
         if mine is not None:
+            if mine.power is not Power.ON:  # shut down or suspended while unused
+                self._power_on(mine)
+                raise DesktopNotReady(pool_id)
             return mine
         for _ in range(CLAIM_ATTEMPTS):
             claimed = self._claim_spare(pool_id, who.username)
@@ -162,6 +165,16 @@ class Assigner:
                 raise NothingToLogOff(pool_id)
             enqueue(s, JobKind.REVERT, row.id, now)
             return LogOff(desktop, reverted=True)
+
+    def _power_on(self, desktop: Desktop) -> None:
+        """Start the clerk's desktop again (its disk as they left it; a suspended one
+        resumes where it was), unless a job is already at work on it."""
+        now = self._clock()
+        with self._sessions.begin() as s:
+            busy = s.scalar(select(JobRow.id).where(JobRow.desktop_id == desktop.id,
+                                                    JobRow.state.in_(ACTIVE)).limit(1))
+            if busy is None:
+                enqueue(s, JobKind.RESTART, desktop.id, now)
 
     def current(self, pool_id: str, username: str) -> Desktop | None:
         with self._sessions() as s:
@@ -209,7 +222,10 @@ class Assigner:
                 row = s.scalars(_CLAIM_OLDEST_SPARE, {
                     "in_pool": pool_id, "username": username, "claimed_at": now,
                     "changed_at": now}).first()
-                return desktop_from_row(row) if row is not None else None
+                if row is None:
+                    return None
+                s.add(ClaimRow(pool_id=pool_id, at=now))  # the spare forecast's history
+                return desktop_from_row(row)
         except IntegrityError:
             return None  # this user's other request won; `current` finds it
 

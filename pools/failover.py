@@ -235,8 +235,8 @@ class HostMonitor:
                     DesktopRow.host_uri == uri,
                     DesktopRow.state.in_([DesktopState.READY.value,
                                           DesktopState.ASSIGNED.value]))):
-                if row.updated_at > settled:
-                    continue
+                if row.updated_at > settled or row.power != "on":
+                    continue  # changed meanwhile; or shut down or suspended on purpose
                 dom = ours.get(row.domain_name)
                 if dom is not None and dom.running:
                     row.error = None  # e.g. "its host is down": it answers and runs it

@@ -45,6 +45,7 @@ class FakeDomain:
     spec: DesktopSpec
     port: int
     running: bool = True
+    suspended: bool = False  # stopped with its memory saved: it resumes on start
     disk_serial: int = 0  # which overlay disk: every new linked clone gets the next number
 
     @property
@@ -141,7 +142,21 @@ class FakeHypervisor:
                 dom = FakeDomain(spec=spec, port=self._free_port(), disk_serial=serial)
                 self.domains[spec.name] = dom
             dom.running = True
+            dom.suspended = False
             return GraphicsEndpoint(host=self.graphics_listen, port=dom.port)
+
+    def shut_down_desktop(self, name: str, grace_s: float) -> None:
+        with self._lock:
+            self._answer()
+            self._domain(name).running = False
+
+    def suspend_desktop(self, name: str) -> None:
+        with self._lock:
+            self._answer()
+            dom = self._domain(name)
+            if dom.running:
+                dom.running = False
+                dom.suspended = True
 
     def _free_port(self) -> int:
         used = {d.port for d in self.domains.values()}

@@ -128,7 +128,8 @@ def host_loads(s: Session, hosts: list[Host]) -> dict[str, HostLoad]:
         select(DesktopRow.host_uri, DesktopRow.state, func.count(),
                func.sum(PoolRow.memory_mib), func.sum(PoolRow.vcpus))
         .join(PoolRow, PoolRow.id == DesktopRow.pool_id)
-        .where(DesktopRow.state.in_(LIVE))
+        # a desktop shut down or suspended by the idle policy holds no memory or vCPU
+        .where(DesktopRow.state.in_(LIVE), DesktopRow.power == "on")
         .group_by(DesktopRow.host_uri, DesktopRow.state))
     for uri, state, n, memory, vcpus in rows:
         ld = loads.get(uri)

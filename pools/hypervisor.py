@@ -135,6 +135,18 @@ class Hypervisor(Protocol):
         lives on shared storage and the desktop runs on another host now). Idempotent."""
         ...
 
+    def shut_down_desktop(self, name: str, grace_s: float) -> None:
+        """Power the domain off: ask the guest (ACPI power button), and force it off if it
+        has not stopped after grace_s. The domain and its disk stay. Idempotent (a
+        stopped domain is left as it is). Blocks up to grace_s. Raises DomainNotFound."""
+        ...
+
+    def suspend_desktop(self, name: str) -> None:
+        """Save the running domain's memory to disk and stop it (libvirt's managed
+        save): the host's memory is freed; create_desktop resumes it where it was.
+        Idempotent. Raises DomainNotFound."""
+        ...
+
     def host_info(self) -> HostInfo:
         """The host's name and capacity. Raises HostUnavailable when it does not answer."""
         ...

@@ -50,6 +50,8 @@ class JobKind(enum.StrEnum):
     RESTART = "restart"  # a dedicated desktop started again, its disk kept (elsewhere
     #                      if its host cannot take it and the storage is shared)
     MIGRATE = "migrate"  # a running dedicated desktop live-migrated off its host
+    SHUT_DOWN = "shut_down"  # a dedicated desktop powered off while unused (idle policy)
+    SUSPEND = "suspend"  # a dedicated desktop's memory saved to disk while unused
 
 
 class JobState(enum.StrEnum):
@@ -66,7 +68,11 @@ STEPS: dict[JobKind, tuple[str, ...]] = {
     JobKind.RELOCATE: ("release", "place", "wipe", "create", "ready"),
     JobKind.RESTART: ("place", "create", "resume"),
     JobKind.MIGRATE: ("place", "migrate", "resume"),
+    JobKind.SHUT_DOWN: ("power_off",),
+    JobKind.SUSPEND: ("suspend",),
 }
+# kinds that power a desktop down: if they fail, it is still on
+POWERS_DOWN = (JobKind.SHUT_DOWN, JobKind.SUSPEND)
 # kinds that keep the desktop's disk: a new host must see the same storage
 KEEPS_DISK = (JobKind.RESTART, JobKind.MIGRATE)
 ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
@@ -119,7 +125,8 @@ class JobRunner:
     def __init__(self, sessions: sessionmaker[Session], calls: HostCalls, images: ImageStore,
                  *, owner: str, clock: Callable[[], datetime] = utc_now,
                  lease_s: float = 30.0, per_host_parallel: int = 2, max_attempts: int = 3,
-                 create_timeout_s: float = 60.0, limits: Limits | None = None) -> None:
+                 create_timeout_s: float = 60.0, limits: Limits | None = None,
+                 shutdown_grace_s: float = 60.0) -> None:
         self._sessions = sessions
         self._calls = calls
         self._images = images
@@ -131,6 +138,7 @@ class JobRunner:
         self._per_host = per_host_parallel
         self._max_attempts = max_attempts
         self._create_timeout_s = create_timeout_s
+        self._shutdown_grace_s = shutdown_grace_s
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._in_flight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -293,6 +301,19 @@ class JobRunner:
                 host, lambda h: h.graphics_endpoint(desktop.domain_name))
             await asyncio.to_thread(self._resume, job, host, endpoint.host, endpoint.port)
             return payload
+        if step == "power_off":
+            grace = self._shutdown_grace_s
+            with contextlib.suppress(DomainNotFound):  # gone: off already
+                await self._calls.run(desktop.host_uri,
+                                      lambda h: h.shut_down_desktop(desktop.domain_name, grace),
+                                      timeout_s=max(self._calls.timeout_s, grace + 30))
+            return payload
+        if step == "suspend":
+            with contextlib.suppress(DomainNotFound):
+                await self._calls.run(desktop.host_uri,
+                                      lambda h: h.suspend_desktop(desktop.domain_name),
+                                      timeout_s=max(self._calls.timeout_s, 300))
+            return payload
         if step == "forget":
             await asyncio.to_thread(self._forget, job)
             return payload
@@ -353,7 +374,7 @@ class JobRunner:
         with self._sessions.begin() as s:
             s.execute(update(DesktopRow).where(DesktopRow.id == job.desktop_id).values(
                 host_uri=host, vnc_host=vnc_host, vnc_port=vnc_port, error=None,
-                updated_at=self._clock()))
+                power="on", updated_at=self._clock()))
 
     def _load(self, desktop_id: str, job: Job) -> tuple[DesktopRow, Pool]:
         """The desktop and its pool, once it is sure the job is still this runner's (a
@@ -448,6 +469,9 @@ class JobRunner:
             s.execute(update(DesktopRow).where(
                 DesktopRow.id == job.desktop_id, DesktopRow.state.not_in(IN_WORK)).values(
                 error=message[:2000], updated_at=now))
+            if job.kind in POWERS_DOWN:  # it could not be powered down: it still runs
+                s.execute(update(DesktopRow).where(DesktopRow.id == job.desktop_id)
+                          .values(power="on"))
 
     def _mark_ready(self, job: Job, payload: dict[str, Any]) -> None:
         now = self._clock()

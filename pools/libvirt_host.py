@@ -415,6 +415,28 @@ class LibvirtHost:
         host = g.get("listen") or self.graphics_listen
         return GraphicsEndpoint(host=host, port=int(g.get("port", "0")))
 
+    def shut_down_desktop(self, name: str, grace_s: float) -> None:
+        dom = self._lookup(name)
+        with self._errors(f"shut down {name}"):
+            if not dom.isActive():
+                return
+            with contextlib.suppress(libvirt.libvirtError):  # a guest may ignore ACPI
+                dom.shutdown()
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                if not dom.isActive():
+                    return
+                time.sleep(0.5)
+            log.info("desktop %s did not power off within %.0f s: forcing it off", name,
+                     grace_s)
+            _ignore_gone(dom.destroy)
+
+    def suspend_desktop(self, name: str) -> None:
+        dom = self._lookup(name)
+        with self._errors(f"suspend {name}"):
+            if dom.isActive():
+                dom.managedSave(0)
+
     def set_console_password(self, name: str, password: str, valid_s: int) -> None:
         if not password or len(password) > 8:
             raise ValueError("a VNC password must have 1 to 8 characters")

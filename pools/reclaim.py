@@ -27,7 +27,10 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from vdi.domain import DesktopState
+from vdi.domain import DesktopState, Power
+
+__all__ = ["Action", "Cause", "Decision", "Facts", "IdlePolicy", "PolicyError", "Power",
+           "Verdict", "decide"]
 
 
 class Action(enum.StrEnum):
@@ -38,12 +41,6 @@ class Action(enum.StrEnum):
     LOG_OFF = "log_off"  # end the clerk's use: floating = revert to the pool
     SHUT_DOWN = "shut_down"  # dedicated: power off (the disk is kept)
     SUSPEND = "suspend"  # dedicated: memory saved to disk, host memory freed
-
-
-class Power(enum.StrEnum):
-    ON = "on"
-    OFF = "off"
-    SUSPENDED = "suspended"
 
 
 # what each pool kind may be told to do (a floating desktop is reverted, never kept off;

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -29,12 +29,17 @@ from pools.failover import HostMonitor
 from pools.hosts import Host, Limits, host_loads, place
 from pools.images import ImageStore
 from pools.jobs import JobKind, JobRunner, active_job_desktops, enqueue
+from pools.reclaim import PolicyError
+from pools.reclaimer import Reclaimer
+from pools.shifts import ReclaimPolicy
+from pools.spares import Level, SpareMode, SpareSchedule, spare_level
 from vdi.catalog import Catalog
 from vdi.db import rows_changed
 from vdi.domain import DesktopState, Pool, utc_now
-from vdi.models import DesktopRow
+from vdi.models import ClaimRow, DesktopRow, PoolRow
 
 log = logging.getLogger(__name__)
+FORECAST_EVERY = timedelta(seconds=60)
 COUNTED = (DesktopState.PROVISIONING, DesktopState.READY, DesktopState.ASSIGNED,
            DesktopState.RECLAIMING, DesktopState.ERROR, DesktopState.MAINTENANCE)
 
@@ -58,7 +63,9 @@ class PoolWorker:
                  per_host_parallel: int = 2, clock: Callable[[], datetime] = utc_now,
                  job_lease_s: float = 30.0, limits: Limits | None = None,
                  host_check_interval_s: float = 5.0, down_after_s: float = 30.0,
-                 reconcile_every_s: float = 60.0) -> None:
+                 reconcile_every_s: float = 60.0, reclaim_every_s: float = 5.0,
+                 signal_lag_s: float = 10.0, console_stale_s: float = 60.0,
+                 shutdown_grace_s: float = 60.0) -> None:
         self._sessions = sessions
         self._catalog = Catalog(sessions)
         self._calls = calls
@@ -69,7 +76,12 @@ class PoolWorker:
         self._limits = limits or Limits(max_provisioning=per_host_parallel)
         self.jobs = JobRunner(sessions, calls, images, owner=new_owner_id(), clock=clock,
                               lease_s=job_lease_s, per_host_parallel=per_host_parallel,
-                              limits=self._limits)
+                              limits=self._limits, shutdown_grace_s=shutdown_grace_s)
+        self.reclaimer = Reclaimer(sessions, clock=clock, signal_lag_s=signal_lag_s,
+                                   console_stale_s=console_stale_s)
+        self._reclaim_every = timedelta(seconds=reclaim_every_s)
+        self._reclaimed: datetime | None = None
+        self._levels: dict[str, tuple[datetime, Level]] = {}
         self.monitor = HostMonitor(sessions, calls, domain_prefix=domain_prefix,
                                    down_after_s=down_after_s,
                                    reconcile_every_s=reconcile_every_s, clock=clock)
@@ -139,6 +151,9 @@ class PoolWorker:
                 if stale:
                     log.info("pool %s: replacing %d spare(s) on an old image version",
                              pool.id, stale)
+        if self._reclaimed is None or now - self._reclaimed >= self._reclaim_every:
+            self._reclaimed = now
+            await asyncio.to_thread(self.reclaimer.run_once)
         adopted = await asyncio.to_thread(self._adopt_orphans)
         if adopted:
             log.warning("resumed %d desktop(s) left in work without a job", adopted)
@@ -163,8 +178,20 @@ class PoolWorker:
         for host in known.values():
             self._calls.ensure(host)
 
-    @staticmethod
-    def _spare_plan(s: Session, pool: Pool) -> SparePlan:
+    def spare_level(self, s: Session, pool: Pool) -> Level:
+        """How many spares the pool keeps ready now: its schedule or forecast, else its
+        min_ready. A forecast is worked out at most once a minute (it reads weeks of
+        claims)."""
+        now = self._clock()
+        cached = self._levels.get(pool.id)
+        if cached is not None and now - cached[0] < FORECAST_EVERY:
+            return cached[1]
+        level, forecast = pool_spare_level(s, pool, now)
+        if forecast:
+            self._levels[pool.id] = (now, level)
+        return level
+
+    def _spare_plan(self, s: Session, pool: Pool) -> SparePlan:
         counts: dict[str, int] = {
             state: n for state, n in s.execute(
                 select(DesktopRow.state, func.count()).where(DesktopRow.pool_id == pool.id)
@@ -175,7 +202,9 @@ class PoolWorker:
         prov = counts.get(DesktopState.PROVISIONING.value, 0) + (
             0 if pool.persistent else counts.get(DesktopState.RECLAIMING.value, 0))
         live = sum(counts.get(st.value, 0) for st in COUNTED)
-        return SparePlan.for_pool(pool, ready, prov, live)
+        level = self.spare_level(s, pool).min_ready
+        return SparePlan.for_pool(replace(pool, min_ready=min(level, pool.max_size)), ready,
+                                  prov, live)
 
     def _plan_and_insert(self, pool: Pool) -> list[str]:
         hosts = self.monitor.registry.hosts()
@@ -260,6 +289,29 @@ class PoolWorker:
             for desktop_id, state in orphans:
                 enqueue(s, kinds[state], desktop_id, now)
             return len(orphans)
+
+
+def pool_spare_level(s: Session, pool: Pool, now: datetime) -> tuple[Level, bool]:
+    """The pool's spare level now and whether it came from a forecast. A stored
+    schedule or calendar that no longer parses falls back to min_ready (logged)."""
+    row = s.get(PoolRow, pool.id)
+    if row is None or not row.spare_schedule:
+        return Level(pool.min_ready, f"the pool's min_ready ({pool.min_ready})"), False
+    try:
+        schedule = SpareSchedule.from_json(row.spare_schedule, pool.max_size)
+        calendar = ReclaimPolicy.from_json(row.reclaim_policy,
+                                           persistent=pool.persistent).calendar
+    except PolicyError as e:
+        log.error("pool %s: spare schedule unusable (%s): min_ready holds", pool.id, e)
+        return Level(pool.min_ready, f"the pool's min_ready ({pool.min_ready}); "
+                     f"its schedule is unusable: {e}"), False
+    claims: list[datetime] = []
+    if schedule.mode is SpareMode.FORECAST:
+        since = now - timedelta(weeks=schedule.weeks, days=1)
+        claims = list(s.scalars(select(ClaimRow.at).where(ClaimRow.pool_id == pool.id,
+                                                          ClaimRow.at >= since)))
+    return spare_level(schedule, calendar, pool.min_ready, now, claims), (
+        schedule.mode is SpareMode.FORECAST)
 
 
 def host_name(uri: str, taken: Iterable[Host]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind, utc_now
+from vdi.domain import Desktop, DesktopState, Pool, PoolKind, Power, utc_now
 from vdi.models import DesktopRow, PoolRow
 
 
@@ -29,7 +29,7 @@ def desktop_from_row(row: DesktopRow) -> Desktop:
                    assigned_user=row.assigned_user, vnc_host=row.vnc_host,
                    vnc_port=row.vnc_port, created_at=row.created_at,
                    last_input_at=row.last_input_at, image_version=row.image_version,
-                   error=row.error)
+                   error=row.error, power=Power(row.power or Power.ON.value))
 
 
 class Catalog:

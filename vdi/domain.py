@@ -29,6 +29,15 @@ class DesktopState(enum.StrEnum):
     MAINTENANCE = "maintenance"
 
 
+class Power(enum.StrEnum):
+    """A desktop's power, apart from its state: the idle policy may shut down or suspend
+    a dedicated desktop that stays its clerk's."""
+
+    ON = "on"
+    OFF = "off"
+    SUSPENDED = "suspended"
+
+
 class PoolKind(enum.StrEnum):
     FLOATING = "floating"
     DEDICATED = "dedicated"
@@ -68,6 +77,7 @@ class Desktop:
     last_input_at: datetime | None
     image_version: int = 0
     error: str | None = None  # the last problem noted for the admin
+    power: Power = Power.ON
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,10 @@ class PoolRow(Base):
     image_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # host URIs the pool may place desktops on; empty: any host
     hosts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # idle reclaim: calendar and policy per shift (pools.shifts); NULL: the defaults
+    reclaim_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # spare levels over the day (pools.spares); NULL: min_ready all day
+    spare_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ImageReleaseRow(Base):
@@ -159,6 +163,16 @@ class DesktopRow(Base):
     assigned_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     last_input_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     last_disconnect_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # on | off | suspended (a dedicated desktop shut down or suspended while unused)
+    power: Mapped[str] = mapped_column(String(16), default="on", server_default="on")
+    # a console is open: since when, and the last time a broker said it still is
+    console_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    console_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # the idle warning shown to its clerk, and when the idle action runs
+    warned_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    warning_deadline: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # consoles opened before this are closed by the broker holding them (a reclaim)
+    kicked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class SessionRow(Base):
@@ -201,3 +215,32 @@ class AuditRow(Base):
     source: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReclaimRow(Base):
+    """A desktop taken back (or powered down) because it was idle or abandoned: shown to
+    admins, and to the clerk when they come back."""
+
+    __tablename__ = "reclaims"
+    __table_args__ = (Index("ix_reclaims_user_at", "username", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    desktop_id: Mapped[str] = mapped_column(String(64))
+    pool_id: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))  # pools.reclaim.Action
+    cause: Mapped[str] = mapped_column(String(16))  # pools.reclaim.Cause
+    since: Mapped[datetime] = mapped_column(UtcDateTime())  # idle or gone since
+    shift: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class ClaimRow(Base):
+    """When a clerk got a desktop of a pool (the spare forecast learns from these)."""
+
+    __tablename__ = "claims"
+    __table_args__ = (Index("ix_claims_pool_at", "pool_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -80,7 +80,14 @@ class Settings:
 
     # worker
     worker_interval_s: float = 2.0
+    # how often each broker writes console input times and "console still open" (its
+    # open consoles' heartbeat), and closes consoles the idle policy took back
     input_flush_s: float = 10.0
+
+    # idle reclaim (the policies themselves are per pool: `vdi pool-policy`)
+    reclaim_interval_s: float = 5.0
+    console_stale_s: float = 60.0  # a console no broker reported for this long is closed
+    shutdown_grace_s: float = 60.0  # a guest that ignores the power button is forced off
 
     @property
     def role_map(self) -> RoleMap:
@@ -179,6 +186,10 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     settings = Settings(**values)
     if settings.domain_type not in ("auto", "kvm", "qemu"):
         raise SettingsError("setting 'domain_type' must be auto, kvm or qemu")
+    if settings.console_stale_s < 3 * settings.input_flush_s:
+        raise SettingsError("setting 'console_stale_s' must be at least three times "
+                            "'input_flush_s' (the open consoles' heartbeat), or open "
+                            "consoles would look closed")
     return settings
 
 

@@ -170,9 +170,13 @@ async def list_pools(request: Request) -> Response:
         session = svc.sessions.get(raw)
         if session is None:
             return None
+        pools = svc.assigner.overview(session.principal)
+        # why a desktop went away while the clerk was gone (the idle policy)
+        notices = svc.notices.notices(session.principal.username, [p.id for p, _ in pools])
         return [{"id": p.id, "name": p.display_name, "kind": p.kind.value, "protocol": "vnc",
-                 "desktop": current.id if current else None}
-                for p, current in svc.assigner.overview(session.principal)]
+                 "desktop": current.id if current else None,
+                 "notice": n.as_json() if (n := notices.get(p.id)) else None}
+                for p, current in pools]
 
     mine = await svc.db_call(read) if raw else None
     if mine is None:
@@ -205,6 +209,9 @@ async def connect(request: Request) -> Response:
             desktop = svc.assigner.assign(pool_id, session.principal)
         except AssignmentError as e:
             return session, e
+        if svc.notices.notices(session.principal.username, [pool_id]):
+            with svc.db.begin() as s:  # the clerk is back: the reclaim is old news
+                svc.notices.mark_seen(s, session.principal.username, pool_id, svc.clock())
         entry = svc.audit.row(actor=session.principal.username, role=_roles(session),
                               action="connect", target=desktop.id, source=source, outcome="ok")
         token = svc.tokens.issue(username=session.principal.username,

@@ -14,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 from broker.directory import Directory
 from pools.hypervisor import Hypervisor
 from vdi.settings import Settings
-from web import api, assets, console, pages
+from web import api, assets, console, idle_api, pages
 from web.assets import Assets
 from web.services import Services, build_services, start_background, stop_background
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings, *, directory: Directory | None = None,
             await stop_background(services)
 
     routes = [
-        *api.routes, *pages.routes, *console.routes, *assets.routes(bundles),
+        *api.routes, *idle_api.routes, *pages.routes, *console.routes, *assets.routes(bundles),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -14,7 +14,8 @@ from broker.activity import TooManyTunnels
 from broker.tokens import ConsoleGrant, TokenRejected
 from broker.tunnel import BrowserRefused, ConsoleTarget, TunnelError, run_tunnel
 from pools.hypervisor import HypervisorError, new_vnc_password
-from vdi.domain import DesktopState
+from vdi.catalog import desktop_from_row
+from vdi.domain import Desktop, DesktopState, Power
 from vdi.models import DesktopRow
 from web.security import client_address, current_session, origin_allowed, services
 from web.services import Services
@@ -22,6 +23,7 @@ from web.services import Services
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
+RECLAIMED = 4001  # the idle policy took the desktop back: the page says why, no retry
 
 
 class StarletteSocket:
@@ -61,10 +63,10 @@ async def console(ws: WebSocket) -> None:
     except TokenRejected as e:
         await _deny(svc, ws, session.principal.username if session else "-", source, e.reason)
         return
-    desktop = await svc.db_call(svc.catalog.desktop, grant.desktop_id)
-    if (desktop is None or desktop.state != DesktopState.ASSIGNED
-            or desktop.assigned_user != grant.username
-            or desktop.vnc_host is None or desktop.vnc_port is None):
+    # compare-and-set: the console opens only on a desktop still this clerk's and on
+    # (a reclaim that won first makes this fail; one that comes later sees the console)
+    desktop = await svc.db_call(_mark_console_open, svc, grant)
+    if desktop is None or desktop.vnc_host is None or desktop.vnc_port is None:
         await _deny(svc, ws, grant.username, source, "desktop no longer assigned")
         return
     vnc_host, vnc_port = desktop.vnc_host, desktop.vnc_port
@@ -104,8 +106,12 @@ async def console(ws: WebSocket) -> None:
         log.warning("console %s: %s", grant.desktop_id, e)
         await _close(ws, TRY_AGAIN_LATER, "desktop console unavailable")
     except asyncio.CancelledError:
-        reason = "closed by the broker (session ended)"
-        await _close(ws, POLICY_VIOLATION, "session ended")
+        if tunnel.closed_because:  # the idle policy took the desktop back
+            reason = f"closed by the broker: {tunnel.closed_because}"
+            await _close(ws, RECLAIMED, tunnel.closed_because)
+        else:
+            reason = "closed by the broker (session ended)"
+            await _close(ws, POLICY_VIOLATION, "session ended")
     except Exception as e:  # report it and close; one bad tunnel must not hurt others
         reason = f"tunnel failed: {e.__class__.__name__}"
         log.exception("console %s failed", grant.desktop_id)
@@ -120,10 +126,24 @@ def _cancel(task: asyncio.Task[object]) -> None:
     task.cancel()
 
 
-def _record_disconnect(svc: Services, grant: ConsoleGrant, reason: str, source: str) -> None:
+def _mark_console_open(svc: Services, grant: ConsoleGrant) -> Desktop | None:
+    now = svc.clock()
     with svc.db.begin() as s:
-        s.execute(update(DesktopRow).where(DesktopRow.id == grant.desktop_id)
-                  .values(last_disconnect_at=svc.clock()))
+        row = s.scalars(update(DesktopRow).where(
+            DesktopRow.id == grant.desktop_id, DesktopRow.state == DesktopState.ASSIGNED.value,
+            DesktopRow.assigned_user == grant.username, DesktopRow.power == Power.ON.value)
+            .values(console_since=now, console_seen_at=now)
+            .returning(DesktopRow).execution_options(synchronize_session=False)).first()
+        return desktop_from_row(row) if row is not None else None
+
+
+def _record_disconnect(svc: Services, grant: ConsoleGrant, reason: str, source: str) -> None:
+    if not svc.tunnels.open_for(desktop_id=grant.desktop_id):  # its last console here
+        with svc.db.begin() as s:  # (another broker's heartbeat says if it has one)
+            s.execute(update(DesktopRow).where(DesktopRow.id == grant.desktop_id,
+                                               DesktopRow.assigned_user == grant.username)
+                      .values(last_disconnect_at=svc.clock(), console_since=None,
+                              console_seen_at=None))
     svc.audit.record(actor=grant.username, role="-", action="console", target=grant.desktop_id,
                      source=source, outcome="closed", detail=reason[:300])
 

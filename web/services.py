@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.activity import TunnelRegistry
+from broker.activity import Tunnel, TunnelRegistry
 from broker.assignment import Assigner
 from broker.directory import Directory, DirectoryUnavailable, DirectoryUser, LdapDirectory
+from broker.idle import IdleNotices
 from broker.sessions import SessionStore
 from broker.throttle import LoginThrottle
 from broker.tokens import TokenStore
@@ -30,7 +31,7 @@ from pools.worker import PoolWorker
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import utc_now
+from vdi.domain import DesktopState, utc_now
 from vdi.models import DesktopRow
 from vdi.settings import Settings
 
@@ -60,6 +61,7 @@ class Services:
     tunnels: TunnelRegistry
     throttle: LoginThrottle
     worker: PoolWorker
+    notices: IdleNotices
     clock: Callable[[], datetime] = utc_now
     ldap_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(16, thread_name_prefix="ldap"))
@@ -90,16 +92,47 @@ class Services:
     async def flush_input_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.input_flush_s)
-            await asyncio.to_thread(self.flush_input)
+            try:
+                kicks = await asyncio.to_thread(self.flush_input)
+            except Exception:  # the database hiccuped: the next round writes it all
+                log.exception("writing console signals failed")
+                continue
+            for tunnel, because in kicks:  # tunnels are closed on the event loop
+                self.tunnels.kick(tunnel, because)
 
-    def flush_input(self) -> None:
+    def flush_input(self) -> list[tuple[Tunnel, str]]:
+        """Write the consoles' input times and their heartbeat (still open, as of now),
+        and close the consoles whose desktop the idle policy took back: disconnected
+        since the console opened, or no longer this clerk's. Returns the tunnels to close
+        (the caller closes them on the event loop). Blocks on the database."""
         pending = self.tunnels.pending_input()
-        if not pending:
-            return
+        open_here = self.tunnels.desktops_open()
+        if not pending and not open_here:
+            return []
+        now = self.clock()
         with self.db.begin() as s:
-            for desktop_id, at in pending.items():
-                s.execute(update(DesktopRow).where(DesktopRow.id == desktop_id)
+            for desktop_id, at in pending.items():  # never back in time ("still here")
+                s.execute(update(DesktopRow).where(
+                    DesktopRow.id == desktop_id,
+                    or_(DesktopRow.last_input_at.is_(None), DesktopRow.last_input_at < at))
                           .values(last_input_at=at))
+            if not open_here:
+                return []
+            s.execute(update(DesktopRow).where(
+                DesktopRow.id.in_(list(open_here)),
+                DesktopRow.state == DesktopState.ASSIGNED.value)
+                .values(console_seen_at=now).execution_options(synchronize_session=False))
+            rows = list(s.execute(select(DesktopRow.id, DesktopRow.state,
+                                         DesktopRow.assigned_user, DesktopRow.kicked_at)
+                                  .where(DesktopRow.id.in_(list(open_here)))))
+        kicks = []
+        for desktop_id, state, user, kicked_at in rows:
+            for tunnel in open_here.get(desktop_id, ()):
+                if state != DesktopState.ASSIGNED.value or user != tunnel.username:
+                    kicks.append((tunnel, "reclaimed"))
+                elif kicked_at is not None and kicked_at >= tunnel.opened_at:
+                    kicks.append((tunnel, "idle"))
+        return kicks
 
 
 def build_services(settings: Settings, *, directory: Directory | None = None,
@@ -130,6 +163,7 @@ def build_services(settings: Settings, *, directory: Directory | None = None,
         audit=AuditLog(db),
         tunnels=TunnelRegistry(settings.max_tunnels_per_user),
         throttle=LoginThrottle(),
+        notices=IdleNotices(db),
         worker=PoolWorker(db, calls, images, domain_prefix=settings.domain_prefix,
                           interval_s=settings.worker_interval_s,
                           per_host_parallel=settings.max_provisioning_per_host,
@@ -137,7 +171,12 @@ def build_services(settings: Settings, *, directory: Directory | None = None,
                           limits=limits,
                           host_check_interval_s=settings.host_check_interval_s,
                           down_after_s=settings.host_down_after_s,
-                          reconcile_every_s=settings.reconcile_interval_s),
+                          reconcile_every_s=settings.reconcile_interval_s,
+                          reclaim_every_s=settings.reclaim_interval_s,
+                          # input reaches the database up to one flush late
+                          signal_lag_s=settings.input_flush_s + 5,
+                          console_stale_s=settings.console_stale_s,
+                          shutdown_grace_s=settings.shutdown_grace_s),
     )
 
 

@@ -275,7 +275,7 @@ def test_pool_list_shows_only_entitled_pools(fake: FakeHostBroker) -> None:
     staff = fake.broker.login("zhangsan").client.get("/api/pools")
     assert staff.status_code == 200
     assert staff.json() == {"pools": [{"id": "window", "name": "窗口桌面", "kind": "floating",
-                                       "protocol": "vnc", "desktop": None}]}
+                                       "protocol": "vnc", "desktop": None, "notice": None}]}
     helpdesk = fake.broker.login("wangwu").client.get("/api/pools")
     assert [p["id"] for p in helpdesk.json()["pools"]] == ["tools"]
     admin = fake.broker.login("zhaoliu")

@@ -26,7 +26,7 @@ def test_sign_in_list_connect_writes_one_audit_entry_per_step(fake: FakeHostBrok
     listed = me.client.get("/api/pools")
     assert listed.status_code == 200
     assert listed.json()["pools"] == [{"id": "window", "name": "窗口桌面", "kind": "floating",
-                                       "protocol": "vnc", "desktop": None}]
+                                       "protocol": "vnc", "desktop": None, "notice": None}]
     body = me.connect_when_ready("window")
     [connect] = broker.audit(action="connect")
     assert (connect.actor, connect.target, connect.outcome) == (
