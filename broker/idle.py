@@ -35,7 +35,7 @@ class Notice:
         """For the pages: they say, in the clerk's language and time, what happened."""
         return {"id": self.id, "at": self.at.isoformat(), "action": self.action,
                 "cause": self.cause, "since": self.since.isoformat(),
-                "minutes": int((self.at - self.since).total_seconds() // 60)}
+                "seconds": int((self.at - self.since).total_seconds())}
 
 
 @dataclass(frozen=True)

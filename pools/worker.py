@@ -40,6 +40,8 @@ from vdi.models import ClaimRow, DesktopRow, PoolRow
 
 log = logging.getLogger(__name__)
 FORECAST_EVERY = timedelta(seconds=60)
+# a spare above the pool's level waits this long for a clerk before it is removed
+RETIRE_AFTER = timedelta(minutes=10)
 COUNTED = (DesktopState.PROVISIONING, DesktopState.READY, DesktopState.ASSIGNED,
            DesktopState.RECLAIMING, DesktopState.ERROR, DesktopState.MAINTENANCE)
 
@@ -146,6 +148,11 @@ class PoolWorker:
             new_ids = await asyncio.to_thread(self._plan_and_insert, pool)
             if new_ids:
                 log.info("pool %s: provisioning %d new desktop(s)", pool.id, len(new_ids))
+            else:
+                retired = await asyncio.to_thread(self._retire_surplus, pool)
+                if retired:
+                    log.info("pool %s: removing %d spare(s) above its level", pool.id,
+                             retired)
             if not pool.persistent:
                 stale = await asyncio.to_thread(self._recompose_spares, pool)
                 if stale:
@@ -240,6 +247,37 @@ class PoolWorker:
                 enqueue(s, JobKind.PROVISION, desktop_id, now)
                 ids.append(desktop_id)
             return ids
+
+    def _retire_surplus(self, pool: Pool) -> int:
+        """Spares above the pool's level now (the evening after the morning's, or
+        desktops returned at log-off) that have waited RETIRE_AFTER unclaimed are
+        removed: a ready spare holds no one's work. Desktops being reverted are not
+        counted until they are ready again (counting them would retire the rest)."""
+        now = self._clock()
+        with self._sessions() as s:
+            waiting = s.scalar(select(func.count()).select_from(DesktopRow).where(
+                DesktopRow.pool_id == pool.id, DesktopRow.state.in_(
+                    [DesktopState.READY.value, DesktopState.PROVISIONING.value]))) or 0
+            surplus = waiting - self.spare_level(s, pool).min_ready
+            if surplus <= 0:
+                return 0
+            idle = list(s.scalars(select(DesktopRow.id).where(
+                DesktopRow.pool_id == pool.id, DesktopRow.state == DesktopState.READY.value,
+                DesktopRow.assigned_user.is_(None),
+                DesktopRow.updated_at <= now - RETIRE_AFTER)
+                .order_by(DesktopRow.updated_at).limit(surplus)))
+        retired = 0
+        for desktop_id in idle:
+            with self._sessions.begin() as s:  # compare-and-set: a clerk may claim it first
+                if rows_changed(s.execute(update(DesktopRow).where(
+                        DesktopRow.id == desktop_id,
+                        DesktopRow.state == DesktopState.READY.value,
+                        DesktopRow.assigned_user.is_(None))
+                        .values(state=DesktopState.RECLAIMING.value, updated_at=now)
+                        .execution_options(synchronize_session=False))):
+                    enqueue(s, JobKind.REMOVE, desktop_id, now)
+                    retired += 1
+        return retired
 
     def _recompose_spares(self, pool: Pool) -> int:
         """A floating pool's spares on another version than the pool's target are

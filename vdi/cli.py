@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import getpass
+import json
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from vdi.audit import AuditLog
 from vdi.catalog import Catalog, CatalogError
 from vdi.db import make_engine, migrate, rows_changed, session_factory
 from vdi.domain import DesktopState, Pool, PoolKind, utc_now
-from vdi.models import DesktopRow
+from vdi.models import DesktopRow, PoolRow
 from vdi.settings import Settings, SettingsError, load_settings
 
 
@@ -67,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
                          "image's released version (the default)")
     ps.add_argument("--host", action="append",
                     help="host URI the pool may use (repeat; replaces the list; 'any': all)")
+    pp = sub.add_parser("pool-policy", help="set a pool's idle policy per shift and its spare "
+                                            "levels from a TOML or JSON file, or show them")
+    pp.add_argument("pool_id")
+    pp.add_argument("file", nargs="?", type=Path,
+                    help="the policy (see docs/idle-policy.md); without it: show the "
+                         "pool's policy as stored, defaults filled in")
+    rc = sub.add_parser("reclaims", help="desktops the idle policy took back, newest first")
+    rc.add_argument("--pool")
+    rc.add_argument("--hours", type=float, default=24.0)
     ha = sub.add_parser("host-add", help="register a libvirt host, or change how it is reached")
     ha.add_argument("uri", help="e.g. qemu+tcp://10.0.0.12/system")
     ha.add_argument("--name", required=True)
@@ -210,6 +221,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{image_id}\tv{version}\t{host_uri}\t{published:%Y-%m-%d %H:%M}\t{mark}")
     elif args.command == "pool-set":
         return _pool_set(args, catalog)
+    elif args.command == "pool-policy":
+        return _pool_policy(args, db, catalog)
+    elif args.command == "reclaims":
+        _print_reclaims(db, args.pool, args.hours)
     elif args.command == "host-add":
         registry = HostRegistry(db)
         try:
@@ -333,6 +348,63 @@ def _pool_set(args: argparse.Namespace, catalog: Catalog) -> int:
     catalog.save_pool(pool)
     print(f"pool {args.pool_id} {'saved' if before else 'created'}")
     return 0
+
+
+def _pool_policy(args: argparse.Namespace, db: sessionmaker[Session], catalog: Catalog) -> int:
+    """Show a pool's idle policy and spare levels, or replace them from a file (checked
+    whole first: a file with one wrong value changes nothing)."""
+    from pools.policy_file import PoolPolicy, read_policy_file
+    from pools.reclaim import PolicyError
+    from pools.shifts import ReclaimPolicy
+    from pools.spares import SpareSchedule
+
+    pool = catalog.pool(args.pool_id)
+    if pool is None:
+        print(f"vdi: no such pool: {args.pool_id}", file=sys.stderr)
+        return 2
+    if args.file is None:
+        with db() as s:
+            row = s.get(PoolRow, pool.id)
+            assert row is not None
+            stored, spares = row.reclaim_policy, row.spare_schedule
+        try:
+            shown = PoolPolicy(ReclaimPolicy.from_json(stored, persistent=pool.persistent),
+                               SpareSchedule.from_json(spares, pool.max_size) if spares
+                               else None)
+        except PolicyError as e:
+            print(f"vdi: pool {pool.id}: the stored policy is unusable ({e}); the broker "
+                  "leaves its desktops alone until a good one is set", file=sys.stderr)
+            return 1
+        print(json.dumps(shown.to_json(), indent=2, ensure_ascii=False))
+        return 0
+    try:
+        policy = read_policy_file(args.file, persistent=pool.persistent,
+                                  max_size=pool.max_size)
+    except PolicyError as e:
+        print(f"vdi: {args.file}: {e}", file=sys.stderr)
+        return 2
+    with db.begin() as s:
+        s.execute(update(PoolRow).where(PoolRow.id == pool.id).values(
+            reclaim_policy=policy.reclaim.to_json(),
+            spare_schedule=policy.spares.to_json() if policy.spares else None))
+    _audit(db, "pool-policy", pool.id, f"from {args.file.name}")
+    print(f"pool {pool.id}: idle policy and spare levels saved; the broker applies them "
+          "within seconds")
+    return 0
+
+
+def _print_reclaims(db: sessionmaker[Session], pool_id: str | None, hours: float) -> None:
+    from sqlalchemy import select
+
+    from vdi.models import ReclaimRow
+
+    q = select(ReclaimRow).where(ReclaimRow.at >= utc_now() - timedelta(hours=hours))
+    if pool_id:
+        q = q.where(ReclaimRow.pool_id == pool_id)
+    with db() as s:
+        for r in s.scalars(q.order_by(ReclaimRow.at.desc())):
+            print(f"{r.at:%Y-%m-%d %H:%M:%S}\t{r.pool_id}\t{r.desktop_id}\t{r.username}\t"
+                  f"{r.action}\t{r.cause}\t{r.shift}\t{r.reason}")
 
 
 def _default_host(settings: Settings) -> Host:

@@ -17,7 +17,6 @@ from web.security import current_session, services
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-
 def N_(message: str) -> str:
     """Marks a string for extraction; translated later, where the language is known."""
     return message
@@ -38,6 +37,18 @@ JS_STRINGS = (
     N_("Log off now? The desktop is reset for the next clerk: unsaved work is lost."),
     N_("Log off now? Your desktop and its files stay as they are for next time."),
     N_("Logging off…"),
+    # the idle policy (desktop.js, common.js noticeText)
+    N_("No keyboard or mouse input for a while. Your desktop will be taken back when the "
+       "time runs out."),
+    N_("Time left: {time}"),
+    N_("Your desktop was disconnected at {time}."),
+    N_("Your desktop was logged off at {time} and reset for the next clerk."),
+    N_("Your desktop was shut down at {time}. Your files are kept; connecting starts it again."),
+    N_("Your desktop was suspended at {time}. Connecting resumes it where you left it."),
+    N_("Reason: no keyboard or mouse input for {duration}."),
+    N_("Reason: it stayed disconnected for {duration}."),
+    N_("{n} min"),
+    N_("{n} s"),
 )
 
 

@@ -3,6 +3,7 @@ libvirtd, and headless Debian Chromium driven by Playwright."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +77,8 @@ class Broker:
         return [line.split("\t") for line in self.vdi("desktops").splitlines() if line]
 
 
-def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int
-                ) -> dict[str, str]:
+def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int,
+                prefix: str = PREFIX) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VDI_")}
     env.update({f"VDI_{k.upper()}": str(v) for k, v in slapd.settings_overrides().items()})
     env.update({
@@ -85,7 +86,7 @@ def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int
         "VDI_LISTEN_PORT": str(port),
         "VDI_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "VDI_ALLOWED_ORIGINS": f"http://127.0.0.1:{proxy_port}",
-        "VDI_DOMAIN_PREFIX": PREFIX,
+        "VDI_DOMAIN_PREFIX": prefix,
         "VDI_STORAGE_POOL": "vdi-test",
         "VDI_STORAGE_DIR": "/var/lib/libvirt/images/vdi-test",
         "VDI_DOMAIN_TYPE": os.environ.get("VDI_TEST_DOMAIN_TYPE", "qemu"),
@@ -95,14 +96,14 @@ def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int
     return env
 
 
-def _destroy_test_domains() -> None:
+def _destroy_test_domains(prefix: str = PREFIX) -> None:
     from pools.libvirt_host import LibvirtHost
 
     host = LibvirtHost("qemu:///system", storage_pool="vdi-test",
                        storage_dir=Path("/var/lib/libvirt/images/vdi-test"), domain_type="qemu")
     try:
         for info in host.list_desktops():
-            if info.name.startswith(PREFIX):
+            if info.name.startswith(prefix):
                 host.destroy_desktop(info.name)
     finally:
         host.close()
@@ -110,22 +111,35 @@ def _destroy_test_domains() -> None:
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    def window_pool(b: Broker) -> None:
+        b.vdi("pool-set", "window", "--name", "街道办窗口桌面", "--image", "demo",
+              "--min-ready", "1", "--max-size", "3", "--group", STAFF_GROUP)
+
+    with run_broker(tmp_path_factory.mktemp("broker"), PREFIX, setup=window_pool) as b:
+        yield b
+
+
+@contextlib.contextmanager
+def run_broker(state: Path, prefix: str, *, env: dict[str, str] | None = None,
+               setup: Callable[[Broker], None] | None = None) -> Iterator[Broker]:
+    """A `vdi serve` of its own (its slapd, database and domain prefix: brokers with
+    different prefixes leave each other's domains alone) with the guest image published
+    as `demo`; `setup` makes its pools before it starts. Its domains are removed after."""
     guest = REPO / "var" / "guest"
     subprocess.run([str(REPO / "deploy/guest/build-image.sh"), str(guest)], check=True,
                    capture_output=True)
-    state = tmp_path_factory.mktemp("broker")
     port = free_loopback_port()
     proxy = BlipProxy(port)
     with SlapdServer() as slapd:
-        env = _broker_env(slapd, state, port, proxy.port)
-        b = Broker(url=f"http://127.0.0.1:{port}", env=env, log=state / "broker.log",
-                   proxy=proxy)
+        b = Broker(url=f"http://127.0.0.1:{port}",
+                   env={**_broker_env(slapd, state, port, proxy.port, prefix), **(env or {})},
+                   log=state / "broker.log", proxy=proxy)
         b.vdi("migrate")
         b.vdi("image-publish", "demo", str(guest))
-        b.vdi("pool-set", "window", "--name", "街道办窗口桌面", "--image", "demo",
-              "--min-ready", "1", "--max-size", "3", "--group", STAFF_GROUP)
+        if setup is not None:
+            setup(b)
         with b.log.open("w") as log:
-            proc = subprocess.Popen([str(REPO / ".venv/bin/vdi"), "serve"], env=env,
+            proc = subprocess.Popen([str(REPO / ".venv/bin/vdi"), "serve"], env=b.env,
                                     stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(b, proc)
@@ -137,7 +151,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            _destroy_test_domains()
+            _destroy_test_domains(prefix)
 
 
 def _wait_healthy(b: Broker, proc: subprocess.Popen[bytes]) -> None:

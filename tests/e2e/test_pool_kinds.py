@@ -47,22 +47,24 @@ def wait_state(broker: Broker, pool_id: str, state: str, timeout_s: float = 120)
                          f"{broker.desktops()}\n{broker.log.read_text()[-3000:]}")
 
 
-def open_desktop(page: Page, broker: Broker, pool_id: str) -> str:
-    """Go to the pool's desktop page, wait for pixels and the guest's shell; the id."""
+def open_desktop(page: Page, broker: Broker, pool_id: str, prefix: str = PREFIX,
+                 pixels_s: float = 60) -> str:
+    """Go to the pool's desktop page, wait for pixels and the guest's shell; the id.
+    `prefix`: of the broker's domain names."""
     page.goto(f"{broker.url}/desktop/{pool_id}")
-    page.wait_for_function(CANVAS_HAS_PIXELS, timeout=60_000, polling=50)
+    page.wait_for_function(CANVAS_HAS_PIXELS, timeout=pixels_s * 1000, polling=50)
     desktop_id = page.locator("#screen").get_attribute("data-desktop")
     assert desktop_id and desktop_id.startswith(pool_id + "-")
-    assert wait_for_text(serial_log(PREFIX + desktop_id), "VDI-READY", 90), "no guest shell"
+    assert wait_for_text(serial_log(prefix + desktop_id), "VDI-READY", 90), "no guest shell"
     page.click("#screen canvas")
     return desktop_id
 
 
-def run_in_guest(page: Page, desktop_id: str, command: str) -> str:
+def run_in_guest(page: Page, desktop_id: str, command: str, prefix: str = PREFIX) -> str:
     """Type `command` into the guest's shell with its output going to the serial port;
-    return what it printed there."""
+    return what it printed there. `prefix`: of the broker's domain names."""
     done = f"DONE-{secrets.token_hex(3)}"
-    log = serial_log(PREFIX + desktop_id)
+    log = serial_log(prefix + desktop_id)
     start = len(log.read_text(errors="replace")) if log.exists() else 0
     type_shell_line(page, f"{command} > /dev/ttyS0 2>&1; echo {done} > /dev/ttyS0")
     assert wait_for_text(log, done, 30), f"the guest did not run {command!r}"

@@ -156,3 +156,37 @@ def test_pool_set_changes_only_what_it_is_told(
     with db() as s:
         row = s.get(PoolRow, "own")
         assert row is not None and row.kind == "dedicated" and row.image_version is None
+
+
+def test_pool_policy_is_checked_whole_then_stored_and_shown(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert vdi(config, "pool-set", "own", "--name", "Own", "--image", "demo", "--kind",
+               "dedicated", "--max-size", "3") == 0
+    policy = tmp_path / "own.toml"
+    policy.write_text('[shifts.office]\nidle_action = "log_off"\n', encoding="utf-8")
+    capsys.readouterr()
+    assert vdi(config, "pool-policy", "own", str(policy)) == 2  # never revert a dedicated one
+    assert "dedicated pool's desktops can only be" in capsys.readouterr().err
+    assert vdi(config, "pool-policy", "nope", str(policy)) == 2
+    assert "no such pool" in capsys.readouterr().err
+    policy.write_text('[calendar]\nopens = "08:00"\ncloses = "18:00"\n\n'
+                      '[shifts.after_hours]\nidle_warn_after_s = 600\n'
+                      'idle_action = "shut_down"\n\n'
+                      '[spares]\nlevels = [{ days = "working", at = "07:45", min_ready = 3 }]\n',
+                      encoding="utf-8")
+    assert vdi(config, "pool-policy", "own", str(policy)) == 0
+    db = session_factory(make_engine(database(config)))
+    with db() as s:
+        row = s.get(PoolRow, "own")
+        assert row is not None and row.reclaim_policy and row.spare_schedule
+        assert row.reclaim_policy["calendar"]["opens"] == "08:00"
+        assert row.reclaim_policy["shifts"]["after_hours"]["idle_action"] == "shut_down"
+        assert row.spare_schedule["levels"][0]["min_ready"] == 3
+        audit = s.scalars(select(AuditRow).where(AuditRow.action == "pool-policy")).one()
+        assert audit.target == "own"
+    capsys.readouterr()
+    assert vdi(config, "pool-policy", "own") == 0
+    shown = capsys.readouterr().out
+    assert '"idle_action": "shut_down"' in shown and '"opens": "08:00"' in shown
+    assert vdi(config, "reclaims", "--pool", "own") == 0
+    assert capsys.readouterr().out == ""  # nothing taken back yet

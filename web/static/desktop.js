@@ -1,8 +1,10 @@
 // The desktop page: ask the broker for a console token, then let noVNC speak RFB
 // through the broker's websocket tunnel. After a network blip it reconnects to the
-// same desktop with a fresh token.
+// same desktop with a fresh token. While connected it asks for the desktop's status:
+// an idle warning is shown with a countdown and an "I'm still here" button; when the
+// idle policy took the desktop back, the page says why and does not reconnect by itself.
 import RFB from "@novnc/novnc";
-import { api, t, wireLogout } from "./common.js";
+import { api, fill, noticeText, t, wireLogout } from "./common.js";
 
 wireLogout();
 const pool = document.body.dataset.pool;
@@ -11,6 +13,15 @@ const screen = document.getElementById("screen");
 const status = document.getElementById("status");
 const reconnectButton = document.getElementById("reconnect");
 const logoffButton = document.getElementById("logoff");
+const idleBox = document.getElementById("idle-warning");
+const idleText = document.getElementById("idle-text");
+const idleCountdown = document.getElementById("idle-countdown");
+const stillHereButton = document.getElementById("still-here");
+const noticeBox = document.getElementById("notice");
+const STATUS_EVERY_MS = 5000;
+let statusTimer = null;
+let countdownTimer = null;
+let deadline = null; // the idle action's time, in this browser's clock
 let loggingOff = false;
 const timings = (window.vdiTimings = { loginClick: Number(sessionStorage.getItem("vdiLoginClick")) || null });
 let rfb = null;
@@ -24,6 +35,65 @@ function show(text, busy) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const poolPath = `/api/pools/${encodeURIComponent(pool)}`;
+
+// -- the idle policy ------------------------------------------------------------------
+
+async function readStatus() {
+  let r;
+  try { r = await api("GET", `${poolPath}/status`); } catch (e) { return null; }
+  if (r.status === 401) { window.location.href = "/"; return null; }
+  return r.status === 200 ? r.data : null;
+}
+
+function tick() {
+  const left = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
+  const minutes = Math.floor(left / 60);
+  const seconds = String(left % 60).padStart(2, "0");
+  idleCountdown.textContent = fill(t("Time left: {time}"), { time: `${minutes}:${seconds}` });
+}
+
+function showWarning(warning, serverNow) {
+  // the broker's clock decides; count down in ours, corrected by the difference
+  const skew = Date.parse(serverNow) - Date.now();
+  deadline = Date.parse(warning.deadline) - skew;
+  idleText.textContent = t("No keyboard or mouse input for a while. Your desktop will be taken back when the time runs out.");
+  tick();
+  if (idleBox.hidden) {
+    idleBox.hidden = false;
+    stillHereButton.focus();
+  }
+  if (!countdownTimer) countdownTimer = setInterval(tick, 1000);
+}
+
+function hideWarning() {
+  idleBox.hidden = true;
+  deadline = null;
+  if (countdownTimer) { clearInterval(countdownTimer); countdownTimer = null; }
+}
+
+async function pollStatus() {
+  const st = await readStatus();
+  if (st && st.warning) showWarning(st.warning, st.now); else if (st) hideWarning();
+}
+
+function watchStatus(on) {
+  if (statusTimer) { clearInterval(statusTimer); statusTimer = null; }
+  if (on) { pollStatus(); statusTimer = setInterval(pollStatus, STATUS_EVERY_MS); }
+}
+
+stillHereButton.addEventListener("click", async () => {
+  hideWarning(); // the answer counts as input; the policy withdraws the warning
+  const r = await api("POST", `${poolPath}/still-here`, {}, csrf);
+  if (rfb) rfb.focus();
+  if (r.status !== 200) show((r.data && r.data.message) || t("Something went wrong. Try again or call the helpdesk."), false);
+});
+
+// After the console closed: was it the idle policy? Then say why and let the clerk choose.
+async function reclaimNotice() {
+  const st = await readStatus();
+  return st && st.notice ? st.notice : null;
+}
 
 async function requestConsole() {
   for (let attempt = 0; attempt < 60; attempt++) {
@@ -67,6 +137,8 @@ async function connect() {
   rfb.focusOnClick = true;
   rfb.addEventListener("connect", () => {
     retries = 0;
+    noticeBox.hidden = true;
+    watchStatus(true);
     timings.connected = Date.now();
     screen.dataset.desktop = grant.desktop;
     show(t("Connected"), false);
@@ -75,7 +147,17 @@ async function connect() {
   });
   rfb.addEventListener("disconnect", async (event) => {
     rfb = null;
+    watchStatus(false);
+    hideWarning();
     if (loggingOff) return;
+    const notice = await reclaimNotice();
+    if (notice) {
+      noticeBox.textContent = noticeText(notice);
+      noticeBox.hidden = false;
+      show("", false);
+      reconnectButton.hidden = false;
+      return;
+    }
     if (retries < MAX_RETRIES) {
       retries += 1;
       show(t("Disconnected. Reconnecting…"), true);
@@ -88,7 +170,7 @@ async function connect() {
   });
 }
 
-reconnectButton.addEventListener("click", () => { retries = 0; connect(); });
+reconnectButton.addEventListener("click", () => { retries = 0; noticeBox.hidden = true; connect(); });
 logoffButton.addEventListener("click", async () => {
   const question = document.body.dataset.kind === "dedicated"
     ? t("Log off now? Your desktop and its files stay as they are for next time.")

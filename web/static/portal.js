@@ -1,4 +1,4 @@
-import { api, t, wireLogout } from "./common.js";
+import { api, noticeText, t, wireLogout } from "./common.js";
 
 wireLogout();
 const list = document.getElementById("pools");
@@ -20,6 +20,11 @@ if (r.status !== 200) {
     link.href = `/desktop/${encodeURIComponent(pool.id)}`;
     item.querySelector(".name").textContent = pool.name;
     item.querySelector(".state").textContent = pool.desktop ? resume : start;
+    if (pool.notice) {
+      const notice = item.querySelector(".notice");
+      notice.textContent = noticeText(pool.notice);
+      notice.hidden = false;
+    }
     list.appendChild(item);
   }
 }
