@@ -27,6 +27,7 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from itertools import pairwise
 
 
 class Mode(enum.StrEnum):
@@ -171,7 +172,7 @@ def requests(clerks: list[ClerkDay]) -> list[datetime]:
     out = []
     for c in clerks:
         out.append(c.segments[0].start)
-        out += [b.start for a, b in zip(c.segments, c.segments[1:], strict=False)
+        out += [b.start for a, b in pairwise(c.segments)
                 if a.mode is Mode.AWAY_CLOSED and b.mode is Mode.WORK]
     return sorted(out)
 

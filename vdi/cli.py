@@ -296,10 +296,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"desktop {args.desktop_id}: removal queued; the broker deletes its domain and "
               "disk (the pool makes a new spare if it needs one)")
     elif args.command == "pools":
+        from pools.worker import pool_spare_level
+
         for p in catalog.pools():
             runs = f"v{p.image_version}" if p.image_version else "released"
+            with db() as s:
+                level, _ = pool_spare_level(s, p, utc_now())
             print(f"{p.id}\t{p.kind.value}\t{p.image} ({runs})\tmin_ready={p.min_ready}\t"
-                  f"max_size={p.max_size}\t{p.display_name}")
+                  f"max_size={p.max_size}\t{p.display_name}\tspares now: "
+                  f"{min(level.min_ready, p.max_size)} ({level.reason})")
     elif args.command == "desktops":
         for d in catalog.desktops():
             print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"

@@ -190,3 +190,8 @@ def test_pool_policy_is_checked_whole_then_stored_and_shown(
     assert '"idle_action": "shut_down"' in shown and '"opens": "08:00"' in shown
     assert vdi(config, "reclaims", "--pool", "own") == 0
     assert capsys.readouterr().out == ""  # nothing taken back yet
+    assert vdi(config, "pools") == 0
+    listed = capsys.readouterr().out
+    # now (whatever the day) either the 07:45 level of working days or the pool's own
+    assert ("spares now: 3 (schedule: 3 from 07:45 on working days)" in listed
+            or "spares now: 1 (the pool's min_ready (1))" in listed), listed
