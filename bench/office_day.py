@@ -167,13 +167,15 @@ def generate_day(model: DayModel, day: date, tz: object, seed: int) -> list[Cler
     return clerks
 
 
-def requests(clerks: list[ClerkDay]) -> list[datetime]:
-    """When clerks ask for a desktop: at arrival and on coming back to a closed tab."""
+def requests(clerks: list[ClerkDay], grace_s: float = 0.0) -> list[datetime]:
+    """When clerks ask for a new desktop: at arrival, and on coming back to a tab closed
+    for longer than `grace_s` (within the grace they get the same desktop back)."""
     out = []
     for c in clerks:
         out.append(c.segments[0].start)
         out += [b.start for a, b in pairwise(c.segments)
-                if a.mode is Mode.AWAY_CLOSED and b.mode is Mode.WORK]
+                if a.mode is Mode.AWAY_CLOSED and b.mode is Mode.WORK
+                and (a.end - a.start).total_seconds() > grace_s]
     return sorted(out)
 
 

@@ -77,10 +77,18 @@ class TunnelRegistry:
             return self._last_input.get(desktop_id)
 
     def pending_input(self) -> dict[str, datetime]:
-        """Input times not yet persisted; clears them."""
+        """Input times not yet persisted; clears them (`unflushed` puts them back)."""
         with self._lock:
             out, self._unflushed = self._unflushed, {}
             return out
+
+    def unflushed(self, times: dict[str, datetime]) -> None:
+        """Input times whose write failed: kept for the next round (newer ones win)."""
+        with self._lock:
+            for desktop_id, at in times.items():
+                newer = self._unflushed.get(desktop_id)
+                if newer is None or newer < at:
+                    self._unflushed[desktop_id] = at
 
     def open_for(self, *, desktop_id: str | None = None, session_hash: str | None = None,
                  username: str | None = None) -> list[Tunnel]:

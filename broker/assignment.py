@@ -42,8 +42,12 @@ _CLAIM_OLDEST_SPARE = (
                .scalar_subquery()),
            DesktopRow.state == DesktopState.READY.value,
            DesktopRow.assigned_user.is_(None))
+    # the last clerk's console and idle columns go: the new one starts afresh (a stale
+    # console time would make the idle policy take the desktop back at once)
     .values(state=DesktopState.ASSIGNED.value, assigned_user=bindparam("username"),
-            assigned_at=bindparam("claimed_at"), updated_at=bindparam("changed_at"))
+            assigned_at=bindparam("claimed_at"), updated_at=bindparam("changed_at"),
+            last_input_at=None, last_disconnect_at=None, console_since=None,
+            console_seen_at=None, warned_at=None, warning_deadline=None, kicked_at=None)
     .returning(DesktopRow)
     .execution_options(synchronize_session=False))
 
@@ -160,6 +164,7 @@ class Assigner:
                 DesktopRow.id == row.id, DesktopRow.state == DesktopState.ASSIGNED.value,
                 DesktopRow.assigned_user == username).values(
                 state=DesktopState.RECLAIMING.value, assigned_user=None,
+                warned_at=None, warning_deadline=None,
                 updated_at=now).execution_options(synchronize_session=False)))
             if not taken:
                 raise NothingToLogOff(pool_id)

@@ -102,4 +102,5 @@ class IdleNotices:
             return bool(rows_changed(s.execute(update(DesktopRow).where(
                 DesktopRow.pool_id == pool_id, DesktopRow.assigned_user == username,
                 DesktopRow.state == DesktopState.ASSIGNED.value)
-                .values(last_input_at=now).execution_options(synchronize_session=False))))
+                .values(last_input_at=now, warned_at=None, warning_deadline=None)
+                .execution_options(synchronize_session=False))))

@@ -481,7 +481,8 @@ class JobRunner:
                 state=DesktopState.READY.value, vnc_host=payload.get("vnc_host"),
                 vnc_port=payload.get("vnc_port"), image_version=payload.get("version", 0),
                 assigned_user=None, assigned_at=None, last_input_at=None,
-                last_disconnect_at=None, error=None, updated_at=now))
+                last_disconnect_at=None, console_since=None, console_seen_at=None,
+                warned_at=None, warning_deadline=None, error=None, updated_at=now))
 
     def _forget(self, job: Job) -> None:
         now = self._clock()

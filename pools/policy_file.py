@@ -77,12 +77,20 @@ def parse_policy(data: object, *, persistent: bool, max_size: int) -> PoolPolicy
         raise PolicyError(f"unknown part(s) {', '.join(unknown)}: expected calendar, shifts, "
                           "spares")
     plain = _plain(data)
-    reclaim = ReclaimPolicy.from_json({k: plain[k] for k in ("calendar", "shifts")
-                                       if k in plain}, persistent=persistent)
-    spares = None
-    if "spares" in plain:
-        spares = SpareSchedule.from_json(plain["spares"], max_size)
-        spares.check(max_size)
+    for part in ("calendar", "shifts", "spares"):
+        if part in plain and not isinstance(plain[part], dict):
+            raise PolicyError(f"{part} must be a table ([{part}]), not {plain[part]!r}")
+    try:
+        reclaim = ReclaimPolicy.from_json({k: plain[k] for k in ("calendar", "shifts")
+                                           if k in plain}, persistent=persistent)
+        spares = None
+        if "spares" in plain:
+            spares = SpareSchedule.from_json(plain["spares"], max_size)
+            spares.check(max_size)
+    except PolicyError:
+        raise
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:  # a shape we missed
+        raise PolicyError(f"malformed policy: {e}") from e
     return PoolPolicy(reclaim, spares)
 
 

@@ -152,7 +152,9 @@ def decide(facts: Facts, policy: IdlePolicy, now: datetime) -> Decision:
 
 
 def _after_disconnect(facts: Facts, policy: IdlePolicy, now: datetime) -> Decision:
-    gone_since = facts.disconnected_at or facts.assigned_at
+    # the later of the two: a console time from before the clerk got it is not theirs
+    times = [t for t in (facts.disconnected_at, facts.assigned_at) if t is not None]
+    gone_since = max(times) if times else None
     if gone_since is None:
         return wait("no signal: no time of disconnect")
     if policy.disconnect_grace_s is None:
@@ -182,8 +184,11 @@ def _while_connected(facts: Facts, policy: IdlePolicy, now: datetime) -> Decisio
         return wait("no signal: no time of last use")
     active = max(uses)
     if facts.warned_at is not None:
-        if active > facts.warned_at:
-            return Decision(Verdict.WITHDRAW, f"input at {_hm(active)} after the warning")
+        # input after the warning, or input (reported late) that means the warning
+        # should not have come yet
+        if active > facts.warned_at or now < active + timedelta(
+                seconds=policy.idle_warn_after_s):
+            return Decision(Verdict.WITHDRAW, f"input at {_hm(active)}: not idle")
         deadline = facts.warning_deadline or facts.warned_at
         if now < deadline:
             return wait(f"warned at {_hm(facts.warned_at)}; acting at {_hm(deadline)}",

@@ -101,7 +101,12 @@ class Reclaimer:
                           last_input_at=row.last_input_at, warned_at=row.warned_at,
                           warning_deadline=row.warning_deadline)
             # input may reach the database up to the lag late: judge as of then
-            decision = decide(facts, policy, now - self._lag)
+            try:
+                decision = decide(facts, policy, now - self._lag)
+            except (ValueError, TypeError, OverflowError) as e:  # one pool's bad values
+                log.error("pool %s: idle policy unusable for desktop %s: %s", prow.id,
+                          row.id, e)  # must not stop the round for the others
+                continue
             if decision.verdict is Verdict.WAIT or (
                     decision.verdict is Verdict.ACT and not decision.acts):
                 continue

@@ -20,6 +20,7 @@ from pools.reclaim import Action, IdlePolicy, PolicyError
 
 E = TypeVar("E", bound=enum.StrEnum)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_SECONDS = 7 * 86400  # longer than any shift: a larger value is a typo
 
 
 class Shift(enum.StrEnum):
@@ -186,9 +187,13 @@ def _time(value: object, default: time, name: str) -> time:
     if value is None:
         return default
     try:
-        return time.fromisoformat(str(value))
+        parsed = time.fromisoformat(str(value))
     except ValueError as e:
         raise PolicyError(f"{name}: {value!r} is not a time (HH:MM)") from e
+    if parsed.tzinfo is not None:
+        raise PolicyError(f"{name}: {value!r}: give the local time (HH:MM) without an "
+                          "offset; the calendar's timezone says where")
+    return parsed
 
 
 def _date(value: object, name: str) -> date:
@@ -208,10 +213,11 @@ def _seconds(values: Mapping[str, Any], name: str, default: int | None) -> int |
         raise PolicyError(f"{name}: {value!r} is not a number of seconds")
     try:
         seconds = int(value)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:
         raise PolicyError(f"{name}: {value!r} is not a number of seconds") from e
-    if seconds < 0:
-        raise PolicyError(f"{name} must be 0 or more seconds (or off)")
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise PolicyError(f"{name} must be between 0 and {MAX_SECONDS} seconds (a week), "
+                          "or off")
     return seconds
 
 

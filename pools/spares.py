@@ -76,19 +76,21 @@ class SpareSchedule:
             raise PolicyError(f"mode: {data.get('mode')!r} is not static or forecast") from e
         levels = []
         for raw in data.get("levels") or ():
-            item = dict(raw)
             try:
+                item = dict(raw)
+                at = time.fromisoformat(str(item["at"]))
+                if at.tzinfo is not None:
+                    raise ValueError("a local time has no offset")
                 levels.append(SpareLevel(days=DayKind(str(item.get("days", "working"))),
-                                         at=time.fromisoformat(str(item["at"])),
-                                         min_ready=int(item["min_ready"])))
-            except (KeyError, ValueError, TypeError) as e:
+                                         at=at, min_ready=int(item["min_ready"])))
+            except (KeyError, ValueError, TypeError, OverflowError) as e:
                 raise PolicyError(f"spare level {raw!r}: needs days (working|off), "
                                   "at (HH:MM) and min_ready (a number)") from e
         try:
             schedule = SpareSchedule(mode=mode, levels=tuple(levels),
                                      lead_s=int(data.get("lead_s", 1800)),
                                      weeks=int(data.get("weeks", 4)))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:
             raise PolicyError(f"lead_s and weeks are numbers: {e}") from e
         schedule.check(max_size)
         return schedule

@@ -252,13 +252,14 @@ class PoolWorker:
         """Spares above the pool's level now (the evening after the morning's, or
         desktops returned at log-off) that have waited RETIRE_AFTER unclaimed are
         removed: a ready spare holds no one's work. Desktops being reverted are not
-        counted until they are ready again (counting them would retire the rest)."""
+        counted until they are ready again (counting them would retire the rest), nor
+        those being made (removing ready spares for them would leave arrivals waiting)."""
         now = self._clock()
         with self._sessions() as s:
-            waiting = s.scalar(select(func.count()).select_from(DesktopRow).where(
-                DesktopRow.pool_id == pool.id, DesktopRow.state.in_(
-                    [DesktopState.READY.value, DesktopState.PROVISIONING.value]))) or 0
-            surplus = waiting - self.spare_level(s, pool).min_ready
+            ready = s.scalar(select(func.count()).select_from(DesktopRow).where(
+                DesktopRow.pool_id == pool.id,
+                DesktopRow.state == DesktopState.READY.value)) or 0
+            surplus = ready - self.spare_level(s, pool).min_ready
             if surplus <= 0:
                 return 0
             idle = list(s.scalars(select(DesktopRow.id).where(
@@ -339,7 +340,7 @@ def pool_spare_level(s: Session, pool: Pool, now: datetime) -> tuple[Level, bool
         schedule = SpareSchedule.from_json(row.spare_schedule, pool.max_size)
         calendar = ReclaimPolicy.from_json(row.reclaim_policy,
                                            persistent=pool.persistent).calendar
-    except PolicyError as e:
+    except (PolicyError, ValueError, TypeError, OverflowError) as e:
         log.error("pool %s: spare schedule unusable (%s): min_ready holds", pool.id, e)
         return Level(pool.min_ready, f"the pool's min_ready ({pool.min_ready}); "
                      f"its schedule is unusable: {e}"), False

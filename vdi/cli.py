@@ -224,6 +224,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "pool-policy":
         return _pool_policy(args, db, catalog)
     elif args.command == "reclaims":
+        if not 0 < args.hours <= 90 * 24:  # also NaN and infinity
+            print("vdi: --hours: a number of hours, more than 0 and at most 2160",
+                  file=sys.stderr)
+            return 2
         _print_reclaims(db, args.pool, args.hours)
     elif args.command == "host-add":
         registry = HostRegistry(db)

@@ -18,6 +18,7 @@ from web.api import error
 from web.security import csrf_ok, current_session, services
 
 MAX_RECLAIMS = 500
+MAX_HOURS = 90 * 24
 
 
 def iso(t: datetime | None) -> str | None:
@@ -83,6 +84,8 @@ async def reclaims(request: Request) -> Response:
     try:
         hours = float(request.query_params.get("hours", "24"))
     except ValueError:
+        hours = -1.0
+    if not 0 < hours <= MAX_HOURS:  # also NaN and infinity
         return error(request, 400, "bad_request", "hours must be a number.")
     pool = request.query_params.get("pool")
     user = request.query_params.get("user")

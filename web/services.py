@@ -109,6 +109,14 @@ class Services:
         open_here = self.tunnels.desktops_open()
         if not pending and not open_here:
             return []
+        try:
+            return self._write_signals(pending, open_here)
+        except Exception:
+            self.tunnels.unflushed(pending)  # the next round writes them (the caller logs)
+            raise
+
+    def _write_signals(self, pending: dict[str, datetime],
+                       open_here: dict[str, list[Tunnel]]) -> list[tuple[Tunnel, str]]:
         now = self.clock()
         with self.db.begin() as s:
             for desktop_id, at in pending.items():  # never back in time ("still here")

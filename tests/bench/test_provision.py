@@ -231,8 +231,9 @@ def test_timeline_starts_at_the_half() -> None:
 def test_runner_and_report_handle_a_section_without_targets(tmp_path: Path) -> None:
     assert DEFAULT_ORDER.index("first_pixel") < DEFAULT_ORDER.index("provision") \
         < DEFAULT_ORDER.index("login_storm")
-    assert FULL_TIMEOUT_S["provision"] <= 330
-    assert FULL_TIMEOUT_S["provision"] > provision.FULL_BUDGET_S
+    assert sum(FULL_TIMEOUT_S.values()) <= 30 * 60  # `make bench` within half an hour
+    # what the budget leaves is enough to remove the last pair's desktops
+    assert FULL_TIMEOUT_S["provision"] - provision.FULL_BUDGET_S >= 30
     section = build_section([case(mode_run(LINKED), mode_run(FULL, create_s=0.7))],
                             quick=False, skipped=[], seconds=100.0)
     entry = SectionEntry(name="provision", status="ok", date="2026-11-25T10:00:00+00:00",

@@ -326,3 +326,49 @@ async def test_spares_follow_the_schedule_up_before_opening_and_down_after(rig: 
     rig.clock.advance(15 * 3600 + 41 * 60)  # 08:46 the next day: warm again
     await rig.settle()
     assert ready_count(rig) == 3
+
+
+async def test_a_spare_claimed_after_another_clerk_starts_afresh(rig: Rig) -> None:
+    """The last clerk's console times stay on a row only until it is claimed again: the
+    new clerk is not judged by them (they would look disconnected for hours)."""
+    mine = await start(rig, PoolKind.FLOATING, FLOATING)
+    rig.assigner.log_off("window", "clerk1")
+    await rig.settle()
+    hours_ago = rig.clock() - timedelta(hours=3)
+    set_console(rig, mine, console_since=hours_ago, console_seen_at=hours_ago,
+                last_disconnect_at=hours_ago, warned_at=hours_ago,
+                warning_deadline=hours_ago, last_input_at=hours_ago)
+    again = rig.assigner.assign("window", clerk(2))
+    assert again.id == mine
+    row = rig.row(mine)
+    assert (row.console_since, row.console_seen_at, row.last_disconnect_at, row.warned_at,
+            row.last_input_at) == (None, None, None, None, None)
+    await pass_time(rig, 150, mine, connected=False)  # within the grace of the claim
+    assert rig.row(mine).assigned_user == "clerk2" and not reclaims(rig)
+
+
+async def test_still_here_takes_the_warning_down_at_once(rig: Rig) -> None:
+    mine = await start(rig, PoolKind.FLOATING, FLOATING)
+    open_console(rig, mine)
+    await pass_time(rig, 660, mine, connected=True)
+    notices = IdleNotices(rig.db, rig.clock)
+    assert notices.status("clerk1", "window").warning is not None
+    assert notices.still_here("clerk1", "window")
+    assert notices.status("clerk1", "window").warning is None  # the page's next poll
+    assert not notices.still_here("clerk2", "window")  # not theirs: nothing changes
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"calendar": {"opens": "08:30+08:00"}}, "without an offset"),
+    ({"shifts": {"office": {"idle_warn_after_s": 10**12}}}, "between 0 and"),
+    ({"shifts": {"office": {"idle_warn_after_s": float("inf")}}}, "not a number"),
+    ({"shifts": {"office": "x"}}, "malformed"),
+    ({"shifts": "x"}, "must be a table"),
+    ({"spares": {"levels": ["08:45"]}}, "spare level"),
+    ({"spares": {"levels": [{"at": "08:45+08:00", "min_ready": 1}]}}, "spare level"),
+    ({"spares": {"lead_s": float("inf")}}, "numbers"),
+])
+def test_a_policy_that_could_not_run_is_refused_with_a_reason(bad: dict[str, Any],
+                                                              says: str) -> None:
+    with pytest.raises(PolicyError, match=says):
+        parse_policy(bad, persistent=False, max_size=6)

@@ -74,12 +74,13 @@ function hideWarning() {
 
 async function pollStatus() {
   const st = await readStatus();
+  if (!statusTimer) return; // the console closed while asking: nothing to warn about
   if (st && st.warning) showWarning(st.warning, st.now); else if (st) hideWarning();
 }
 
 function watchStatus(on) {
   if (statusTimer) { clearInterval(statusTimer); statusTimer = null; }
-  if (on) { pollStatus(); statusTimer = setInterval(pollStatus, STATUS_EVERY_MS); }
+  if (on) { statusTimer = setInterval(pollStatus, STATUS_EVERY_MS); pollStatus(); }
 }
 
 stillHereButton.addEventListener("click", async () => {
@@ -96,7 +97,7 @@ async function reclaimNotice() {
 }
 
 async function requestConsole() {
-  for (let attempt = 0; attempt < 60; attempt++) {
+  for (let attempt = 0; attempt < 120; attempt++) { // 3 minutes: a desktop started again
     const r = await api("POST", `/api/pools/${encodeURIComponent(pool)}/connect`, {}, csrf);
     if (r.status === 200) return r.data;
     if (r.status === 401) { window.location.href = "/"; return null; }
