@@ -88,7 +88,7 @@ QUICK_LARGE_DESKTOPS = 4
 LARGE_DATA_MIB = 512
 # Wall time the section may spend provisioning and waiting; what is left of the runner's
 # limit (FULL_TIMEOUT_S["provision"]) is for removing everything.
-FULL_BUDGET_S = 430.0
+FULL_BUDGET_S = 620.0
 QUICK_BUDGET_S = 110.0
 # VDI-READY is counted up to this many seconds after a pair's first call, the same for
 # every pair of a case so that their counts compare; a pair waits for it only as long as

@@ -492,7 +492,11 @@ class LibvirtHost:
             if dom is not None:
                 if dom.isActive():
                     _ignore_gone(dom.destroy)
-                _ignore_gone(dom.undefine)
+                # with its saved memory, if it was suspended: an undefine without the
+                # flag is refused, and a copy left defined would later resume old memory
+                # over a newer disk
+                _ignore_gone(lambda: dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE))
             if not keep_disk:
                 _refresh(pool)  # on shared storage another host may have made it
                 vol = self._volume(pool, f"{name}.qcow2")

@@ -15,7 +15,7 @@ from broker.roles import entitled
 from vdi.domain import Role
 from vdi.models import ReclaimRow
 from web.api import error
-from web.security import csrf_ok, current_session, services
+from web.security import client_address, csrf_ok, current_session, services
 
 MAX_RECLAIMS = 500
 MAX_HOURS = 90 * 24
@@ -103,7 +103,14 @@ async def reclaims(request: Request) -> Response:
                      "seen_at": iso(r.seen_at)}
                     for r in s.scalars(q.order_by(ReclaimRow.at.desc()).limit(MAX_RECLAIMS))]
 
-    return JSONResponse({"reclaims": await svc.db_call(read)})
+    found = await svc.db_call(read)
+    roles = ",".join(sorted(r.value for r in session.principal.roles))
+    # who looked at whose history is itself on record
+    await svc.db_call(lambda: svc.audit.record(
+        actor=session.principal.username, role=roles, action="reclaims-read",
+        target=f"pool={pool or '*'} user={user or '*'}", source=client_address(request),
+        outcome="ok", detail=f"{len(found)} record(s), {hours:g} h"))
+    return JSONResponse({"reclaims": found})
 
 
 routes = [

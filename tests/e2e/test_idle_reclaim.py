@@ -82,7 +82,7 @@ def wait_for(what: str, check: Callable[[], bool], b: Broker, timeout_s: float =
 
 
 def open_desktop(page: Page, b: Broker, pool_id: str) -> str:
-    return pool_kinds.open_desktop(page, b, pool_id, PREFIX, pixels_s=90)
+    return pool_kinds.open_desktop(page, b, pool_id, PREFIX, pixels_s=150)
 
 
 def boots(domain: str) -> tuple[int, int]:

@@ -266,6 +266,26 @@ def test_destroy_is_idempotent_and_removes_the_desktop(subject: Subject) -> None
         subject.host.set_console_password(spec.name, "abc", 60)
 
 
+def test_shut_down_and_suspended_desktops_start_again_and_can_be_removed(
+        subject: Subject) -> None:
+    """The idle policy's power actions on a dedicated desktop: off (the guest ignores the
+    power button: forced off after the grace) or suspended (memory saved to disk); a
+    create starts it again; a removal also removes a suspended one's saved memory."""
+    off, saved = subject.spec(), subject.spec()
+    subject.host.create_desktop(off)
+    subject.host.create_desktop(saved)
+    subject.host.shut_down_desktop(off.name, grace_s=2)
+    subject.host.suspend_desktop(saved.name)
+    running = {d.name: d.running for d in subject.host.list_desktops()}
+    assert (running[off.name], running[saved.name]) == (False, False)
+    if subject.real:
+        assert "yes" in virsh("dominfo", saved.name).split("Managed save:")[1][:10]
+    subject.host.create_desktop(off)
+    assert {d.name: d.running for d in subject.host.list_desktops()}[off.name]
+    subject.host.destroy_desktop(saved.name)  # refused by libvirt without removing the save
+    assert saved.name not in [d.name for d in subject.host.list_desktops()]
+
+
 def test_destroy_of_an_unknown_name_is_a_no_op(subject: Subject) -> None:
     before = subject.host.list_desktops()
     subject.host.destroy_desktop(subject.names.new("never"))
