@@ -40,6 +40,9 @@ def sign_in(page: Page, url: str, username: str, password: str, lang: str = "zh_
     page.fill("#password", password)
     clicked = time.monotonic()
     page.click("#login-button")
+    # until the page has gone on by itself (to the portal, or to the desktop of a clerk's
+    # only pool): a page the test opens sooner has no session yet, or is cut off by it
+    page.wait_for_url(lambda u: "?lang=" not in u, timeout=30_000)
     return clicked
 
 
