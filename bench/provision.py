@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.common import Plot, Section, Table, percentile
-from pools.hypervisor import DesktopSpec, HypervisorError, ImageFiles
+from pools.hypervisor import DesktopSpec, HypervisorError, ImageFiles, qcow2_virtual_size
 
 if TYPE_CHECKING:
     from pools.libvirt_host import LibvirtHost  # imports libvirt: only where a host is used
@@ -618,14 +618,6 @@ def measure_case(host: LibvirtHost, case: str, image: ImageFiles, per_mode: int,
 
 
 # -- the large image ----------------------------------------------------------------------
-
-
-def qcow2_virtual_size(path: Path) -> int:
-    with path.open("rb") as f:
-        header = f.read(32)
-    if header[:4] != b"QFI\xfb":
-        raise RuntimeError(f"{path} is not a qcow2 image")
-    return int.from_bytes(header[24:32], "big")
 
 
 def make_large_source(out: Path, data_mib: int) -> None:

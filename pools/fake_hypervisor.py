@@ -30,6 +30,7 @@ from pools.hypervisor import (
     HypervisorError,
     ImageFiles,
     image_cmdline,
+    qcow2_virtual_size,
 )
 
 FIRST_VNC_PORT = 5900
@@ -103,7 +104,7 @@ class FakeHypervisor:
                 src = source_dir / fname
                 if not src.is_file():
                     raise HypervisorError(f"image file {src} is missing (build the image first)")
-            disk_bytes = _qcow2_virtual_size(source_dir / "disk.qcow2")
+            disk_bytes = qcow2_virtual_size(source_dir / "disk.qcow2")
             prefix = self.storage_dir / f"{image_id}-v{version}-"
             files = ImageFiles(disk_path=f"{prefix}disk.qcow2", kernel_path=f"{prefix}vmlinuz",
                                initrd_path=f"{prefix}initrd.img", cmdline=image_cmdline(source_dir),
@@ -254,10 +255,3 @@ class FakeHypervisor:
             self._domain(name).running = False
 
 
-def _qcow2_virtual_size(path: Path) -> int:
-    """The qcow2 virtual size from its header (bytes 24..32, big endian)."""
-    with path.open("rb") as f:
-        header = f.read(32)
-    if header[:4] != b"QFI\xfb":
-        raise HypervisorError(f"{path} is not a qcow2 image")
-    return int.from_bytes(header[24:32], "big")

@@ -93,6 +93,17 @@ def image_cmdline(source_dir: Path) -> str:
     return DEFAULT_CMDLINE
 
 
+def qcow2_virtual_size(path: Path) -> int:
+    """The disk size a qcow2 image gives its guest, read from its header (bytes 24..32,
+    big endian). Raises HypervisorError for a file that is not qcow2, OSError if
+    unreadable."""
+    with path.open("rb") as f:
+        header = f.read(32)
+    if header[:4] != b"QFI\xfb":
+        raise HypervisorError(f"{path} is not a qcow2 image")
+    return int.from_bytes(header[24:32], "big")
+
+
 def image_digest(source_dir: Path) -> str:
     """SHA-256 over a built image's files: its identity, whatever version it is given.
     Raises FileNotFoundError naming a missing file."""

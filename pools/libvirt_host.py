@@ -36,6 +36,7 @@ from pools.hypervisor import (
     image_cmdline,
     image_digest,
     new_vnc_password,
+    qcow2_virtual_size,
 )
 from vdi.settings import Settings
 
@@ -206,7 +207,7 @@ class LibvirtHost:
                 raise HypervisorError(f"image file {source_dir / fname} is missing "
                                       "(build the image first)")
         digest = image_digest(source_dir)[:12]
-        disk_bytes = self._virtual_size(source_dir / "disk.qcow2")
+        disk_bytes = qcow2_virtual_size(source_dir / "disk.qcow2")
         with self._errors(f"publish image {image_id} v{version}"):
             _refresh(pool)
             for fname in IMAGE_FILES:
@@ -256,14 +257,6 @@ class LibvirtHost:
         vol.delete(0)
         return final
 
-    @staticmethod
-    def _virtual_size(local_copy: Path) -> int:
-        """The qcow2 virtual size, read from its header (bytes 24..32, big endian)."""
-        with local_copy.open("rb") as f:
-            header = f.read(32)
-        if header[:4] != b"QFI\xfb":
-            raise HypervisorError(f"{local_copy} is not a qcow2 image")
-        return int.from_bytes(header[24:32], "big")
 
     # -- domains ----------------------------------------------------------------------
 
