@@ -1,6 +1,6 @@
 """The broker as its own process for the login storm: `python -m bench.login_broker`.
 
-The real app (web.app.create_app) in uvicorn, configured like production from `VDI_*`
+The real app (vdi.wiring.build_app) in uvicorn, configured like production from `VDI_*`
 environment variables (the database URL with its password never goes on a command
 line), with one difference: its only host is an in-memory FakeHypervisor at
 `VDI_LIBVIRT_URI`, because the storm measures the login, assignment and token path,
@@ -20,7 +20,7 @@ from pools.fake_hypervisor import FakeHypervisor
 from vdi.db import make_engine, session_factory
 from vdi.models import DesktopRow
 from vdi.settings import load_settings
-from web.app import create_app
+from vdi.wiring import build_app
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
                 host.adopt(row.domain_name, row.id, row.pool_id, row.vnc_port or 5900)
     finally:
         engine.dispose()
-    app = create_app(settings, hosts={host.uri: host}, run_worker=True)
+    app = build_app(settings, hosts={host.uri: host})
     uvicorn.run(app, host=settings.listen_host, port=settings.listen_port,
                 log_level="warning", access_log=False, lifespan="on",
                 ws_max_size=settings.max_ws_frame_bytes, proxy_headers=False,

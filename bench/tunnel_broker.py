@@ -1,6 +1,6 @@
 """The broker process of the tunnel benchmark: the real app, in uvicorn, in its own process.
 
-`web.app.create_app` with the options `vdi serve` uses (`vdi.cli.server_options`), a
+`vdi.wiring.build_app` with the options `vdi serve` uses (`vdi.serve.server_options`), a
 SQLite database, the real slapd the benchmark started (settings passed as JSON), the
 pool worker running, and one host: a `FakeHypervisor` whose desktops' VNC endpoint is
 the benchmark's fake desktop. The fake host writes each console password the broker
@@ -25,11 +25,11 @@ import uvicorn
 from pools.fake_hypervisor import FakeHypervisor
 from pools.images import ImageStore
 from vdi.catalog import Catalog
-from vdi.cli import server_options
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import Pool, PoolKind
+from vdi.serve import server_options
 from vdi.settings import Settings, load_settings
-from web.app import create_app
+from vdi.wiring import build_app
 
 HOST_URI = "fake:///bench-tunnel"
 POOL_ID = "bench"
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = bench_settings(args.workdir, args.port, json.loads(args.ldap), args.staff_group)
     host = BenchHost(args.vnc_port, args.password_file)
     prepare(settings, host, args.workdir, args.staff_group)
-    app = create_app(settings, hosts={HOST_URI: host})
+    app = build_app(settings, hosts={HOST_URI: host})
     uvicorn.run(app, **server_options(settings), log_level="warning")
     return 0
 

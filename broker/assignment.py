@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from broker.errors import BrokerError
 from broker.roles import entitled
 from pools.hosts import Limits, fits, host_from_row, host_loads
 from pools.jobs import ACTIVE, JobKind, enqueue
@@ -52,7 +53,7 @@ _CLAIM_OLDEST_SPARE = (
     .execution_options(synchronize_session=False))
 
 
-class AssignmentError(Exception):
+class AssignmentError(BrokerError):
     """Base: the user gets no desktop; `code` is stable for the API."""
 
     code = "assignment_failed"

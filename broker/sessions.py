@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -92,6 +92,19 @@ class SessionStore:
             return bool(row and row.ended_at is None
                         and now - row.last_seen_at <= self._idle
                         and now - row.created_at <= self._absolute)
+
+    def live_among(self, id_hashes: Iterable[str]) -> set[str]:
+        """Those of the given sessions that are still live (one query): a broker's
+        heartbeat closes the consoles of sessions ended through another broker."""
+        wanted = list(set(id_hashes))
+        if not wanted:
+            return set()
+        now = self._clock()
+        with self._sessions() as s:
+            return set(s.scalars(select(SessionRow.id_hash).where(
+                SessionRow.id_hash.in_(wanted), SessionRow.ended_at.is_(None),
+                SessionRow.last_seen_at >= now - self._idle,
+                SessionRow.created_at >= now - self._absolute)))
 
     def end(self, id_hash: str) -> None:
         """End the session; idempotent."""

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="create or upgrade the database schema")
     serve = sub.add_parser("serve", help="run the broker (HTTP + websocket console)")
-    serve.add_argument("--no-worker", action="store_true", help="do not run the pool worker")
+    serve.add_argument("--role", choices=["both", "web", "worker"], default="both",
+                       help="web: the broker's pages, API and consoles only; worker: the pool "
+                            "worker only (several web processes can share one worker); "
+                            "both (default)")
     pub = sub.add_parser("image-publish", help="publish a built guest image as a new version")
     pub.add_argument("image_id")
     pub.add_argument("source_dir", type=Path)
@@ -121,28 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options for the broker; `vdi serve` and bench/tunnel.py both use them.
-
-    The websocket implementation is named rather than left to "auto" (which would pick
-    wsproto if websockets went missing): on the console tunnel, websockets' sans-I/O core
-    needed half the CPU per GB of wsproto browser->server and 10-15 % less than uvicorn's
-    older websockets protocol (measured with bench/tunnel.py)."""
-    return {"host": settings.listen_host, "port": settings.listen_port,
-            "ws": "websockets-sansio", "ws_max_size": settings.max_ws_frame_bytes,
-            "ws_per_message_deflate": False, "proxy_headers": False}
-
-
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     url = settings.effective_database_url
     if args.command == "serve":
-        import uvicorn
+        from vdi.serve import serve
 
-        from web.app import create_app
-
-        app = create_app(settings, run_worker=not args.no_worker)
-        uvicorn.run(app, **server_options(settings), log_level="info")
-        return 0
+        return serve(settings, args.role)
     migrate(url)
     db = session_factory(make_engine(url))
     catalog = Catalog(db)

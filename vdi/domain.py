@@ -13,6 +13,14 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
 
 
+class Permission(enum.StrEnum):
+    """What a request may do. Routes declare one (web.access); broker.access says which
+    roles hold it. Entitlement to a pool is a separate check (the pool's groups)."""
+
+    SIGNED_IN = "signed_in"  # any live session: the clerk's own desktops and session
+    READ_RECLAIMS = "read_reclaims"  # the idle policy's actions on every clerk's desktop
+
+
 class DesktopState(enum.StrEnum):
     """Life cycle of one desktop; every change is a compare-and-set in the database.
 
@@ -36,6 +44,13 @@ class Power(enum.StrEnum):
     ON = "on"
     OFF = "off"
     SUSPENDED = "suspended"
+
+
+class ConsoleKind(enum.StrEnum):
+    """The remote display protocol of a desktop's console."""
+
+    VNC = "vnc"
+    SPICE = "spice"
 
 
 class PoolKind(enum.StrEnum):

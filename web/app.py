@@ -1,46 +1,45 @@
-"""The Starlette application factory."""
+"""The Starlette application factory. The web layer is handed the use cases (BrokerApi)
+by whoever runs it (vdi.wiring); it builds nothing of the broker itself."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from broker.directory import Directory
-from pools.hypervisor import Hypervisor
+from broker.api import BrokerApi
 from vdi.settings import Settings
 from web import api, assets, console, idle_api, pages
 from web.assets import Assets
-from web.services import Services, build_services, start_background, stop_background
 
 HERE = Path(__file__).parent
+App = Starlette
 
 
-def create_app(settings: Settings, *, directory: Directory | None = None,
-               hosts: dict[str, Hypervisor] | None = None, run_worker: bool = True) -> Starlette:
-    """Build the app; shared resources come to life in the lifespan, not here."""
+def all_routes(bundles: Assets) -> list[BaseRoute]:
+    return [
+        *api.routes, *idle_api.routes, *pages.routes, *console.routes, *assets.routes(bundles),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+
+
+def create_app(settings: Settings,
+               running: Callable[[], AbstractAsyncContextManager[BrokerApi]]) -> App:
+    """The app; `running()` yields the use cases for as long as the app serves."""
     bundles = Assets()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services: Services = build_services(settings, directory=directory, hosts=hosts)
-        app.state.services = services
-        await start_background(services, run_worker=run_worker)
-        logging.getLogger(__name__).info("broker ready at %s", settings.public_url)
-        try:
+        async with running() as broker_api:
+            app.state.api = broker_api
             yield
-        finally:
-            await stop_background(services)
 
-    routes = [
-        *api.routes, *idle_api.routes, *pages.routes, *console.routes, *assets.routes(bundles),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=all_routes(bundles), lifespan=lifespan)
     app.state.assets = bundles
+    app.state.settings = settings
     return app

@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from web.access import PUBLIC
+
 DIST = Path(__file__).parent / "static" / "dist"
 ENTRY_POINTS = ("desktop.js", "login.js", "portal.js")
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -73,4 +75,5 @@ def routes(assets: Assets) -> list[Route]:
     async def serve(request: Request) -> Response:
         return assets.response(request)
 
+    serve.access = PUBLIC  # type: ignore[attr-defined]  # read by the route table test
     return [Route("/static/dist/{name}", serve, methods=["GET", "HEAD"])]

@@ -8,11 +8,12 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from vdi.domain import Permission
+from web.access import PUBLIC, Access, Call, cookie_name, route
 from web.i18n import LANG_COOKIE, LANGUAGES, pick_language, translations
-from web.security import current_session, services
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -82,25 +83,22 @@ def render(request: Request, name: str, **context: Any) -> Response:
     return response
 
 
-async def home(request: Request) -> Response:
-    session = await current_session(request)
+async def home(call: Call) -> Response:
+    session = await call.api.signin.session(call.request.cookies.get(cookie_name(call.settings)))
     if session is None:
-        return render(request, "login.html")
-    return render(request, "portal.html", user=session.principal)
+        return render(call.request, "login.html")
+    return render(call.request, "portal.html", user=session.principal)
 
 
-async def desktop_page(request: Request) -> Response:
-    session = await current_session(request)
-    if session is None:
-        return RedirectResponse("/", status_code=303)
-    svc = services(request)
-    pool = await svc.db_call(svc.catalog.pool, request.path_params["pool"])
-    kind = pool.kind.value if pool is not None else ""
-    return render(request, "desktop.html", user=session.principal,
-                  pool=request.path_params["pool"], kind=kind, csrf=session.csrf)
+async def desktop_page(call: Call) -> Response:
+    pool_id = call.request.path_params["pool"]
+    kind = await call.api.portal.pool_kind(call.signed_in, pool_id)
+    return render(call.request, "desktop.html", user=call.signed_in.principal,
+                  pool=pool_id, kind=kind.value if kind is not None else "",
+                  csrf=call.signed_in.csrf)
 
 
-routes = [
-    Route("/", home, methods=["GET"]),
-    Route("/desktop/{pool}", desktop_page, methods=["GET"]),
+routes: list[Route] = [
+    route("/", "GET", PUBLIC, home),
+    route("/desktop/{pool}", "GET", Access(Permission.SIGNED_IN, redirect="/"), desktop_page),
 ]

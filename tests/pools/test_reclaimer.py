@@ -2,7 +2,7 @@
 FakeHypervisor, with the clock in the test's hand: no sleeping for minutes.
 
 The console signals are written here as the brokers write them (web/console.py opens,
-web/services.py's heartbeat and input flush, the close); the real tunnel writing them is
+broker/signals.py's heartbeat and input flush, the close); the real tunnel writing them is
 tested in tests/web/test_console.py and, end to end, in tests/e2e/test_idle_reclaim.py.
 """
 

@@ -1,6 +1,6 @@
 """The real broker app in a real uvicorn server, for HTTP and websocket tests.
 
-`broker_factory` starts `web.app.create_app(...)` on a free loopback port in a
+`broker_factory` starts `vdi.wiring.build_app(...)` on a free loopback port in a
 background thread (with its lifespan, so the pool worker and input flusher run) against
 the real slapd, a SQLite database and state directory in tmp, and stops every server
 it started when the test ends. If any real part (slapd, the server, libvirtd) cannot
@@ -30,9 +30,8 @@ from tests.relay import LoopbackRelay
 from vdi.domain import Desktop, DesktopState, Pool, PoolKind
 from vdi.models import AuditRow
 from vdi.settings import Settings, load_settings
-from web.app import create_app
-from web.security import cookie_name
-from web.services import Services
+from vdi.wiring import Role, Runtime, build_app
+from web.access import cookie_name
 
 STAFF_GROUP = f"cn=window-staff,{GROUP_BASE}"
 HELPDESK_GROUP = f"cn=helpdesk,{GROUP_BASE}"
@@ -117,9 +116,9 @@ class RunningBroker:
         return "ws" + self.url.removeprefix("http")
 
     @property
-    def services(self) -> Services:
-        svc: Services = self.app.state.services
-        return svc
+    def runtime(self) -> Runtime:
+        rt: Runtime = self.app.state.runtime
+        return rt
 
     def client(self, *, origin: str | None = "self", **headers: str) -> httpx.Client:
         """An HTTP client; by default it sends this broker's own Origin."""
@@ -142,14 +141,14 @@ class RunningBroker:
     # -- records -----------------------------------------------------------------------
 
     def publish_image(self, host: Hypervisor, image_id: str, source_dir: Path) -> None:
-        self.services.images.publish(host, image_id, source_dir)
+        self.runtime.images.publish(host, image_id, source_dir)
 
     def save_pool(self, pool: Pool) -> None:
-        self.services.catalog.save_pool(pool)
+        self.runtime.catalog.save_pool(pool)
 
     def desktops(self, pool_id: str | None = None,
                  states: tuple[DesktopState, ...] | None = None) -> list[Desktop]:
-        return self.services.catalog.desktops(pool_id, states)
+        return self.runtime.catalog.desktops(pool_id, states)
 
     def wait_ready(self, pool_id: str, count: int = 1, timeout_s: float = 30.0) -> None:
         wait_for(lambda: len(self.desktops(pool_id, (DesktopState.READY,))) >= count,
@@ -162,7 +161,7 @@ class RunningBroker:
             q = q.where(AuditRow.action == action)
         if outcome is not None:
             q = q.where(AuditRow.outcome == outcome)
-        with self.services.db() as s:
+        with self.runtime.db() as s:
             return list(s.scalars(q))
 
     def stop(self) -> None:
@@ -205,7 +204,7 @@ def start_broker(tmp: Path, slapd: SlapdServer, *, hosts: dict[str, Hypervisor] 
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
     settings = broker_settings(tmp, port, slapd.settings_overrides(), **overrides)
-    app = create_app(settings, hosts=hosts, run_worker=run_worker)
+    app = build_app(settings, hosts=hosts, role=Role.BOTH if run_worker else Role.WEB)
     config = uvicorn.Config(app, host="127.0.0.1", port=port,
                             ws_max_size=settings.max_ws_frame_bytes,
                             ws_per_message_deflate=False, proxy_headers=False,

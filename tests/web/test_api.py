@@ -29,7 +29,7 @@ from tests.web.conftest import (
 )
 from vdi.domain import DesktopState, utc_now
 from vdi.models import AuditRow, ConsoleTokenRow, DesktopRow, HostRow, ImageRow, SessionRow
-from web.security import cookie_name
+from web.access import cookie_name
 
 pytestmark = pytest.mark.real
 
@@ -48,7 +48,7 @@ def seed_assigned_desktop(broker: RunningBroker, pool_id: str, username: str) ->
     """A desktop row assigned before the host went away (as the broker would have left it)."""
     now = utc_now()
     desktop_id = f"{pool_id}-seeded"
-    with broker.services.db.begin() as s:
+    with broker.runtime.db.begin() as s:
         s.add(DesktopRow(id=desktop_id, pool_id=pool_id, state=DesktopState.ASSIGNED.value,
                          host_uri=broker.settings.libvirt_uri,
                          domain_name=f"{DOMAIN_PREFIX}{desktop_id}", image_version=1,
@@ -58,7 +58,7 @@ def seed_assigned_desktop(broker: RunningBroker, pool_id: str, username: str) ->
 
 
 def desktop_rows(broker: RunningBroker) -> dict[str, tuple[str, str | None]]:
-    with broker.services.db() as s:
+    with broker.runtime.db() as s:
         return {r.id: (r.state, r.assigned_user) for r in s.scalars(select(DesktopRow))}
 
 
@@ -121,7 +121,7 @@ def test_logout_needs_the_csrf_token_and_kills_the_cookie(fake: FakeHostBroker) 
         r = replay.request(method, path, headers={"X-CSRF-Token": me.csrf})
         assert r.status_code == 401, (method, path, r.text)
         assert r.json()["error"] == "not_signed_in"
-    with broker.services.db() as s:
+    with broker.runtime.db() as s:
         row = s.scalars(select(SessionRow).where(SessionRow.username == "zhangsan")).one()
         assert row.ended_at is not None
     assert [a.outcome for a in broker.audit(action="logout")] == ["ok"]
@@ -324,7 +324,7 @@ def test_connect_assigns_a_desktop_and_gives_a_console_token(fake: FakeHostBroke
     assert [(d.id, d.assigned_user) for d in assigned] == [(body["desktop"], "zhangsan")]
     # only the token's hash is stored
     raw = body["console"].removeprefix("/console/")
-    with broker.services.db() as s:
+    with broker.runtime.db() as s:
         stored = list(s.scalars(select(ConsoleTokenRow.token_hash)))
     assert len(stored) == 1 and raw not in stored[0]
 
@@ -364,7 +364,7 @@ def test_libvirtd_not_running_answers_503_and_deletes_nothing(
     broker = broker_factory(hosts=None, libvirt_uri=uri, storage_pool="vdi-test",
                             storage_dir=Path("/var/lib/libvirt/images/vdi-test"),
                             domain_type="qemu", libvirt_timeout_s=5.0)
-    with broker.services.db.begin() as s:  # published while libvirtd still ran
+    with broker.runtime.db.begin() as s:  # published while libvirtd still ran
         s.add(ImageRow(id="guest", host_uri=uri, version=1,
                        disk_path="/var/lib/libvirt/images/vdi-test/guest-v1-disk.qcow2",
                        kernel_path="/var/lib/libvirt/images/vdi-test/guest-v1-vmlinuz",
@@ -374,7 +374,7 @@ def test_libvirtd_not_running_answers_503_and_deletes_nothing(
     seeded = seed_assigned_desktop(broker, "window", "lisi")
     me = broker.login("zhangsan")
     assert_host_unavailable_and_nothing_deleted(broker, me.connect, seeded)
-    with broker.services.db() as s:
+    with broker.runtime.db() as s:
         notes = list(s.scalars(select(HostRow.error).where(HostRow.uri == uri)))
     # the host monitor noted why, and the note names the socket that is not there
     assert notes and all(n and "/nonexistent/libvirt-sock" in n for n in notes), notes
@@ -433,7 +433,7 @@ def test_anonymous_gets_401_on_every_api_route(fake: FakeHostBroker) -> None:
 
 def db_state(broker: RunningBroker) -> dict[str, Any]:
     desktops = desktop_rows(broker)
-    with broker.services.db() as s:
+    with broker.runtime.db() as s:
         return {
             "sessions": sorted((r.id_hash, r.ended_at) for r in s.scalars(select(SessionRow))),
             "desktops": desktops,

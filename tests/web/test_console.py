@@ -220,7 +220,7 @@ def no_tunnel_left_open(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "libvirt_broker" in request.fixturenames:
         broker: RunningBroker = request.getfixturevalue("libvirt_broker")
-        wait_for(lambda: not broker.services.tunnels.open_for(), 10.0,
+        wait_for(lambda: not broker.runtime.tunnels.open_for(), 10.0,
                  "every console tunnel of the test to be closed")
 
 
@@ -252,14 +252,14 @@ def test_console_speaks_rfb_with_no_vnc_auth_for_the_browser(
 
 def test_key_events_count_as_input_and_other_messages_do_not(
         libvirt_broker: RunningBroker) -> None:
-    svc = libvirt_broker.services
+    svc = libvirt_broker.runtime
     me = libvirt_broker.login("zhangsan")
     rfb = open_console(me)
     try:
         rfb.handshake()
         desktop = my_desktop(libvirt_broker, "zhangsan")
         rfb.wait_update()  # ClientInit and update requests went through the relay
-        svc.flush_input()
+        svc.signals.flush()
         before = svc.catalog.desktop(desktop.id)
         assert before is not None
         assert before.last_input_at == desktop.last_input_at  # not input
@@ -267,7 +267,7 @@ def test_key_events_count_as_input_and_other_messages_do_not(
         rfb.key(XK_RETURN)
 
         def input_recorded() -> bool:
-            svc.flush_input()
+            svc.signals.flush()
             now = svc.catalog.desktop(desktop.id)
             return bool(now and now.last_input_at and (
                 before.last_input_at is None or now.last_input_at > before.last_input_at))
@@ -370,7 +370,7 @@ def test_target_in_the_query_string_is_ignored(libvirt_broker: RunningBroker) ->
         expected = reference.handshake()
     finally:
         reference.ws.close()
-    wait_for(lambda: not libvirt_broker.services.tunnels.open_for(), CLOSE_BOUND_S,
+    wait_for(lambda: not libvirt_broker.runtime.tunnels.open_for(), CLOSE_BOUND_S,
              "the first tunnel to close")
     rfb = open_console(me, query=f"host=127.0.0.1&port={trap_port}&token=x&vnc_port=22"
                                  "&target=evil.example:22")
@@ -431,7 +431,7 @@ def test_tunnels_over_the_per_user_cap_are_refused(libvirt_broker: RunningBroker
     finally:
         for rfb in consoles:
             rfb.ws.close()
-    wait_for(lambda: not libvirt_broker.services.tunnels.open_for(), CLOSE_BOUND_S,
+    wait_for(lambda: not libvirt_broker.runtime.tunnels.open_for(), CLOSE_BOUND_S,
              "the tunnels to close")
     again = open_console(me)  # room again once they closed
     try:

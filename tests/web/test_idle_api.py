@@ -20,7 +20,7 @@ def test_status_and_still_here_are_the_clerks_own(fake: FakeHostBroker) -> None:
     zhangsan = b.login("zhangsan")
     mine = zhangsan.connect_when_ready("window")["desktop"]
     now = utc_now()
-    with b.services.db.begin() as s:
+    with b.runtime.db.begin() as s:
         s.execute(update(DesktopRow).where(DesktopRow.id == mine).values(
             warned_at=now, warning_deadline=now.replace(microsecond=0)))
     st = zhangsan.client.get("/api/pools/window/status").json()
@@ -45,7 +45,7 @@ def test_reclaims_are_for_admins_and_helpdesk_and_each_look_is_audited(
         fake: FakeHostBroker) -> None:
     b = fake.broker
     now = utc_now()
-    with b.services.db.begin() as s:
+    with b.runtime.db.begin() as s:
         s.add(ReclaimRow(at=now, desktop_id="window-x", pool_id="window", username="sunqi",
                          action="log_off", cause="idle", since=now, shift="office",
                          reason="no keyboard or mouse input for 32 min"))

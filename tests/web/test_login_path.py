@@ -41,7 +41,7 @@ def test_no_access_creates_no_session(fake: FakeHostBroker) -> None:
     r = fake.broker.client().post("/api/session",
                                   json={"username": "zhouba", "password": "demo2026"})
     assert r.status_code == 403, r.text
-    with fake.broker.services.db() as s:
+    with fake.broker.runtime.db() as s:
         assert s.scalars(select(SessionRow)).all() == []
     assert [(a.actor, a.outcome) for a in fake.broker.audit(action="login")] == [
         ("zhouba", "no_access")]

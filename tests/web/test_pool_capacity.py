@@ -21,12 +21,12 @@ from tests.web.conftest import (
 )
 from vdi.domain import DesktopState, PoolKind, Principal, Role
 from vdi.models import JobRow
-from web.security import cookie_name
+from web.access import cookie_name
 
 
 def clerk_sessions(fake: FakeHostBroker, n: int) -> list[tuple[str, str]]:
     """n signed-in clerks (sessions made directly: the demo directory has three)."""
-    svc = fake.broker.services
+    svc = fake.broker.runtime
     out = []
     for i in range(n):
         who = Principal(username=f"clerk{i:02d}", display_name=f"Clerk {i}",
@@ -98,7 +98,7 @@ def test_log_off_floating_reverts_dedicated_keeps(broker_factory: BrokerFactory,
     assert r.status_code == 200 and r.json() == {"desktop": dedicated, "reverted": False}
     wait_for(lambda: any(d.id == floating and d.state is DesktopState.READY
                          for d in fake.broker.desktops("window")), 10, "the revert")
-    with fake.broker.services.db() as s:
+    with fake.broker.runtime.db() as s:
         kinds = [(j.desktop_id, j.kind) for j in s.query(JobRow).order_by(JobRow.id)]
     assert (floating, JobKind.REVERT.value) in kinds
     assert not [k for d, k in kinds if d == dedicated and k != JobKind.PROVISION.value]

@@ -1,0 +1,49 @@
+"""The use cases the web layer calls, in one value built by the wiring (vdi.wiring).
+
+The web layer sees only this: no engine, no stores, no hypervisor, no worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.blocking import Blocking
+from broker.consoles import Consoles
+from broker.portal import Portal
+from broker.reclaims import ReclaimLog
+from broker.signin import SignIn
+
+
+class DatabaseDown(Exception):
+    """The health check could not reach the database; the message says why."""
+
+
+class Health:
+    def __init__(self, blocking: Blocking, db: sessionmaker[Session]) -> None:
+        self._blocking = blocking
+        self._db = db
+
+    async def check(self) -> None:
+        """Returns when the database answers; raises DatabaseDown otherwise."""
+
+        def ping() -> None:
+            with self._db() as s:
+                s.execute(text("SELECT 1"))
+
+        try:
+            await self._blocking.db(ping)
+        except SQLAlchemyError as e:
+            raise DatabaseDown(str(e)[:200]) from e
+
+
+@dataclass(frozen=True)
+class BrokerApi:
+    signin: SignIn
+    portal: Portal
+    consoles: Consoles
+    reclaims: ReclaimLog
+    health: Health

@@ -1,0 +1,113 @@
+"""The clerk's desktops: the pools they may use, log-off, and the idle policy's news."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from broker.access import roles_text
+from broker.activity import TunnelRegistry
+from broker.assignment import Assigner, NothingToLogOff, PoolNotFound
+from broker.blocking import Blocking
+from broker.errors import NoDesktop
+from broker.idle import DesktopStatus, IdleNotices, Notice
+from broker.roles import entitled
+from broker.sessions import WebSession
+from vdi.audit import AuditLog
+from vdi.catalog import Catalog
+from vdi.domain import ConsoleKind, Pool, PoolKind, utc_now
+
+
+@dataclass(frozen=True)
+class PoolView:
+    pool: Pool
+    desktop_id: str | None
+    notice: Notice | None  # why the idle policy took their desktop, until they connect
+    console: ConsoleKind
+
+
+@dataclass(frozen=True)
+class LoggedOff:
+    desktop_id: str
+    reverted: bool
+
+
+class Portal:
+    def __init__(self, *, blocking: Blocking, assigner: Assigner, catalog: Catalog,
+                 notices: IdleNotices, audit: AuditLog, tunnels: TunnelRegistry,
+                 wake_worker: Callable[[], None],
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self._blocking = blocking
+        self._assigner = assigner
+        self._catalog = catalog
+        self._notices = notices
+        self._audit = audit
+        self._tunnels = tunnels
+        self._wake = wake_worker
+        self.clock = clock
+
+    async def pools(self, session: WebSession) -> list[PoolView]:
+        """The pools the user is entitled to, each with their desktop there, if any."""
+
+        def read() -> list[PoolView]:  # one trip to a database thread
+            pools = self._assigner.overview(session.principal)
+            notices = self._notices.notices(session.principal.username,
+                                            [p.id for p, _ in pools])
+            return [PoolView(p, current.id if current else None, notices.get(p.id),
+                             ConsoleKind.VNC) for p, current in pools]
+
+        return await self._blocking.db(read)
+
+    async def entitled_pool(self, session: WebSession, pool_id: str) -> Pool:
+        """The pool, if the user may use it; else PoolNotFound (the same answer for a
+        pool that exists but is not theirs)."""
+        pool = await self._blocking.db(self._catalog.pool, pool_id)
+        if pool is None or not entitled(pool, session.principal.groups):
+            raise PoolNotFound(pool_id)
+        return pool
+
+    async def pool_kind(self, session: WebSession, pool_id: str) -> PoolKind | None:
+        """The pool's kind for its desktop page, or None when it is not the user's."""
+        try:
+            return (await self.entitled_pool(session, pool_id)).kind
+        except PoolNotFound:
+            return None
+
+    async def log_off(self, session: WebSession, pool_id: str, source: str) -> LoggedOff:
+        """The clerk is done with their desktop in this pool. Floating: it goes back to
+        the pool through a fresh clone of the image. Dedicated: it stays theirs, untouched.
+        Raises PoolNotFound, NoDesktop."""
+        who = session.principal
+        await self.entitled_pool(session, pool_id)
+        try:
+            done = await self._blocking.db(self._assigner.log_off, pool_id, who.username)
+        except (PoolNotFound, NothingToLogOff):
+            raise NoDesktop(pool_id) from None
+        closed = 0
+        for tunnel in self._tunnels.open_for(desktop_id=done.desktop.id, username=who.username):
+            tunnel.close()
+            closed += 1
+        if done.reverted:
+            self._wake()
+        await self._blocking.db(lambda: self._audit.record(
+            actor=who.username, role=roles_text(who), action="logoff", target=done.desktop.id,
+            source=source, outcome="ok",
+            detail=f"{'reverted to the image' if done.reverted else 'kept (dedicated)'}; "
+                   f"tunnels closed: {closed}"))
+        return LoggedOff(done.desktop.id, done.reverted)
+
+    async def status(self, session: WebSession, pool_id: str) -> DesktopStatus:
+        """The page's view of its desktop: an idle warning to count down, or why the
+        desktop went away. Raises PoolNotFound."""
+        await self.entitled_pool(session, pool_id)
+        return await self._blocking.db(self._notices.status, session.principal.username,
+                                       pool_id)
+
+    async def still_here(self, session: WebSession, pool_id: str) -> None:
+        """The clerk answered the idle warning (counts as input). Raises PoolNotFound,
+        NoDesktop (it was taken back already)."""
+        await self.entitled_pool(session, pool_id)
+        if not await self._blocking.db(self._notices.still_here, session.principal.username,
+                                       pool_id):
+            raise NoDesktop(pool_id)

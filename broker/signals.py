@@ -1,0 +1,93 @@
+"""The consoles' signals, written by each broker: input times and the heartbeat of the
+consoles open here. The same round closes the consoles this broker should no longer
+carry: the idle policy took their desktop back, or their session ended (logged out,
+expired) through any broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.activity import Tunnel, TunnelRegistry
+from broker.sessions import SessionStore
+from vdi.domain import DesktopState, utc_now
+from vdi.models import DesktopRow
+
+log = logging.getLogger(__name__)
+SESSION_ENDED = ""  # a kick without a reason for the page: the session is gone
+
+
+class ConsoleSignals:
+    def __init__(self, db: sessionmaker[Session], tunnels: TunnelRegistry,
+                 sessions: SessionStore, *, flush_s: float,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self._db = db
+        self._tunnels = tunnels
+        self._sessions = sessions
+        self._flush_s = flush_s
+        self._clock = clock
+
+    async def run(self) -> None:
+        """Flush every `flush_s` until cancelled; a failed round is retried whole."""
+        while True:
+            await asyncio.sleep(self._flush_s)
+            try:
+                kicks = await asyncio.to_thread(self.flush)
+            except Exception:  # the database hiccuped: the next round writes it all
+                log.exception("writing console signals failed")
+                continue
+            for tunnel, because in kicks:  # tunnels are closed on the event loop
+                if because == SESSION_ENDED:
+                    tunnel.close()
+                else:
+                    self._tunnels.kick(tunnel, because)
+
+    def flush(self) -> list[tuple[Tunnel, str]]:
+        """Write the consoles' input times and their heartbeat (still open, as of now);
+        return the tunnels to close (the caller closes them on the event loop) with the
+        reason their page is told ("" when their session ended). Blocks on the database."""
+        pending = self._tunnels.pending_input()
+        open_here = self._tunnels.desktops_open()
+        if not pending and not open_here:
+            return []
+        try:
+            return self._write(pending, open_here)
+        except Exception:
+            self._tunnels.unflushed(pending)  # the next round writes them (the caller logs)
+            raise
+
+    def _write(self, pending: dict[str, datetime],
+               open_here: dict[str, list[Tunnel]]) -> list[tuple[Tunnel, str]]:
+        now = self._clock()
+        with self._db.begin() as s:
+            for desktop_id, at in pending.items():  # never back in time ("still here")
+                s.execute(update(DesktopRow).where(
+                    DesktopRow.id == desktop_id,
+                    or_(DesktopRow.last_input_at.is_(None), DesktopRow.last_input_at < at))
+                          .values(last_input_at=at))
+            if not open_here:
+                return []
+            s.execute(update(DesktopRow).where(
+                DesktopRow.id.in_(list(open_here)),
+                DesktopRow.state == DesktopState.ASSIGNED.value)
+                .values(console_seen_at=now).execution_options(synchronize_session=False))
+            rows = list(s.execute(select(DesktopRow.id, DesktopRow.state,
+                                         DesktopRow.assigned_user, DesktopRow.kicked_at)
+                                  .where(DesktopRow.id.in_(list(open_here)))))
+        live = self._sessions.live_among(
+            t.session_hash for tunnels in open_here.values() for t in tunnels)
+        kicks = []
+        for desktop_id, state, user, kicked_at in rows:
+            for tunnel in open_here.get(desktop_id, ()):
+                if state != DesktopState.ASSIGNED.value or user != tunnel.username:
+                    kicks.append((tunnel, "reclaimed"))
+                elif kicked_at is not None and kicked_at >= tunnel.opened_at:
+                    kicks.append((tunnel, "idle"))
+                elif tunnel.session_hash not in live:
+                    kicks.append((tunnel, SESSION_ENDED))
+        return kicks

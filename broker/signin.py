@@ -1,0 +1,112 @@
+"""Signing in and out, and the session behind a cookie: the clerk's first use case.
+
+The identity kept for the session, desktops, throttling and audit is the one the
+directory returns, never the string as typed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from broker.access import roles_text
+from broker.activity import TunnelRegistry
+from broker.blocking import Blocking
+from broker.directory import Directory, DirectoryUnavailable, InvalidCredentials
+from broker.errors import NoAccess, Throttled
+from broker.roles import entitled, roles_for
+from broker.sessions import SessionStore, WebSession
+from broker.throttle import LoginThrottle
+from broker.tokens import TokenStore
+from vdi.audit import AuditLog
+from vdi.catalog import Catalog
+from vdi.domain import Principal
+from vdi.settings import RoleMap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    cookie: str  # the session's secret, for the cookie only
+    session: WebSession
+
+
+class SignIn:
+    def __init__(self, *, blocking: Blocking, directory: Directory, throttle: LoginThrottle,
+                 sessions: SessionStore, tokens: TokenStore, catalog: Catalog,
+                 audit: AuditLog, tunnels: TunnelRegistry, role_map: RoleMap,
+                 directory_deadline_s: float) -> None:
+        self._blocking = blocking
+        self._directory = directory
+        self._throttle = throttle
+        self._sessions = sessions
+        self._tokens = tokens
+        self._catalog = catalog
+        self._audit = audit
+        self._tunnels = tunnels
+        self._role_map = role_map
+        self._deadline_s = directory_deadline_s
+
+    async def session(self, cookie: str | None) -> WebSession | None:
+        """The live session behind a cookie value, or None."""
+        if not cookie:
+            return None
+        return await self._blocking.db(self._sessions.get, cookie)
+
+    async def sign_in(self, username: str, password: str, source: str) -> SignedIn:
+        """Check the password with the directory and open a session. Raises Throttled,
+        InvalidCredentials (the same for every bad login), DirectoryUnavailable, NoAccess.
+        Every outcome is audited."""
+        username = username.strip()
+        typed = username[:128] or "-"
+        if self._throttle.blocked(username, source):
+            await self._record(typed, "-", source, "throttled")
+            raise Throttled(username)
+        try:
+            user = await self._blocking.directory(
+                self._directory.authenticate, username, password, deadline_s=self._deadline_s)
+        except InvalidCredentials:
+            self._throttle.failed(username, source)
+            await self._record(typed, "-", source, "denied")
+            raise
+        except (DirectoryUnavailable, TimeoutError) as e:
+            log.warning("login: directory unavailable: %s", e or "no answer in time")
+            await self._record(typed, "-", source, "directory_unavailable")
+            raise DirectoryUnavailable(str(e) or "directory did not answer in time") from e
+        roles = roles_for(user.groups, self._role_map)
+        principal = Principal(username=user.username, display_name=user.display_name,
+                              roles=roles, groups=user.groups)
+        entry = self._audit.row(actor=user.username, role=roles_text(principal),
+                                action="login", target="-", source=source, outcome="ok")
+
+        def open_session() -> tuple[str, WebSession] | None:
+            # one trip to a database thread: the access check and the new session
+            if not roles and not any(entitled(p, user.groups) for p in self._catalog.pools()):
+                return None
+            return self._sessions.create(principal, source, audit=entry)
+
+        opened = await self._blocking.db(open_session)
+        if opened is None:
+            await self._record(user.username, "-", source, "no_access")
+            raise NoAccess(user.username)
+        self._throttle.succeeded(username)
+        self._audit.written(entry)
+        cookie, session = opened
+        return SignedIn(cookie, session)
+
+    async def sign_out(self, session: WebSession, source: str) -> None:
+        """End the session, its unused console tokens and its consoles open here (other
+        brokers close theirs when their next heartbeat finds the session ended)."""
+        await self._blocking.db(self._sessions.end, session.id_hash)
+        await self._blocking.db(self._tokens.revoke_session, session.id_hash)
+        closed = self._tunnels.close_session(session.id_hash)
+        await self._blocking.db(lambda: self._audit.record(
+            actor=session.principal.username, role=roles_text(session.principal),
+            action="logout", target="-", source=source, outcome="ok",
+            detail=f"tunnels closed: {closed}"))
+
+    async def _record(self, actor: str, role: str, source: str, outcome: str) -> None:
+        await self._blocking.db(lambda: self._audit.record(
+            actor=actor, role=role, action="login", target="-", source=source,
+            outcome=outcome))

@@ -1,0 +1,116 @@
+"""The role-by-route table: every route of the app, what it declares, and what each of
+anonymous, staff, helpdesk and admin gets from it -- against the real app (real slapd,
+fake host). A route added without a row here fails the first test."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+
+from broker.access import allows
+from tests.web.conftest import FakeHostBroker, SignedIn
+from vdi.domain import Permission, Principal, Role
+from web.access import Access
+
+WHO = ("anonymous", "staff", "helpdesk", "admin")
+USERS = {"staff": "zhangsan", "helpdesk": "wangwu", "admin": "zhaoliu"}
+ANYONE = {w: True for w in WHO}
+SIGNED_IN = {"anonymous": False, "staff": True, "helpdesk": True, "admin": True}
+HELPDESK_OR_ADMIN = {"anonymous": False, "staff": False, "helpdesk": True, "admin": True}
+
+# (method, path) -> (permission, csrf, origin, who may use it)
+TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool]]] = {
+    ("POST", "/api/session"): (None, False, True, ANYONE),
+    ("GET", "/api/session"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
+    ("DELETE", "/api/session"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
+    ("GET", "/api/pools"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
+    ("POST", "/api/pools/{pool}/connect"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
+    ("POST", "/api/pools/{pool}/logoff"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
+    ("GET", "/api/pools/{pool}/status"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
+    ("POST", "/api/pools/{pool}/still-here"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
+    ("GET", "/api/admin/reclaims"): (Permission.READ_RECLAIMS, False, False,
+                                     HELPDESK_OR_ADMIN),
+    ("GET", "/healthz"): (None, False, False, ANYONE),
+    ("GET", "/"): (None, False, False, ANYONE),
+    ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
+    ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
+    # the one-time token is the websocket's credential (tests/web/test_console.py)
+    ("WS", "/console/{token}"): (None, False, True, ANYONE),
+    ("MOUNT", "/static"): (None, False, False, ANYONE),
+}
+
+
+def declared(routes: list[BaseRoute]) -> dict[tuple[str, str], Access | None]:
+    found: dict[tuple[str, str], Access | None] = {}
+    for r in routes:
+        if isinstance(r, Route):
+            methods = sorted((r.methods or set()) - {"HEAD"})
+            for m in methods:
+                found[(m, r.path)] = getattr(r.endpoint, "access", None)
+        elif isinstance(r, WebSocketRoute):
+            found[("WS", r.path)] = getattr(r.endpoint, "access", None)
+        elif isinstance(r, Mount):
+            found[("MOUNT", r.path)] = Access(None)  # static files: public by nature
+        else:
+            pytest.fail(f"a route of an unknown type: {r!r}")
+    return found
+
+
+def test_every_route_has_a_row_and_declares_what_the_row_says(fake: FakeHostBroker) -> None:
+    found = declared(fake.broker.app.routes)
+    assert set(found) == set(TABLE), (
+        f"routes without a row: {sorted(set(found) - set(TABLE))}; "
+        f"rows without a route: {sorted(set(TABLE) - set(found))}")
+    for key, access in found.items():
+        assert access is not None, f"{key} declares no access (web.access.route)"
+        permission, csrf, origin, _ = TABLE[key]
+        assert (access.permission, access.csrf, access.origin) == (permission, csrf, origin), key
+
+
+def test_the_permission_table_matches_the_route_table() -> None:
+    for key, (permission, _, _, may) in TABLE.items():
+        for who in WHO[1:]:
+            roles = frozenset({Role(who)})
+            p = Principal(username="x", display_name="x", roles=roles, groups=frozenset())
+            want = may[who]
+            got = permission is None or allows(p, permission)
+            assert got == want, f"{who} on {key}: table says {want}"
+
+
+def _path(path: str) -> str:
+    return path.replace("{pool}", "window").replace("{name}", "desktop.js")
+
+
+def _call(client: httpx.Client, method: str, path: str, csrf: str | None) -> httpx.Response:
+    headers = {"X-CSRF-Token": csrf} if csrf else {}
+    if (method, path) == ("POST", "/api/session"):  # wrong password: refused, not forbidden
+        return client.post(path, json={"username": "zhangsan", "password": "nope"})
+    return client.request(method, _path(path), headers=headers, follow_redirects=False)
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) -> None:
+    signed: SignedIn | None = fake.broker.login(USERS[who]) if who != "anonymous" else None
+    client = signed.client if signed else fake.broker.client()
+    for (method, path), (_, csrf, _, may) in TABLE.items():
+        if method in ("WS", "MOUNT") or (method, path) == ("DELETE", "/api/session"):
+            continue  # the websocket is tested with its tokens; logout last, below
+        r = _call(client, method, path, signed.csrf if signed and csrf else None)
+        refused = r.status_code in (401, 403) and r.json().get("error") in (
+            "not_signed_in", "forbidden")
+        redirected = r.status_code == 303 and r.headers["location"] == "/"
+        if may[who]:
+            assert not refused and not redirected, f"{who} {method} {path}: {r.status_code}"
+        elif path.startswith("/desktop/"):
+            assert redirected, f"{who} {method} {path}: {r.status_code}"
+        else:
+            assert refused, f"{who} {method} {path}: {r.status_code} {r.text[:200]}"
+            want = "not_signed_in" if who == "anonymous" else "forbidden"
+            assert r.json()["error"] == want
+        if signed and csrf:  # the same call without the session's CSRF token is refused
+            bare = client.request(method, _path(path))
+            assert bare.status_code == 403 and bare.json()["error"] == "csrf", (method, path)
+    out = client.request("DELETE", "/api/session",
+                         headers={"X-CSRF-Token": signed.csrf} if signed else {})
+    assert out.status_code == (200 if signed else 401)

@@ -1,0 +1,225 @@
+"""The composition root: everything built from Settings, once, in one place.
+
+`Runtime` owns what runs: the database engine, the stores, the use cases the web layer
+gets (`api`), the console signals writer and the pool worker, and their threads. A
+process runs the web app, the worker, or both (`vdi serve --role`); adapters are chosen
+here and imported only when chosen (the real libvirt and directory adapters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import gc
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.activity import TunnelRegistry
+from broker.api import BrokerApi, Health
+from broker.assignment import Assigner
+from broker.blocking import Blocking
+from broker.consoles import Consoles
+from broker.directory import Directory, LdapDirectory
+from broker.idle import IdleNotices
+from broker.portal import Portal
+from broker.reclaims import ReclaimLog
+from broker.sessions import SessionStore
+from broker.signals import ConsoleSignals
+from broker.signin import SignIn
+from broker.throttle import LoginThrottle
+from broker.tokens import TokenStore
+from pools.calls import HostCalls
+from pools.hosts import Host, Limits
+from pools.hypervisor import Hypervisor
+from pools.images import ImageStore
+from pools.worker import PoolWorker
+from vdi.audit import AuditLog
+from vdi.catalog import Catalog
+from vdi.db import make_engine, migrate, session_factory
+from vdi.settings import Settings
+from web.app import App, create_app
+
+log = logging.getLogger(__name__)
+# Collector thresholds for a running broker (generation 0, 1, 2; Python's are 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
+_gc_tuned = False
+
+
+class Role(enum.StrEnum):
+    """What one process runs: several web processes may share one database with one
+    (or more: jobs are leased) worker processes."""
+
+    WEB = "web"
+    WORKER = "worker"
+    BOTH = "both"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    db: sessionmaker[Session]
+    blocking: Blocking
+    directory: Directory
+    calls: HostCalls
+    sessions: SessionStore
+    tokens: TokenStore
+    catalog: Catalog
+    images: ImageStore
+    audit: AuditLog
+    tunnels: TunnelRegistry
+    worker: PoolWorker
+    signals: ConsoleSignals
+    api: BrokerApi
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, role: Role) -> None:
+        tune_garbage_collector()
+        if role in (Role.WORKER, Role.BOTH):
+            self.background.append(asyncio.create_task(self.worker.run()))
+        if role in (Role.WEB, Role.BOTH):
+            self.background.append(asyncio.create_task(self.signals.run()))
+
+    async def stop(self) -> None:
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self.signals.flush)
+        self.calls.close()
+        if isinstance(self.directory, LdapDirectory):
+            self.directory.close()
+        self.blocking.close()
+        self.engine.dispose()
+
+
+def build_runtime(settings: Settings, *, directory: Directory | None = None,
+                  hosts: dict[str, Hypervisor] | None = None) -> Runtime:
+    """Migrate the schema and build everything (nothing runs until start())."""
+    url = settings.effective_database_url
+    migrate(url)
+    engine = make_engine(url)
+    db = session_factory(engine)
+    factory: Callable[[Host], Hypervisor] | None = None
+    if hosts is None:
+        factory = libvirt_factory(settings)
+        hosts = {settings.libvirt_uri: factory(Host(
+            uri=settings.libvirt_uri, name="local", graphics_listen=settings.graphics_listen,
+            storage_pool=settings.storage_pool, storage_dir=str(settings.storage_dir),
+            log_dir=""))}
+    calls = HostCalls(hosts, settings.libvirt_timeout_s, factory=factory)
+    limits = Limits(memory_overcommit=settings.memory_overcommit,
+                    cpu_overcommit=settings.cpu_overcommit,
+                    max_provisioning=settings.max_provisioning_per_host)
+    images = ImageStore(db)
+    blocking = Blocking()
+    directory = directory or LdapDirectory(settings)
+    sessions = SessionStore(db, idle_s=settings.session_idle_s,
+                            absolute_s=settings.session_absolute_s)
+    tokens = TokenStore(db, ttl_s=settings.console_token_ttl_s)
+    assigner = Assigner(db, limits=limits)
+    catalog = Catalog(db)
+    audit = AuditLog(db)
+    tunnels = TunnelRegistry(settings.max_tunnels_per_user)
+    notices = IdleNotices(db)
+    worker = PoolWorker(db, calls, images, domain_prefix=settings.domain_prefix,
+                        interval_s=settings.worker_interval_s,
+                        per_host_parallel=settings.max_provisioning_per_host,
+                        job_lease_s=settings.job_lease_s,
+                        limits=limits,
+                        host_check_interval_s=settings.host_check_interval_s,
+                        down_after_s=settings.host_down_after_s,
+                        reconcile_every_s=settings.reconcile_interval_s,
+                        reclaim_every_s=settings.reclaim_interval_s,
+                        # input reaches the database up to one flush late
+                        signal_lag_s=settings.input_flush_s + 5,
+                        console_stale_s=settings.console_stale_s,
+                        shutdown_grace_s=settings.shutdown_grace_s)
+    wake = worker.wake.set  # a worker in another process polls every worker_interval_s
+    api = BrokerApi(
+        signin=SignIn(blocking=blocking, directory=directory, throttle=LoginThrottle(),
+                      sessions=sessions, tokens=tokens, catalog=catalog, audit=audit,
+                      tunnels=tunnels, role_map=settings.role_map,
+                      directory_deadline_s=settings.ldap_timeout_s * 3 + 1),
+        portal=Portal(blocking=blocking, assigner=assigner, catalog=catalog, notices=notices,
+                      audit=audit, tunnels=tunnels, wake_worker=wake),
+        consoles=Consoles(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
+                          assigner=assigner, notices=notices, audit=audit, tunnels=tunnels,
+                          calls=calls, wake_worker=wake,
+                          vnc_password_valid_s=settings.vnc_password_valid_s,
+                          max_cut_text=settings.max_ws_frame_bytes),
+        reclaims=ReclaimLog(blocking=blocking, db=db, audit=audit),
+        health=Health(blocking, db))
+    return Runtime(settings=settings, engine=engine, db=db, blocking=blocking,
+                   directory=directory, calls=calls, sessions=sessions, tokens=tokens,
+                   catalog=catalog, images=images, audit=audit, tunnels=tunnels,
+                   worker=worker,
+                   signals=ConsoleSignals(db, tunnels, sessions, flush_s=settings.input_flush_s),
+                   api=api)
+
+
+def build_app(settings: Settings, *, directory: Directory | None = None,
+              hosts: dict[str, Hypervisor] | None = None, role: Role = Role.BOTH) -> App:
+    """The web app; its runtime is built and started in the app's lifespan (never at
+    import) and left on `app.state.runtime` for tests and tools."""
+
+    @contextlib.asynccontextmanager
+    async def running() -> AsyncIterator[BrokerApi]:
+        runtime = build_runtime(settings, directory=directory, hosts=hosts)
+        app.state.runtime = runtime
+        await runtime.start(role)
+        log.info("broker ready at %s (%s)", settings.public_url, role.value)
+        try:
+            yield runtime.api
+        finally:
+            await runtime.stop()
+
+    app = create_app(settings, running)
+    return app
+
+
+async def run_worker(settings: Settings) -> None:
+    """The worker alone (`vdi serve --role worker`), until cancelled."""
+    runtime = build_runtime(settings)
+    await runtime.start(Role.WORKER)
+    log.info("worker running")
+    try:
+        await asyncio.gather(*runtime.background)
+    finally:
+        await runtime.stop()
+
+
+def libvirt_factory(settings: Settings) -> Callable[[Host], Hypervisor]:
+    """Adapters for libvirt hosts, from their records (the settings fill what is blank)."""
+
+    def make(host: Host) -> Hypervisor:
+        from pools.libvirt_host import adapter_for  # imported only when the real one is used
+
+        return adapter_for(host, settings)
+
+    return make
+
+
+def tune_garbage_collector() -> None:
+    """Make Python's cycle collector cheaper for a long-running broker (once per process).
+
+    Profiling a login storm (perf on the broker) put 9 % of its CPU in the collector:
+    every 700 allocations it walked young objects, and each full collection walked every
+    object the process holds (modules, SQLAlchemy's compiled caches, ...). `gc.freeze()`
+    after start-up moves what exists then out of the collector's sight for good, and
+    larger thresholds let it run less often: the CPU per login fell by about 20 %.
+    Cycles are still collected, only later; nothing here leaks.
+    """
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -1,0 +1,102 @@
+"""One table from the use cases' refusals to HTTP: status, stable code, the message in
+the user's language, and Retry-After where waiting helps. No route maps errors itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+
+from broker.assignment import (
+    AssignmentError,
+    DesktopNotReady,
+    HostsUnavailable,
+    NoCapacity,
+    NotEntitled,
+    PoolFull,
+    PoolNotFound,
+)
+from broker.directory import DirectoryUnavailable, InvalidCredentials
+from broker.errors import BadRequest, Forbidden, NoAccess, NoDesktop, NotSignedIn, Throttled
+from web.i18n import gettext_for
+
+
+def N_(message: str) -> str:
+    """Marks a string for extraction; translated where the language is known."""
+    return message
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    code: str
+    message: str
+    retry_after: int | None = None
+
+
+NOT_FOUND_POOL = Answer(404, "pool_not_found", N_("No such desktop pool for your account."))
+# Looked up by exact class first, then along the class's ancestry (most specific wins).
+ANSWERS: dict[type[Exception], Answer] = {
+    NotSignedIn: Answer(401, "not_signed_in", N_("Please sign in.")),
+    Forbidden: Answer(403, "forbidden", N_("This needs the admin or helpdesk role.")),
+    BadRequest: Answer(400, "bad_request", N_("The request is malformed.")),
+    InvalidCredentials: Answer(401, "invalid_credentials", N_("Wrong username or password.")),
+    Throttled: Answer(429, "too_many_attempts",
+                      N_("Too many failed sign-ins. Wait a few minutes and try again."), 300),
+    DirectoryUnavailable: Answer(
+        503, "directory_unavailable",
+        N_("The directory is unavailable. Try again shortly or call the helpdesk.")),
+    NoAccess: Answer(403, "no_access",
+                     N_("Your account has no access to this service. Call the helpdesk.")),
+    PoolNotFound: NOT_FOUND_POOL,
+    NotEntitled: NOT_FOUND_POOL,
+    NoDesktop: Answer(404, "no_desktop", N_("You have no desktop in this pool.")),
+    DesktopNotReady: Answer(
+        503, "desktop_starting",
+        N_("A desktop is being prepared for you. This takes a few seconds."), 2),
+    HostsUnavailable: Answer(
+        503, "host_unavailable",
+        N_("The desktop servers are not answering. Try again shortly or call the helpdesk."),
+        10),
+    NoCapacity: Answer(
+        503, "no_capacity",
+        N_("The desktop servers are full. Try again later or call the helpdesk."), 30),
+    PoolFull: Answer(
+        409, "pool_full",
+        N_("No desktop is free in this pool. Try again later or call the helpdesk.")),
+    AssignmentError: Answer(500, "assignment_failed", N_("Could not assign a desktop.")),
+}
+# refusals raised by the access seam itself (web.access) register here too
+ANSWERS_BY_CODE: dict[str, Answer] = {
+    "csrf": Answer(403, "csrf", N_("The request lacks a valid CSRF token.")),
+    "bad_origin": Answer(403, "bad_origin", N_("This page may not sign in here.")),
+}
+# what a BadRequest may say (its message is shown, translated)
+BAD_REQUEST_MESSAGES = (N_("Send a JSON object with username and password."),
+                        N_("hours must be a number."))
+UNKNOWN = Answer(500, "internal_error", N_("Something went wrong. Try again or call the helpdesk."))
+
+
+def answer_for(error: Exception) -> Answer:
+    for cls in type(error).__mro__:
+        if cls in ANSWERS:
+            return ANSWERS[cls]
+    code = getattr(error, "code", None)
+    if isinstance(code, str) and code in ANSWERS_BY_CODE:
+        return ANSWERS_BY_CODE[code]
+    return UNKNOWN
+
+
+def error_response(conn: HTTPConnection, error: Exception) -> JSONResponse:
+    a = answer_for(error)
+    if isinstance(error, BadRequest) and str(error) in BAD_REQUEST_MESSAGES:
+        a = Answer(a.status, a.code, str(error))
+    return json_error(conn, a)
+
+
+def json_error(conn: HTTPConnection, a: Answer) -> JSONResponse:
+    _ = gettext_for(conn).gettext
+    headers = {"Retry-After": str(a.retry_after)} if a.retry_after is not None else None
+    return JSONResponse({"error": a.code, "message": _(a.message)}, status_code=a.status,
+                        headers=headers)
