@@ -37,8 +37,9 @@ class Reclaim:
 
 def read_reclaims(db: sessionmaker[Session], now: datetime, *, hours: float,
                   pool: str | None = None, user: str | None = None,
-                  limit: int = MAX_RECLAIMS) -> list[Reclaim]:
-    """Reclaims of the last `hours`, newest first. Blocks on the database."""
+                  limit: int | None = MAX_RECLAIMS) -> list[Reclaim]:
+    """Reclaims of the last `hours`, newest first (at most `limit`; None: all). Blocks
+    on the database."""
     q = select(ReclaimRow).where(ReclaimRow.at >= now - timedelta(hours=hours))
     if pool:
         q = q.where(ReclaimRow.pool_id == pool)

@@ -1,31 +1,25 @@
 """The `vdi` command: run the broker and manage its records.
 
-This is the composition root: it alone reaches into `web` and `pools.libvirt_host`
-(imported inside the commands that need them), so that `vdi` itself stays free of
-starlette and libvirt.
+The top layer: it parses, calls the admin's operations (broker.admin) and prints. The
+server and the real hosts are imported only by the commands that need them.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import json
 import logging
 import sys
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
-
-from pools.hosts import Host, HostError, HostRegistry
-from vdi.audit import AuditLog
-from vdi.catalog import Catalog, CatalogError
-from vdi.db import make_engine, migrate, rows_changed, session_factory
-from vdi.domain import DesktopState, Pool, PoolKind, utc_now
-from vdi.models import DesktopRow, PoolRow
+from broker.admin import Admin, AdminRefused, PoolChanges
+from broker.reclaims import MAX_HOURS, read_reclaims
+from pools.hosts import Host
+from vdi.catalog import CatalogError
+from vdi.db import make_engine, migrate, session_factory
+from vdi.domain import PoolKind, utc_now
 from vdi.settings import Settings, SettingsError, load_settings
 
 
@@ -132,275 +126,159 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return serve(settings, args.role)
     migrate(url)
     db = session_factory(make_engine(url))
-    catalog = Catalog(db)
     if args.command == "migrate":
         print(f"database schema is current ({url.split('://')[0]})")
-    elif args.command == "image-publish":
-        from pools.hypervisor import HypervisorError
-        from pools.images import ImageStore
-        from pools.libvirt_host import adapter_for
+        return 0
+    admin = Admin(db, actor=f"cli:{getpass.getuser()}")
+    try:
+        return _COMMANDS[args.command](args, settings, admin)
+    except AdminRefused as e:
+        print(f"vdi: {e}", file=sys.stderr)
+        return e.status
 
-        targets = HostRegistry(db).hosts() or [_default_host(settings)]
-        store = ImageStore(db)
-        trial = [catalog.pool(pool_id) for pool_id in args.pool]
-        missing = [pool_id for pool_id, p in zip(args.pool, trial, strict=True) if p is None]
-        if missing:
-            print(f"vdi: no such pool: {', '.join(missing)}", file=sys.stderr)
-            return 2
-        from pools.hypervisor import image_digest
-        from pools.images import ReleaseError
 
-        try:  # one version number for this build on every host
-            version = store.version_for(args.image_id, image_digest(args.source_dir))
-        except FileNotFoundError as e:
-            print(f"vdi: {e} (build the image first)", file=sys.stderr)
-            return 1
-        for record in targets:
-            print(f"publishing {args.image_id} v{version} on {record.name} ({record.uri})...",
-                  flush=True)
-            try:
-                version, files = store.publish(adapter_for(record, settings), args.image_id,
-                                               args.source_dir, version)
-            except (HypervisorError, FileNotFoundError, ReleaseError) as e:
-                print(f"vdi: {record.name}: {e}", file=sys.stderr)
-                return 1
-            print(f"image {args.image_id} v{version} published on {record.name}: "
-                  f"{files.disk_path}")
-        for p in trial:
-            assert p is not None
-            catalog.save_pool(dataclasses.replace(p, image_version=version))
-            print(f"pool {p.id} now runs {args.image_id} v{version} (a trial)")
-            _audit(db, "pool-pin-image", p.id, f"{args.image_id} v{version}")
-        if not trial and not args.no_release and store.released_version(args.image_id) == version:
+def _image_publish(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    from vdi.wiring import libvirt_factory  # the real hosts, only for this command
+
+    for pool_id in args.pool:
+        if admin.catalog.pool(pool_id) is None:
+            raise AdminRefused(f"no such pool: {pool_id}")
+    records = admin.hosts.hosts() or [_default_host(settings)]
+    make = libvirt_factory(settings)
+    version = 0
+    for done in admin.publish_image(args.image_id, args.source_dir,
+                                    [(r, make(r)) for r in records]):
+        version = done.version
+        print(f"image {args.image_id} v{version} published on {done.host.name}: "
+              f"{done.files.disk_path}", flush=True)
+    for pool_id in args.pool:
+        admin.pin_pool(pool_id, args.image_id, version)
+        print(f"pool {pool_id} now runs {args.image_id} v{version} (a trial)")
+    if not args.pool and not args.no_release:
+        if admin.images.released_version(args.image_id) == version:
             print(f"image {args.image_id} v{version} is the released version already")
-        elif not trial and not args.no_release:
-            before = store.release(args.image_id, version, by=_cli_actor())
-            _audit(db, "image-release", args.image_id, f"v{before} -> v{version}")
+        else:
+            before = admin.release_image(args.image_id, version)
             print(f"image {args.image_id} v{version} released"
                   + (f" (was v{before})" if before and before != version else ""))
-    elif args.command == "image-release":
-        from pools.images import ImageStore, ReleaseError
-
-        try:
-            before = ImageStore(db).release(args.image_id, args.version, by=_cli_actor())
-        except ReleaseError as e:
-            print(f"vdi: {e}", file=sys.stderr)
-            return 2
-        _audit(db, "image-release", args.image_id, f"v{before} -> v{args.version}")
-        print(f"image {args.image_id} v{args.version} released (was v{before}); spares are "
-              "replaced now, desktops in use when their clerk logs off")
-    elif args.command == "image-rollback":
-        from pools.images import ImageStore, ReleaseError
-
-        try:
-            was, now = ImageStore(db).rollback(args.image_id, by=_cli_actor())
-        except ReleaseError as e:
-            print(f"vdi: {e}", file=sys.stderr)
-            return 2
-        _audit(db, "image-rollback", args.image_id, f"v{was} -> v{now}")
-        print(f"image {args.image_id} rolled back from v{was} to v{now}")
-    elif args.command == "images":
-        from pools.images import ImageStore
-
-        store = ImageStore(db)
-        for image_id, version, host_uri, published in store.listing():
-            mark = "released" if store.released_version(image_id) == version else ""
-            print(f"{image_id}\tv{version}\t{host_uri}\t{published:%Y-%m-%d %H:%M}\t{mark}")
-    elif args.command == "pool-set":
-        return _pool_set(args, catalog)
-    elif args.command == "pool-policy":
-        return _pool_policy(args, db, catalog)
-    elif args.command == "reclaims":
-        if not 0 < args.hours <= 90 * 24:  # also NaN and infinity
-            print("vdi: --hours: a number of hours, more than 0 and at most 2160",
-                  file=sys.stderr)
-            return 2
-        _print_reclaims(db, args.pool, args.hours)
-    elif args.command == "host-add":
-        registry = HostRegistry(db)
-        try:
-            registry.add(Host(uri=args.uri, name=args.name, graphics_listen=args.graphics_listen,
-                              storage_pool=args.storage_pool, storage_dir=args.storage_dir,
-                              log_dir=args.log_dir, shared_storage=args.shared_storage))
-        except HostError as e:
-            print(f"vdi: {e}", file=sys.stderr)
-            return 2
-        _audit(db, "host-add", args.uri, f"name {args.name}")
-        print(f"host {args.name} saved; the broker asks it for its capacity within seconds "
-              "(publish the images on it with image-publish)")
-    elif args.command == "hosts":
-        for h in HostRegistry(db).hosts():
-            flags = ",".join(f for f, on in (("maintenance", h.maintenance),
-                                             ("shared", h.shared_storage)) if on) or "-"
-            print(f"{h.name}\t{h.status.value}\t{flags}\t{h.memory_mib} MiB\t{h.cpus} CPUs\t"
-                  f"{h.uri}\t{h.error or ''}")
-    elif args.command in ("host-maintenance", "host-drain"):
-        from pools.failover import evacuate
-
-        registry = HostRegistry(db)
-        on = args.command == "host-drain" or args.state == "on"
-        try:
-            host = registry.set_maintenance(args.host, on)
-        except HostError as e:
-            print(f"vdi: {e}", file=sys.stderr)
-            return 2
-        _audit(db, args.command, host.uri, f"maintenance {'on' if on else 'off'}")
-        print(f"host {host.name}: maintenance {'on' if on else 'off'}")
-        if args.command == "host-drain":
-            with db.begin() as s:
-                moves = evacuate(s, host, utc_now(), live=True)
-            print(f"host {host.name}: {moves.migrated} dedicated desktop(s) to live-migrate, "
-                  f"{moves.relocated} spare(s) to remake elsewhere, {moves.waiting} waiting "
-                  "(no shared storage); desktops in use of floating pools move when their "
-                  "clerk logs off. The broker's worker does the moves.")
-    elif args.command == "desktop-remove":
-        from pools.jobs import JobKind, active_job_desktops, enqueue
-
-        with db.begin() as s:
-            row = s.get(DesktopRow, args.desktop_id)
-            if row is None or row.state == DesktopState.DELETED.value:
-                print(f"vdi: no such desktop: {args.desktop_id}", file=sys.stderr)
-                return 2
-            if row.assigned_user and not args.yes:
-                print(f"vdi: desktop {row.id} belongs to {row.assigned_user}; its disk and "
-                      "everything on it would be deleted. Add --yes to do it.", file=sys.stderr)
-                return 2
-            if row.id in active_job_desktops(s):
-                print(f"vdi: desktop {row.id} is being worked on; try again in a minute",
-                      file=sys.stderr)
-                return 2
-            owner, asked_at = row.assigned_user, utc_now()
-            # compare-and-set: a clerk who got this desktop since it was read must not
-            # lose it without the --yes that names them
-            if not rows_changed(s.execute(update(DesktopRow).where(
-                    DesktopRow.id == row.id, DesktopRow.state == row.state,
-                    DesktopRow.assigned_user.is_(None) if owner is None
-                    else DesktopRow.assigned_user == owner).values(
-                    state=DesktopState.RECLAIMING.value, assigned_user=None,
-                            updated_at=asked_at)
-                    .execution_options(synchronize_session=False))):
-                print(f"vdi: desktop {row.id} changed meanwhile (a clerk may have just got "
-                      "it); look again with `vdi desktops` and repeat", file=sys.stderr)
-                return 2
-            enqueue(s, JobKind.REMOVE, row.id, asked_at)
-        _audit(db, "desktop-remove", args.desktop_id, f"held by {owner or 'nobody'}")
-        print(f"desktop {args.desktop_id}: removal queued; the broker deletes its domain and "
-              "disk (the pool makes a new spare if it needs one)")
-    elif args.command == "pools":
-        from pools.worker import pool_spare_level
-
-        for p in catalog.pools():
-            runs = f"v{p.image_version}" if p.image_version else "released"
-            with db() as s:
-                level, _ = pool_spare_level(s, p, utc_now())
-            print(f"{p.id}\t{p.kind.value}\t{p.image} ({runs})\tmin_ready={p.min_ready}\t"
-                  f"max_size={p.max_size}\t{p.display_name}\tspares now: "
-                  f"{min(level.min_ready, p.max_size)} ({level.reason})")
-    elif args.command == "desktops":
-        for d in catalog.desktops():
-            print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"
-                  f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}\t{d.host_uri}\t"
-                  f"{(d.error or '').splitlines()[0] if d.error else ''}")
     return 0
 
 
-def _pool_set(args: argparse.Namespace, catalog: Catalog) -> int:
-    """Create a pool, or change only what the options name: leaving out --kind must
-    never turn a dedicated pool floating (its clerks' disks would be reverted)."""
-    before = catalog.pool(args.pool_id)
-    if before is None and (not args.name or not args.image):
-        print(f"vdi: pool {args.pool_id} is new: --name and --image are needed",
-              file=sys.stderr)
-        return 2
-    base = before or Pool(id=args.pool_id, display_name="", kind=PoolKind.FLOATING, image="",
-                          vcpus=1, memory_mib=256, min_ready=1, max_size=4,
-                          entitled_groups=())
-    changes: dict[str, Any] = {k: v for k, v in {
-        "display_name": args.name, "image": args.image, "vcpus": args.vcpus,
-        "memory_mib": args.memory_mib, "min_ready": args.min_ready,
-        "max_size": args.max_size}.items() if v is not None}
-    if args.kind is not None:
-        changes["kind"] = PoolKind(args.kind)
-    if args.group is not None:
-        changes["entitled_groups"] = tuple(args.group)
-    if args.host is not None:
-        changes["hosts"] = () if args.host == ["any"] else tuple(args.host)
+def _image_release(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    before = admin.release_image(args.image_id, args.version)
+    print(f"image {args.image_id} v{args.version} released (was v{before}); spares are "
+          "replaced now, desktops in use when their clerk logs off")
+    return 0
+
+
+def _image_rollback(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    was, now = admin.rollback_image(args.image_id)
+    print(f"image {args.image_id} rolled back from v{was} to v{now}")
+    return 0
+
+
+def _images(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    for image_id, version, host_uri, published in admin.images.listing():
+        mark = "released" if admin.images.released_version(image_id) == version else ""
+        print(f"{image_id}\tv{version}\t{host_uri}\t{published:%Y-%m-%d %H:%M}\t{mark}")
+    return 0
+
+
+def _pool_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    version: int | None = None
+    follow = False
     if args.image_version is not None:
         if args.image_version == "released":
-            changes["image_version"] = None
+            follow = True
         elif args.image_version.isdigit() and int(args.image_version) > 0:
-            changes["image_version"] = int(args.image_version)
+            version = int(args.image_version)
         else:
-            print("vdi: --image-version: a version number or 'released'", file=sys.stderr)
-            return 2
-    pool = dataclasses.replace(base, **changes)
-    if before is not None and pool.kind != before.kind:
-        held = [d for d in catalog.desktops(pool.id) if d.state is not DesktopState.DELETED]
-        if held:
-            print(f"vdi: pool {pool.id} has {len(held)} desktop(s); it cannot change from "
-                  f"{before.kind.value} to {pool.kind.value} (remove them first with "
-                  "desktop-remove)", file=sys.stderr)
-            return 2
-    catalog.save_pool(pool)
-    print(f"pool {args.pool_id} {'saved' if before else 'created'}")
+            raise AdminRefused("--image-version: a version number or 'released'")
+    changes = PoolChanges(
+        display_name=args.name, image=args.image,
+        kind=PoolKind(args.kind) if args.kind is not None else None, vcpus=args.vcpus,
+        memory_mib=args.memory_mib, min_ready=args.min_ready, max_size=args.max_size,
+        entitled_groups=tuple(args.group) if args.group is not None else None,
+        hosts=(() if args.host == ["any"] else tuple(args.host)) if args.host is not None
+        else None, image_version=version, follow_released=follow)
+    _, created = admin.set_pool(args.pool_id, changes)
+    print(f"pool {args.pool_id} {'created' if created else 'saved'}")
     return 0
 
 
-def _pool_policy(args: argparse.Namespace, db: sessionmaker[Session], catalog: Catalog) -> int:
-    """Show a pool's idle policy and spare levels, or replace them from a file (checked
-    whole first: a file with one wrong value changes nothing)."""
-    from pools.policy_file import PoolPolicy, read_policy_file
-    from pools.reclaim import PolicyError
-    from pools.shifts import ReclaimPolicy
-    from pools.spares import SpareSchedule
-
-    pool = catalog.pool(args.pool_id)
-    if pool is None:
-        print(f"vdi: no such pool: {args.pool_id}", file=sys.stderr)
-        return 2
+def _pool_policy(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
     if args.file is None:
-        with db() as s:
-            row = s.get(PoolRow, pool.id)
-            assert row is not None
-            stored, spares = row.reclaim_policy, row.spare_schedule
-        try:
-            shown = PoolPolicy(ReclaimPolicy.from_json(stored, persistent=pool.persistent),
-                               SpareSchedule.from_json(spares, pool.max_size) if spares
-                               else None)
-        except PolicyError as e:
-            print(f"vdi: pool {pool.id}: the stored policy is unusable ({e}); the broker "
-                  "leaves its desktops alone until a good one is set", file=sys.stderr)
-            return 1
+        shown = admin.pool_policy(args.pool_id)
         print(json.dumps(shown.to_json(), indent=2, ensure_ascii=False))
         return 0
-    try:
-        policy = read_policy_file(args.file, persistent=pool.persistent,
-                                  max_size=pool.max_size)
-    except PolicyError as e:
-        print(f"vdi: {args.file}: {e}", file=sys.stderr)
-        return 2
-    with db.begin() as s:
-        s.execute(update(PoolRow).where(PoolRow.id == pool.id).values(
-            reclaim_policy=policy.reclaim.to_json(),
-            spare_schedule=policy.spares.to_json() if policy.spares else None))
-    _audit(db, "pool-policy", pool.id, f"from {args.file.name}")
-    print(f"pool {pool.id}: idle policy and spare levels saved; the broker applies them "
+    admin.set_pool_policy(args.pool_id, args.file)
+    print(f"pool {args.pool_id}: idle policy and spare levels saved; the broker applies them "
           "within seconds")
     return 0
 
 
-def _print_reclaims(db: sessionmaker[Session], pool_id: str | None, hours: float) -> None:
-    from sqlalchemy import select
+def _reclaims(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    if not 0 < args.hours <= MAX_HOURS:  # also NaN and infinity
+        raise AdminRefused(f"--hours: a number of hours, more than 0 and at most {MAX_HOURS}")
+    for r in read_reclaims(admin.db, utc_now(), hours=args.hours, pool=args.pool, limit=None):
+        print(f"{r.at:%Y-%m-%d %H:%M:%S}\t{r.pool_id}\t{r.desktop_id}\t{r.username}\t"
+              f"{r.action}\t{r.cause}\t{r.shift}\t{r.reason}")
+    return 0
 
-    from vdi.models import ReclaimRow
 
-    q = select(ReclaimRow).where(ReclaimRow.at >= utc_now() - timedelta(hours=hours))
-    if pool_id:
-        q = q.where(ReclaimRow.pool_id == pool_id)
-    with db() as s:
-        for r in s.scalars(q.order_by(ReclaimRow.at.desc())):
-            print(f"{r.at:%Y-%m-%d %H:%M:%S}\t{r.pool_id}\t{r.desktop_id}\t{r.username}\t"
-                  f"{r.action}\t{r.cause}\t{r.shift}\t{r.reason}")
+def _host_add(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    admin.add_host(Host(uri=args.uri, name=args.name, graphics_listen=args.graphics_listen,
+                        storage_pool=args.storage_pool, storage_dir=args.storage_dir,
+                        log_dir=args.log_dir, shared_storage=args.shared_storage))
+    print(f"host {args.name} saved; the broker asks it for its capacity within seconds "
+          "(publish the images on it with image-publish)")
+    return 0
+
+
+def _hosts(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    for h in admin.hosts.hosts():
+        flags = ",".join(f for f, on in (("maintenance", h.maintenance),
+                                         ("shared", h.shared_storage)) if on) or "-"
+        print(f"{h.name}\t{h.status.value}\t{flags}\t{h.memory_mib} MiB\t{h.cpus} CPUs\t"
+              f"{h.uri}\t{h.error or ''}")
+    return 0
+
+
+def _host_maintenance(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    drain = args.command == "host-drain"
+    on = drain or args.state == "on"
+    host, moves = admin.set_maintenance(args.host, on, drain=drain)
+    print(f"host {host.name}: maintenance {'on' if on else 'off'}")
+    if moves is not None:
+        print(f"host {host.name}: {moves.migrated} dedicated desktop(s) to live-migrate, "
+              f"{moves.relocated} spare(s) to remake elsewhere, {moves.waiting} waiting "
+              "(no shared storage); desktops in use of floating pools move when their "
+              "clerk logs off. The broker's worker does the moves.")
+    return 0
+
+
+def _desktop_remove(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    admin.remove_desktop(args.desktop_id, even_if_held=args.yes)
+    print(f"desktop {args.desktop_id}: removal queued; the broker deletes its domain and "
+          "disk (the pool makes a new spare if it needs one)")
+    return 0
+
+
+def _pools(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    for p, level in admin.spare_levels():
+        runs = f"v{p.image_version}" if p.image_version else "released"
+        print(f"{p.id}\t{p.kind.value}\t{p.image} ({runs})\tmin_ready={p.min_ready}\t"
+              f"max_size={p.max_size}\t{p.display_name}\tspares now: "
+              f"{min(level.min_ready, p.max_size)} ({level.reason})")
+    return 0
+
+
+def _desktops(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    for d in admin.catalog.desktops():
+        print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"
+              f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}\t{d.host_uri}\t"
+              f"{(d.error or '').splitlines()[0] if d.error else ''}")
+    return 0
 
 
 def _default_host(settings: Settings) -> Host:
@@ -410,14 +288,11 @@ def _default_host(settings: Settings) -> Host:
                 log_dir="")
 
 
-def _cli_actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
-def _audit(db: sessionmaker[Session], action: str, target: str, detail: str) -> None:
-    AuditLog(db).record(actor=_cli_actor(), role="admin", action=action, target=target,
-                        source="cli", outcome="ok", detail=detail)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+Command = Callable[[argparse.Namespace, Settings, Admin], int]
+_COMMANDS: dict[str, Command] = {
+    "image-publish": _image_publish, "image-release": _image_release,
+    "image-rollback": _image_rollback, "images": _images, "pool-set": _pool_set,
+    "pool-policy": _pool_policy, "reclaims": _reclaims, "host-add": _host_add,
+    "hosts": _hosts, "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,
+    "desktop-remove": _desktop_remove, "pools": _pools, "desktops": _desktops,
+}

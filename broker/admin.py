@@ -1,0 +1,256 @@
+"""The admin's operations on pools, images, hosts and desktops: one place that the `vdi`
+command calls today and the admin API will call tomorrow. Each checks, changes and
+audits; refusals are AdminRefused with a message for the admin."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from pools.failover import Moves, evacuate
+from pools.hosts import Host, HostError, HostRegistry
+from pools.hypervisor import Hypervisor, HypervisorError, ImageFiles, image_digest
+from pools.images import ImageStore, ReleaseError
+from pools.jobs import JobKind, active_job_desktops, enqueue
+from pools.policy_file import PoolPolicy, read_policy_file
+from pools.reclaim import PolicyError
+from pools.shifts import ReclaimPolicy
+from pools.spares import Level, SpareSchedule
+from pools.worker import pool_spare_level
+from vdi.audit import AuditLog
+from vdi.catalog import Catalog
+from vdi.db import rows_changed
+from vdi.domain import DesktopState, Pool, PoolKind, utc_now
+from vdi.models import DesktopRow, PoolRow
+
+
+class AdminRefused(Exception):
+    """The operation was not done; the message says why. `status` is the CLI's exit
+    status (2: the request is wrong; 1: something failed on the way)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PoolChanges:
+    """What pool-set was told; None: leave as it is."""
+
+    display_name: str | None = None
+    image: str | None = None
+    kind: PoolKind | None = None
+    vcpus: int | None = None
+    memory_mib: int | None = None
+    min_ready: int | None = None
+    max_size: int | None = None
+    entitled_groups: tuple[str, ...] | None = None
+    hosts: tuple[str, ...] | None = None  # () : any host
+    image_version: int | None = None
+    follow_released: bool = False  # image_version back to the released one
+
+
+@dataclass(frozen=True)
+class Published:
+    host: Host
+    version: int
+    files: ImageFiles
+
+
+class Admin:
+    def __init__(self, db: sessionmaker[Session], *, actor: str, role: str = "admin",
+                 source: str = "cli", clock: Callable[[], datetime] = utc_now) -> None:
+        self._db = db
+        self._actor = actor
+        self._role = role
+        self._source = source
+        self._clock = clock
+        self.db = db
+        self.catalog = Catalog(db)
+        self.images = ImageStore(db)
+        self.hosts = HostRegistry(db)
+
+    def _audit(self, action: str, target: str, detail: str) -> None:
+        AuditLog(self._db, self._clock).record(
+            actor=self._actor, role=self._role, action=action, target=target,
+            source=self._source, outcome="ok", detail=detail)
+
+    def _pool(self, pool_id: str) -> Pool:
+        pool = self.catalog.pool(pool_id)
+        if pool is None:
+            raise AdminRefused(f"no such pool: {pool_id}")
+        return pool
+
+    # -- images ------------------------------------------------------------------------
+
+    def publish_image(self, image_id: str, source_dir: Path,
+                      targets: list[tuple[Host, Hypervisor]]) -> Iterator[Published]:
+        """Upload a build to every host as one version (the same number everywhere);
+        yields each host as it is done. Raises AdminRefused on the first failure."""
+        try:
+            version = self.images.version_for(image_id, image_digest(source_dir))
+        except FileNotFoundError as e:
+            raise AdminRefused(f"{e} (build the image first)", 1) from e
+        for record, host in targets:
+            try:
+                version, files = self.images.publish(host, image_id, source_dir, version)
+            except (HypervisorError, FileNotFoundError, ReleaseError) as e:
+                raise AdminRefused(f"{record.name}: {e}", 1) from e
+            yield Published(record, version, files)
+
+    def pin_pool(self, pool_id: str, image_id: str, version: int) -> None:
+        """A trial: the pool runs this version whatever is released."""
+        pool = self._pool(pool_id)
+        self.catalog.save_pool(dataclasses.replace(pool, image_version=version))
+        self._audit("pool-pin-image", pool.id, f"{image_id} v{version}")
+
+    def release_image(self, image_id: str, version: int) -> int | None:
+        """Roll a version out; returns the version released before."""
+        try:
+            before = self.images.release(image_id, version, by=self._actor)
+        except ReleaseError as e:
+            raise AdminRefused(str(e)) from e
+        self._audit("image-release", image_id, f"v{before} -> v{version}")
+        return before
+
+    def rollback_image(self, image_id: str) -> tuple[int, int]:
+        try:
+            was, now = self.images.rollback(image_id, by=self._actor)
+        except ReleaseError as e:
+            raise AdminRefused(str(e)) from e
+        self._audit("image-rollback", image_id, f"v{was} -> v{now}")
+        return was, now
+
+    # -- pools -------------------------------------------------------------------------
+
+    def set_pool(self, pool_id: str, changes: PoolChanges) -> tuple[Pool, bool]:
+        """Create a pool, or change only what `changes` names: leaving out the kind must
+        never turn a dedicated pool floating (its clerks' disks would be reverted).
+        Returns (the pool, created)."""
+        before = self.catalog.pool(pool_id)
+        if before is None and (not changes.display_name or not changes.image):
+            raise AdminRefused(f"pool {pool_id} is new: --name and --image are needed")
+        base = before or Pool(id=pool_id, display_name="", kind=PoolKind.FLOATING, image="",
+                              vcpus=1, memory_mib=256, min_ready=1, max_size=4,
+                              entitled_groups=())
+        given: dict[str, Any] = {
+            f.name: getattr(changes, f.name) for f in dataclasses.fields(changes)
+            if f.name != "follow_released" and getattr(changes, f.name) is not None}
+        if changes.follow_released:
+            given["image_version"] = None
+        pool = dataclasses.replace(base, **given)
+        if before is not None and pool.kind != before.kind:
+            held = [d for d in self.catalog.desktops(pool.id)
+                    if d.state is not DesktopState.DELETED]
+            if held:
+                raise AdminRefused(
+                    f"pool {pool.id} has {len(held)} desktop(s); it cannot change from "
+                    f"{before.kind.value} to {pool.kind.value} (remove them first with "
+                    "desktop-remove)")
+        self.catalog.save_pool(pool)
+        self._audit("pool-set", pool.id, "created" if before is None else "changed: "
+                    + ", ".join(sorted(given)))
+        return pool, before is None
+
+    def pool_policy(self, pool_id: str) -> PoolPolicy:
+        """The pool's idle policy and spare levels as stored, defaults filled in."""
+        pool = self._pool(pool_id)
+        with self._db() as s:
+            row = s.get(PoolRow, pool.id)
+            assert row is not None
+            stored, spares = row.reclaim_policy, row.spare_schedule
+        try:
+            return PoolPolicy(ReclaimPolicy.from_json(stored, persistent=pool.persistent),
+                              SpareSchedule.from_json(spares, pool.max_size) if spares
+                              else None)
+        except PolicyError as e:
+            raise AdminRefused(f"pool {pool.id}: the stored policy is unusable ({e}); the "
+                               "broker leaves its desktops alone until a good one is set",
+                               1) from e
+
+    def set_pool_policy(self, pool_id: str, file: Path) -> None:
+        """Replace the pool's policy from a file, checked whole first: a file with one
+        wrong value changes nothing."""
+        pool = self._pool(pool_id)
+        try:
+            policy = read_policy_file(file, persistent=pool.persistent, max_size=pool.max_size)
+        except PolicyError as e:
+            raise AdminRefused(f"{file}: {e}") from e
+        with self._db.begin() as s:
+            s.execute(update(PoolRow).where(PoolRow.id == pool.id).values(
+                reclaim_policy=policy.reclaim.to_json(),
+                spare_schedule=policy.spares.to_json() if policy.spares else None))
+        self._audit("pool-policy", pool.id, f"from {file.name}")
+
+    def spare_levels(self) -> list[tuple[Pool, Level]]:
+        """Each pool with the spare level it should have now, and why."""
+        now = self._clock()
+        out = []
+        for p in self.catalog.pools():
+            with self._db() as s:
+                level, _ = pool_spare_level(s, p, now)
+            out.append((p, level))
+        return out
+
+    # -- hosts -------------------------------------------------------------------------
+
+    def add_host(self, host: Host) -> None:
+        try:
+            self.hosts.add(host)
+        except HostError as e:
+            raise AdminRefused(str(e)) from e
+        self._audit("host-add", host.uri, f"name {host.name}")
+
+    def set_maintenance(self, name: str, on: bool, *, drain: bool = False
+                        ) -> tuple[Host, Moves | None]:
+        """Maintenance on or off; a drain also asks for every desktop to move off (the
+        worker does the moves). Returns the host and, for a drain, the moves asked."""
+        try:
+            host = self.hosts.set_maintenance(name, on or drain)
+        except HostError as e:
+            raise AdminRefused(str(e)) from e
+        self._audit("host-drain" if drain else "host-maintenance", host.uri,
+                    f"maintenance {'on' if on or drain else 'off'}")
+        if not drain:
+            return host, None
+        with self._db.begin() as s:
+            return host, evacuate(s, host, self._clock(), live=True)
+
+    # -- desktops ----------------------------------------------------------------------
+
+    def remove_desktop(self, desktop_id: str, *, even_if_held: bool) -> str | None:
+        """Queue the removal of a desktop (its domain and disk). A desktop a clerk holds
+        is removed only with `even_if_held`. Returns who held it."""
+        with self._db.begin() as s:
+            row = s.get(DesktopRow, desktop_id)
+            if row is None or row.state == DesktopState.DELETED.value:
+                raise AdminRefused(f"no such desktop: {desktop_id}")
+            if row.assigned_user and not even_if_held:
+                raise AdminRefused(
+                    f"desktop {row.id} belongs to {row.assigned_user}; its disk and "
+                    "everything on it would be deleted. Add --yes to do it.")
+            if row.id in active_job_desktops(s):
+                raise AdminRefused(f"desktop {row.id} is being worked on; try again in a "
+                                   "minute")
+            owner, asked_at = row.assigned_user, self._clock()
+            # compare-and-set: a clerk who got this desktop since it was read must not
+            # lose it without the --yes that names them
+            if not rows_changed(s.execute(update(DesktopRow).where(
+                    DesktopRow.id == row.id, DesktopRow.state == row.state,
+                    DesktopRow.assigned_user.is_(None) if owner is None
+                    else DesktopRow.assigned_user == owner).values(
+                    state=DesktopState.RECLAIMING.value, assigned_user=None,
+                    updated_at=asked_at)
+                    .execution_options(synchronize_session=False))):
+                raise AdminRefused(f"desktop {row.id} changed meanwhile (a clerk may have "
+                                   "just got it); look again with `vdi desktops` and repeat")
+            enqueue(s, JobKind.REMOVE, row.id, asked_at)
+        self._audit("desktop-remove", desktop_id, f"held by {owner or 'nobody'}")
+        return owner
