@@ -55,6 +55,7 @@ demo-stop:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: setup lint
 	$(VENV)/bin/pytest -q -ra

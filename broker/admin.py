@@ -91,14 +91,18 @@ class Admin:
     # -- images ------------------------------------------------------------------------
 
     def publish_image(self, image_id: str, source_dir: Path,
-                      targets: list[tuple[Host, Hypervisor]]) -> Iterator[Published]:
-        """Upload a build to every host as one version (the same number everywhere);
-        yields each host as it is done. Raises AdminRefused on the first failure."""
+                      targets: list[tuple[Host, Hypervisor]],
+                      starting: Callable[[Host, int], None] = lambda host, version: None
+                      ) -> Iterator[Published]:
+        """Upload a build to every host as one version (the same number everywhere):
+        `starting` is told before each upload, each host is yielded when done. Raises
+        AdminRefused on the first failure."""
         try:
             version = self.images.version_for(image_id, image_digest(source_dir))
         except FileNotFoundError as e:
             raise AdminRefused(f"{e} (build the image first)", 1) from e
         for record, host in targets:
+            starting(record, version)
             try:
                 version, files = self.images.publish(host, image_id, source_dir, version)
             except (HypervisorError, FileNotFoundError, ReleaseError) as e:

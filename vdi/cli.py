@@ -146,8 +146,10 @@ def _image_publish(args: argparse.Namespace, settings: Settings, admin: Admin) -
     records = admin.hosts.hosts() or [_default_host(settings)]
     make = libvirt_factory(settings)
     version = 0
-    for done in admin.publish_image(args.image_id, args.source_dir,
-                                    [(r, make(r)) for r in records]):
+    for done in admin.publish_image(
+            args.image_id, args.source_dir, [(r, make(r)) for r in records],
+            starting=lambda r, v: print(f"publishing {args.image_id} v{v} on {r.name} "
+                                        f"({r.uri})...", flush=True)):
         version = done.version
         print(f"image {args.image_id} v{version} published on {done.host.name}: "
               f"{done.files.disk_path}", flush=True)
