@@ -1,0 +1,79 @@
+"""Two brokers on one PostgreSQL database, as a district runs them behind a proxy: each
+with its own runtime, engine and console registry (two uvicorn servers), sharing only
+the database. A clerk's console open through broker B closes within seconds when the
+clerk logs out through broker A. Real slapd, real PostgreSQL, a real guest on libvirtd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pools.libvirt_host import LibvirtHost
+from tests.conftest import LIBVIRT_URI, TEST_STORAGE_DIR, TEST_STORAGE_POOL, remove_test_objects
+from tests.ldap_server import SlapdServer
+from tests.pg_server import PgServer
+from tests.web.conftest import RunningBroker, start_broker, wait_for, window_pool
+from tests.web.test_console import CLOSE_BOUND_S, open_console
+
+pytestmark = pytest.mark.real
+
+PREFIX = "vdit-2b-"
+IMAGE_ID = f"{PREFIX}img"
+
+
+@pytest.fixture(scope="module")
+def brokers(tmp_path_factory: pytest.TempPathFactory, slapd: SlapdServer,
+            libvirt_host: LibvirtHost, guest_image: Path
+            ) -> Iterator[tuple[RunningBroker, RunningBroker]]:
+    """Broker A serves web only; broker B serves web and runs the worker."""
+    leftovers = remove_test_objects(PREFIX)
+    assert not leftovers, leftovers
+    tmp = tmp_path_factory.mktemp("two-brokers")
+    started: list[RunningBroker] = []
+    with PgServer() as pg:
+        try:
+            common = {"hosts": {LIBVIRT_URI: libvirt_host}, "libvirt_uri": LIBVIRT_URI,
+                      "storage_pool": TEST_STORAGE_POOL, "storage_dir": TEST_STORAGE_DIR,
+                      "domain_type": "qemu", "domain_prefix": PREFIX,
+                      "database_url": pg.url, "libvirt_timeout_s": 30.0}
+            b = start_broker(tmp / "b", slapd, run_worker=True, **common)
+            started.append(b)
+            a = start_broker(tmp / "a", slapd, run_worker=False, **common)
+            started.append(a)
+            b.publish_image(libvirt_host, IMAGE_ID, guest_image)
+            b.save_pool(window_pool(image=IMAGE_ID, min_ready=1, max_size=1))
+            b.wait_ready("window", timeout_s=90.0)
+            yield a, b
+        finally:
+            for broker in started:
+                broker.stop()
+            problems = remove_test_objects(PREFIX)
+            assert not problems, problems
+
+
+def test_logout_through_one_broker_closes_the_console_on_the_other(
+        brokers: tuple[RunningBroker, RunningBroker]) -> None:
+    a, b = brokers
+    on_b = b.login("zhangsan")
+    rfb = open_console(on_b)
+    try:
+        rfb.handshake()
+        rfb.wait_update()
+        assert len(b.runtime.tunnels.open_for(username="zhangsan")) == 1
+        # the same browser session, its request routed to broker A by the proxy
+        on_a = a.client()
+        on_a.cookies.set(on_b.cookie_header.split("=", 1)[0], on_b.cookie)
+        out = on_a.delete("/api/session", headers={"X-CSRF-Token": on_b.csrf})
+        assert out.status_code == 200, out.text
+        assert not a.runtime.tunnels.open_for()  # A never carried it
+        code = rfb.wait_closed(CLOSE_BOUND_S)
+        assert code == 1008  # closed by the broker: the session ended
+    finally:
+        rfb.ws.close()
+    wait_for(lambda: not b.runtime.tunnels.open_for(), CLOSE_BOUND_S,
+             "broker B to forget the closed console")
+    closed = b.audit(action="console", outcome="closed")
+    assert closed and "session ended" in closed[-1].detail
