@@ -43,6 +43,14 @@ class PoolKind(enum.StrEnum):
     DEDICATED = "dedicated"
 
 
+class ConsoleKind(enum.StrEnum):
+    """The remote-display protocol of a desktop's console: what its domain's graphics
+    element serves and which protocol core the tunnel speaks."""
+
+    VNC = "vnc"
+    SPICE = "spice"
+
+
 @dataclass(frozen=True)
 class Pool:
     id: str
