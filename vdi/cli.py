@@ -1,6 +1,6 @@
 """The `vdi` command: run the broker and manage its records.
 
-This is the composition root: it alone reaches into `web` and `pools.libvirt_host`
+This is the composition root: it alone reaches into `web` and `pools.libvirt`
 (imported inside the commands that need them), so that `vdi` itself stays free of
 starlette and libvirt.
 """
@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "image-publish":
         from pools.hypervisor import HypervisorError
         from pools.images import ImageStore
-        from pools.libvirt_host import adapter_for
+        from pools.libvirt.host import adapter_for
 
         targets = HostRegistry(db).hosts() or [_default_host(settings)]
         store = ImageStore(db)

@@ -29,7 +29,7 @@ from pools.hypervisor import (
     HypervisorError,
     ImageFiles,
 )
-from pools.libvirt_host import LibvirtHost
+from pools.libvirt.host import LibvirtHost
 from tests.conftest import (
     LIBVIRT_LOG_DIR,
     LIBVIRT_URI,
