@@ -1,4 +1,4 @@
-"""The libvirt adapter, the only place in the project that imports libvirt.
+"""The libvirt adapter: the only part of the product that imports libvirt.
 
 `host.LibvirtHost` implements `pools.hypervisor.Hypervisor` on `connection` (one
 connection per thread, libvirt errors as the project's), `storage` (image and disk
