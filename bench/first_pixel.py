@@ -248,7 +248,7 @@ def running_broker(ldap: dict[str, object], spares: int) -> Iterator[Broker]:
 def cleanup_host() -> int:
     """Remove our domains (with their disks and logs) and our image volumes; returns how
     many domains were removed. Touches nothing without our prefixes."""
-    from pools.libvirt_host import LibvirtHost
+    from pools.libvirt.host import LibvirtHost
 
     host = LibvirtHost(LIBVIRT_URI, storage_pool=STORAGE_POOL, storage_dir=STORAGE_DIR,
                        domain_type="qemu")

@@ -4,7 +4,7 @@ host, linked clones against full copies, in the same run, the modes taking turns
 Real parts: libvirtd (`qemu:///system`) with TCG guests (domain type `qemu`), the
 project's guest image (`var/guest`, built by deploy/guest/build-image.sh) published with
 `LibvirtHost.publish_image` into a storage pool of this section's own (`vdi-bench`), and
-`pools.libvirt_host.LibvirtHost.create_desktop`, the call the broker's worker makes per
+`pools.libvirt.host.LibvirtHost.create_desktop`, the call the broker's worker makes per
 new desktop. Domains are named `vdib-prov-*`, the image volumes `vdib-prov-image-*`; both
 are removed afterwards, also after a failure, and a crashed run's leftovers at the start.
 
@@ -50,7 +50,7 @@ from bench.common import Plot, Section, Table, percentile
 from pools.hypervisor import DesktopSpec, HypervisorError, ImageFiles, qcow2_virtual_size
 
 if TYPE_CHECKING:
-    from pools.libvirt_host import LibvirtHost  # imports libvirt: only where a host is used
+    from pools.libvirt.host import LibvirtHost  # imports libvirt: only where a host is used
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = REPO / "var" / "guest"
@@ -310,7 +310,7 @@ class Case:
 
 
 def open_host() -> LibvirtHost:
-    from pools.libvirt_host import LibvirtHost
+    from pools.libvirt.host import LibvirtHost
 
     return LibvirtHost(LIBVIRT_URI, storage_pool=STORAGE_POOL, storage_dir=STORAGE_DIR,
                        domain_type=DOMAIN_TYPE)

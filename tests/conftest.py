@@ -10,7 +10,7 @@ Real parts (session-scoped, shared; they FAIL with the reason when the part cann
   `domain_names`   unique names `vdit-<session>-<label>-<n>` for anything created on the
                    real host; everything carrying this session's prefix is removed at the
                    end of the session (domains, volumes, their logs), nothing else
-  `libvirt_host`   pools.libvirt_host.LibvirtHost on qemu:///system, storage pool
+  `libvirt_host`   pools.libvirt.host.LibvirtHost on qemu:///system, storage pool
                    `vdi-test`, domain type `qemu` (TCG: KVM guests hang on these machines)
   `libvirt_image`  the guest image published to `libvirt_host` (ImageFiles), version 1
 
@@ -31,7 +31,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hypervisor import HostUnavailable, ImageFiles
-from pools.libvirt_host import LibvirtHost
+from pools.libvirt.host import LibvirtHost
 from vdi.db import make_engine, migrate, session_factory
 
 REPO = Path(__file__).resolve().parent.parent

@@ -314,7 +314,7 @@ def exclusive(timeout_s: float = 600) -> Iterator[None]:
 def ensure_libvirt_event_loop() -> None:
     """libvirt's default event loop in a daemon thread, once per process: the broker's
     own (the test's connections and the broker's adapters share it)."""
-    from pools.libvirt_host import ensure_event_loop
+    from pools.libvirt.connection import ensure_event_loop
 
     ensure_event_loop()
 

@@ -46,16 +46,17 @@ class Power(enum.StrEnum):
     SUSPENDED = "suspended"
 
 
-class ConsoleKind(enum.StrEnum):
-    """The remote display protocol of a desktop's console."""
-
-    VNC = "vnc"
-    SPICE = "spice"
-
-
 class PoolKind(enum.StrEnum):
     FLOATING = "floating"
     DEDICATED = "dedicated"
+
+
+class ConsoleKind(enum.StrEnum):
+    """The remote-display protocol of a desktop's console: what its domain's graphics
+    element serves and which protocol core the tunnel speaks."""
+
+    VNC = "vnc"
+    SPICE = "spice"
 
 
 @dataclass(frozen=True)

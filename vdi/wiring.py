@@ -199,7 +199,7 @@ def libvirt_factory(settings: Settings) -> Callable[[Host], Hypervisor]:
     """Adapters for libvirt hosts, from their records (the settings fill what is blank)."""
 
     def make(host: Host) -> Hypervisor:
-        from pools.libvirt_host import adapter_for  # imported only when the real one is used
+        from pools.libvirt.host import adapter_for  # imported only when the real one is used
 
         return adapter_for(host, settings)
 

@@ -97,7 +97,7 @@ def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int,
 
 
 def _destroy_test_domains(prefix: str = PREFIX) -> None:
-    from pools.libvirt_host import LibvirtHost
+    from pools.libvirt.host import LibvirtHost
 
     host = LibvirtHost("qemu:///system", storage_pool="vdi-test",
                        storage_dir=Path("/var/lib/libvirt/images/vdi-test"), domain_type="qemu")

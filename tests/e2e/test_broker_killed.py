@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from pools.libvirt_host import LibvirtHost
+from pools.libvirt.host import LibvirtHost
 from tests.e2e.conftest import REPO, STAFF_GROUP, _broker_env
 from tests.ldap_server import SlapdServer, free_loopback_port
 

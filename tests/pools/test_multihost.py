@@ -54,7 +54,7 @@ from pools.hosts import Host, HostRegistry, HostStatus
 from pools.hypervisor import Hypervisor
 from pools.images import ImageStore
 from pools.jobs import JobKind, JobState
-from pools.libvirt_host import LibvirtHost
+from pools.libvirt.host import LibvirtHost
 from pools.worker import PoolWorker
 from tests.conftest import REPO, ManualClock
 from tests.nshost import (

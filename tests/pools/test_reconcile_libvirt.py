@@ -46,7 +46,7 @@ from pools.calls import HostCalls
 from pools.hypervisor import DesktopSpec, GraphicsEndpoint, Hypervisor
 from pools.images import ImageStore
 from pools.jobs import JobKind, JobState
-from pools.libvirt_host import LibvirtHost
+from pools.libvirt.host import LibvirtHost
 from pools.worker import PoolWorker
 from tests.conftest import (
     LIBVIRT_LOG_DIR,

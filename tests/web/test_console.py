@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 
-from pools.libvirt_host import LibvirtHost
+from pools.libvirt.host import LibvirtHost
 from tests.conftest import (
     LIBVIRT_URI,
     TEST_STORAGE_DIR,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pools.libvirt_host import LibvirtHost
+from pools.hypervisor import Hypervisor
+from pools.libvirt.host import LibvirtHost
 from tests.conftest import LIBVIRT_URI, TEST_STORAGE_DIR, TEST_STORAGE_POOL, remove_test_objects
 from tests.ldap_server import SlapdServer
 from tests.pg_server import PgServer
@@ -35,13 +37,14 @@ def brokers(tmp_path_factory: pytest.TempPathFactory, slapd: SlapdServer,
     started: list[RunningBroker] = []
     with PgServer() as pg:
         try:
-            common = {"hosts": {LIBVIRT_URI: libvirt_host}, "libvirt_uri": LIBVIRT_URI,
+            hosts: dict[str, Hypervisor] = {LIBVIRT_URI: libvirt_host}
+            common: dict[str, Any] = {"libvirt_uri": LIBVIRT_URI,
                       "storage_pool": TEST_STORAGE_POOL, "storage_dir": TEST_STORAGE_DIR,
                       "domain_type": "qemu", "domain_prefix": PREFIX,
                       "database_url": pg.url, "libvirt_timeout_s": 30.0}
-            b = start_broker(tmp / "b", slapd, run_worker=True, **common)
+            b = start_broker(tmp / "b", slapd, hosts=hosts, run_worker=True, **common)
             started.append(b)
-            a = start_broker(tmp / "a", slapd, run_worker=False, **common)
+            a = start_broker(tmp / "a", slapd, hosts=hosts, run_worker=False, **common)
             started.append(a)
             b.publish_image(libvirt_host, IMAGE_ID, guest_image)
             b.save_pool(window_pool(image=IMAGE_ID, min_ready=1, max_size=1))
