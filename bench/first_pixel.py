@@ -38,8 +38,8 @@ from pathlib import Path
 from playwright.sync_api import Browser, sync_playwright
 
 from bench.common import Plot, Section, Table, Target, percentile
-from tests.browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.ldap_server import DEMO_LDIF, SlapdServer, free_loopback_port
+from harness.browser import CHROMIUM, CHROMIUM_FLAGS
+from harness.ldap_server import DEMO_LDIF, SlapdServer, free_loopback_port
 
 REPO = Path(__file__).resolve().parent.parent
 VDI = REPO / ".venv" / "bin" / "vdi"

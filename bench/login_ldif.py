@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from tests.ldap_server import DEMO_LDIF, DEMO_PASSWORD, GROUP_BASE, USER_BASE
+from harness.ldap_server import DEMO_LDIF, DEMO_PASSWORD, GROUP_BASE, USER_BASE
 
 WINDOW_STAFF = f"cn=window-staff,{GROUP_BASE}"
 

@@ -33,7 +33,7 @@ from bench.login_storm import (
     database,
     seed,
 )
-from tests.ldap_server import SlapdServer, free_loopback_port
+from harness.ldap_server import SlapdServer, free_loopback_port
 
 # (label, substrings of a frame's file that put a sample there); first match wins,
 # looking from the innermost frame outwards.

@@ -59,8 +59,8 @@ from sqlalchemy import delete, func, select, update
 from bench.common import Plot, Section, Table, Target, percentile, summary_ms
 from bench.login_client import ClerkResult, clerk_login
 from bench.login_ldif import WINDOW_STAFF, clerk_name, write_clerks_ldif
-from tests.ldap_server import DEMO_PASSWORD, SlapdServer, free_loopback_port
-from tests.pg_server import PgServer
+from harness.ldap_server import DEMO_PASSWORD, SlapdServer, free_loopback_port
+from harness.pg_server import PgServer
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import DesktopState, Pool, PoolKind, utc_now

@@ -74,7 +74,7 @@ from bench.tunnel_report import (
 from bench.tunnel_wire import upstream_chunks
 
 if TYPE_CHECKING:
-    from tests.ldap_server import SlapdServer
+    from harness.ldap_server import SlapdServer
 
 T = TypeVar("T")
 WORKDIR = REPO / "var" / "bench" / "tunnel"
@@ -93,7 +93,7 @@ class Harness:
     numpy_paths: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        from tests.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
+        from harness.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
 
         for package in ("websockify", "numpy"):
             if importlib.util.find_spec(package) is None:

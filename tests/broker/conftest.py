@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.ldap_server import SlapdServer
+from harness.ldap_server import SlapdServer
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,9 @@ import vdi.db as vdi_db
 from broker.assignment import Assigner, PoolFull
 from broker.sessions import SessionStore
 from broker.tokens import TokenRejected, TokenStore
+from harness.pg_server import PgServer
 from tests.broker.test_assignment import add_desktops, clerk, make_pool, race
 from tests.conftest import ManualClock
-from tests.pg_server import PgServer
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
 from vdi.db import alembic_config, make_engine, migrate, session_factory

@@ -25,7 +25,7 @@ from broker.directory import (
     LdapDirectory,
     normalize_dn,
 )
-from tests.ldap_server import (
+from harness.ldap_server import (
     DEMO_PASSWORD,
     GROUP_BASE,
     USER_BASE,

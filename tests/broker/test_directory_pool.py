@@ -18,8 +18,8 @@ import pytest
 
 import broker.directory as directory_module
 from broker.directory import DirectoryUnavailable, InvalidCredentials, LdapDirectory
-from tests.ldap_server import DEMO_PASSWORD, GROUP_BASE, SERVICE_DN, SlapdServer
-from tests.relay import LoopbackRelay
+from harness.ldap_server import DEMO_PASSWORD, GROUP_BASE, SERVICE_DN, SlapdServer
+from harness.relay import LoopbackRelay
 from vdi.settings import Settings
 
 pytestmark = pytest.mark.real

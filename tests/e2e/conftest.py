@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.ldap_server import SlapdServer, free_loopback_port
-from tests.relay import LoopbackRelay
+from harness.browser import CHROMIUM, CHROMIUM_FLAGS
+from harness.ldap_server import SlapdServer, free_loopback_port
+from harness.relay import LoopbackRelay
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from harness.ldap_server import SlapdServer, free_loopback_port
 from pools.libvirt.host import LibvirtHost
 from tests.e2e.conftest import REPO, STAFF_GROUP, _broker_env
-from tests.ldap_server import SlapdServer, free_loopback_port
 
 PREFIX = "vdit-kill-"
 

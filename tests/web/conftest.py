@@ -23,10 +23,10 @@ import uvicorn
 from sqlalchemy import select as sql_select
 from starlette.applications import Starlette
 
+from harness.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
+from harness.relay import LoopbackRelay
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import Hypervisor
-from tests.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
-from tests.relay import LoopbackRelay
 from vdi.domain import Desktop, DesktopState, Pool, PoolKind
 from vdi.models import AuditRow
 from vdi.settings import Settings, load_settings

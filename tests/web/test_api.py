@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 from starlette.routing import Route
 
-from tests.ldap_server import DEMO_PASSWORD, SlapdServer, free_loopback_port
+from harness.ldap_server import DEMO_PASSWORD, SlapdServer, free_loopback_port
 from tests.web.conftest import (
     DOMAIN_PREFIX,
     BrokerFactory,

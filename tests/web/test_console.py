@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 
+from harness.ldap_server import SlapdServer
 from pools.libvirt.host import LibvirtHost
 from tests.conftest import (
     LIBVIRT_URI,
@@ -26,7 +27,6 @@ from tests.conftest import (
     TEST_STORAGE_POOL,
     remove_test_objects,
 )
-from tests.ldap_server import SlapdServer
 from tests.web.conftest import (
     DOMAIN_PREFIX,
     BrokerFactory,

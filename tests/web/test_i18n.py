@@ -9,7 +9,7 @@ import pytest
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po
 
-from tests.ldap_server import DEMO_PASSWORD
+from harness.ldap_server import DEMO_PASSWORD
 from tests.web.conftest import FakeHostBroker
 from web import errors
 from web.i18n import LANG_COOKIE, LOCALE_DIR, translations

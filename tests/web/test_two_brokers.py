@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from harness.ldap_server import SlapdServer
+from harness.pg_server import PgServer
 from pools.hypervisor import Hypervisor
 from pools.libvirt.host import LibvirtHost
 from tests.conftest import LIBVIRT_URI, TEST_STORAGE_DIR, TEST_STORAGE_POOL, remove_test_objects
-from tests.ldap_server import SlapdServer
-from tests.pg_server import PgServer
 from tests.web.conftest import RunningBroker, start_broker, wait_for, window_pool
 from tests.web.test_console import CLOSE_BOUND_S, open_console
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from tests.ldap_server import free_loopback_port
+from harness.ldap_server import free_loopback_port
 
 REPO = Path(__file__).resolve().parent.parent
 PG_DEPLOY = REPO / "deploy" / "postgres"

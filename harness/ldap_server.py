@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.relay import LoopbackRelay
+from harness.relay import LoopbackRelay
 
 REPO = Path(__file__).resolve().parent.parent
 LDAP_DEPLOY = REPO / "deploy" / "ldap"
