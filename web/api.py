@@ -23,7 +23,7 @@ from broker.assignment import (
     PoolFull,
     PoolNotFound,
 )
-from broker.directory import DirectoryUnavailable, InvalidCredentials
+from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
 from broker.roles import entitled, roles_for
 from broker.sessions import WebSession
 from vdi.domain import Desktop, Principal

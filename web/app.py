@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from broker.directory import Directory
+from broker.auth.directory import Directory
 from pools.hypervisor import Hypervisor
 from vdi.settings import Settings
 from web import api, assets, console, idle_api, pages

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.activity import Tunnel, TunnelRegistry
 from broker.assignment import Assigner
-from broker.directory import Directory, DirectoryUnavailable, DirectoryUser, LdapDirectory
+from broker.auth.directory import Directory, DirectoryUnavailable, DirectoryUser
+from broker.auth.ldap import LdapDirectory
 from broker.idle import IdleNotices
 from broker.sessions import SessionStore
 from broker.throttle import LoginThrottle
