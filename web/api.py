@@ -24,6 +24,7 @@ from broker.assignment import (
     PoolNotFound,
 )
 from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
+from broker.auth.throttle import Throttled
 from broker.roles import entitled, roles_for
 from broker.sessions import WebSession
 from vdi.domain import Desktop, Principal
@@ -84,28 +85,32 @@ async def login(request: Request) -> Response:
     if not isinstance(username, str) or not isinstance(password, str):
         return error(request, 400, "bad_request", "Send a JSON object with username and password.")
     username = username.strip()
-    if svc.throttle.blocked(username, source):
+    try:  # counted before the directory is asked, on every broker (broker.auth.throttle)
+        attempt = await svc.db_call(svc.throttle.reserve, username, source)
+    except Throttled as e:
         await svc.db_call(lambda: svc.audit.record(
             actor=username[:128] or "-", role="-", action="login", target="-", source=source,
             outcome="throttled"))
         return error(request, 429, "too_many_attempts",
                      "Too many failed sign-ins. Wait a few minutes and try again.",
-                     headers={"Retry-After": "300"})
+                     headers={"Retry-After": str(e.retry_after_s)})
     try:
         user = await svc.authenticate(username, password)
     except InvalidCredentials:
-        svc.throttle.failed(username, source)
+        attempt.failed()
         await svc.db_call(lambda: svc.audit.record(
             actor=username[:128] or "-", role="-", action="login", target="-", source=source,
             outcome="denied"))
         return error(request, 401, "invalid_credentials", "Wrong username or password.")
     except DirectoryUnavailable as e:
+        await svc.db_call(attempt.cancel)
         log.warning("login: directory unavailable: %s", e)
         await svc.db_call(lambda: svc.audit.record(
             actor=username[:128], role="-", action="login", target="-", source=source,
             outcome="directory_unavailable"))
         return error(request, 503, "directory_unavailable",
                      "The directory is unavailable. Try again shortly or call the helpdesk.")
+    await svc.db_call(attempt.succeeded, user.username)
     roles = roles_for(user.groups, svc.settings.role_map)
     principal = Principal(username=user.username, display_name=user.display_name,
                           roles=roles, groups=user.groups)
@@ -126,7 +131,6 @@ async def login(request: Request) -> Response:
             outcome="no_access"))
         return error(request, 403, "no_access",
                      "Your account has no access to this service. Call the helpdesk.")
-    svc.throttle.succeeded(username)
     svc.audit.written(entry)
     raw, session = opened
     response = JSONResponse(session_body(session))

@@ -20,9 +20,9 @@ from broker.activity import Tunnel, TunnelRegistry
 from broker.assignment import Assigner
 from broker.auth.directory import Directory, DirectoryUnavailable, DirectoryUser
 from broker.auth.ldap import LdapDirectory
+from broker.auth.throttle import LoginThrottle
 from broker.idle import IdleNotices
 from broker.sessions import SessionStore
-from broker.throttle import LoginThrottle
 from broker.tokens import TokenStore
 from pools.calls import HostCalls
 from pools.hosts import Host, Limits
@@ -171,7 +171,7 @@ def build_services(settings: Settings, *, directory: Directory | None = None,
         assigner=Assigner(db, limits=limits), catalog=Catalog(db), images=images,
         audit=AuditLog(db),
         tunnels=TunnelRegistry(settings.max_tunnels_per_user),
-        throttle=LoginThrottle(),
+        throttle=LoginThrottle(db),
         notices=IdleNotices(db),
         worker=PoolWorker(db, calls, images, domain_prefix=settings.domain_prefix,
                           interval_s=settings.worker_interval_s,
