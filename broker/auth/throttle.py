@@ -31,27 +31,31 @@ two-key form in a class of its own, taken in a fixed order so two transactions c
 deadlock); on SQLite the database's write lock (BEGIN IMMEDIATE, vdi.db) serialises all
 writers of every process. The count then sees every reservation committed before it.
 
-The table stays bounded: each reservation deletes up to PRUNE_BATCH rows that have left
-the window (any key; rows another transaction is deleting are skipped, not waited for).
+The table stays bounded: every PRUNE_EVERY-th reservation of a process deletes up to
+PRUNE_BATCH rows that have left the window (any key; rows another transaction is
+deleting are skipped, not waited for).
 Every method BLOCKS on the database: call it from a database thread.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, text
+from sqlalchemy import ColumnElement, and_, delete, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.auth.directory import fold_username
 from vdi.domain import utc_now
 from vdi.models import LoginAttemptRow
 
-# Rows older than the window deleted per reservation: more than the two it adds.
+# Every PRUNE_EVERY-th reservation of a process deletes up to PRUNE_BATCH rows older than
+# the window: more than the 2 * PRUNE_EVERY rows it adds meanwhile.
+PRUNE_EVERY = 8
 PRUNE_BATCH = 100
 # Keys are cut to fit the column; names this long are refused by the directory anyway.
 _KEY_LENGTH = 200
@@ -124,6 +128,7 @@ class LoginThrottle:
         self._limits = {"account": limit, "address": address_limit}
         self._window = timedelta(seconds=window_s)
         self._clock = clock
+        self._reservations = itertools.count()
 
     def reserve(self, username: str, address: str) -> Attempt:
         """Count one attempt for the typed `username` and the client `address`, before
@@ -134,28 +139,29 @@ class LoginThrottle:
         keys = {"account": account_key(username), "address": address_key(address)}
         with self._sessions.begin() as s:
             _lock(s, keys.values())
-            s.execute(delete(LoginAttemptRow).where(LoginAttemptRow.id.in_(
-                select(LoginAttemptRow.id).where(LoginAttemptRow.at <= now - self._window)
-                .order_by(LoginAttemptRow.id).limit(PRUNE_BATCH)
-                .with_for_update(skip_locked=True)))
-                .execution_options(synchronize_session=False))
+            if next(self._reservations) % PRUNE_EVERY == 0:
+                s.execute(delete(LoginAttemptRow).where(LoginAttemptRow.id.in_(
+                    select(LoginAttemptRow.id).where(LoginAttemptRow.at <= now - self._window)
+                    .order_by(LoginAttemptRow.id).limit(PRUNE_BATCH)
+                    .with_for_update(skip_locked=True)))
+                    .execution_options(synchronize_session=False))
+            # at most limit + address_limit rows: a refused attempt adds none
+            recent: dict[str, list[datetime]] = {key: [] for key in keys.values()}
+            for key, at in s.execute(select(LoginAttemptRow.key, LoginAttemptRow.at).where(
+                    LoginAttemptRow.key.in_(list(keys.values())),
+                    LoginAttemptRow.at > now - self._window)):
+                recent[key].append(at)
             for what, key in keys.items():
-                self._check(s, what, key, now)
-            rows = {what: LoginAttemptRow(key=key, at=now) for what, key in keys.items()}
-            s.add_all(rows.values())
-            s.flush()
-            return Attempt(keys["account"], rows["account"].id, rows["address"].id, self)
-
-    def _check(self, s: Session, what: str, key: str, now: datetime) -> None:
-        limit = self._limits[what]
-        recent = s.scalars(select(LoginAttemptRow.at)
-                           .where(LoginAttemptRow.key == key,
-                                  LoginAttemptRow.at > now - self._window)
-                           .order_by(LoginAttemptRow.at.desc()).limit(limit)).all()
-        if len(recent) >= limit:
-            # one more is let through when the limit-th newest leaves the window
-            free_at = recent[-1] + self._window
-            raise Throttled(what, max(1, math.ceil((free_at - now).total_seconds())))
+                times = sorted(recent[key], reverse=True)
+                limit = self._limits[what]
+                if len(times) >= limit:
+                    # one more is let through when the limit-th newest leaves the window
+                    free_at = times[limit - 1] + self._window
+                    raise Throttled(what, max(1, math.ceil((free_at - now).total_seconds())))
+            ids = s.scalars(insert(LoginAttemptRow).returning(
+                LoginAttemptRow.id, sort_by_parameter_order=True),
+                [{"key": keys["account"], "at": now}, {"key": keys["address"], "at": now}]).all()
+            return Attempt(keys["account"], ids[0], ids[1], self)
 
     def _forget(self, keys: Iterable[str], which: ColumnElement[bool]) -> None:
         """Delete the attempts `which` selects, under the locks of `keys` (for Attempt)."""
