@@ -85,8 +85,9 @@ def address_key(address: str) -> str:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One reserved attempt: counted from reserve() on. Call exactly one of failed,
-    succeeded, cancel once the directory has answered (or not)."""
+    """One reserved attempt: counted from reserve() on. Call one of failed, succeeded,
+    cancel once the directory has answered (or not); an attempt left without (the
+    request was cut off) stays counted, as a failure does."""
 
     account_key: str
     account_row: int
@@ -145,7 +146,7 @@ class LoginThrottle:
                     .order_by(LoginAttemptRow.id).limit(PRUNE_BATCH)
                     .with_for_update(skip_locked=True)))
                     .execution_options(synchronize_session=False))
-            # at most limit + address_limit rows: a refused attempt adds none
+            # few rows: a refused attempt adds none, so a key holds about its limit at most
             recent: dict[str, list[datetime]] = {key: [] for key in keys.values()}
             for key, at in s.execute(select(LoginAttemptRow.key, LoginAttemptRow.at).where(
                     LoginAttemptRow.key.in_(list(keys.values())),
