@@ -45,8 +45,10 @@ class HttpConnection:
         self._host = host
 
     @classmethod
-    async def open(cls, host: str, port: int) -> HttpConnection:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def open(cls, host: str, port: int, source: str | None = None) -> HttpConnection:
+        """A connection to host:port, from the local address `source` if given."""
+        reader, writer = await asyncio.open_connection(
+            host, port, local_addr=(source, 0) if source else None)
         return cls(reader, writer, f"{host}:{port}")
 
     async def request(self, method: str, path: str, headers: dict[str, str],
@@ -109,14 +111,15 @@ def _cookie(headers: dict[str, str], name: str) -> str:
 
 
 async def clerk_login(host: str, port: int, origin: str, cookie_name: str, username: str,
-                      password: str, pool: str) -> ClerkResult:
-    """Sign in, list the pools, connect to `pool`: the whole path to a console token.
+                      password: str, pool: str, source: str | None = None) -> ClerkResult:
+    """Sign in, list the pools, connect to `pool`: the whole path to a console token,
+    from the local address `source` (the clerk's thin client) if given.
     Never raises: a failure is recorded in the result's `error`."""
     result = ClerkResult(username, time.perf_counter())
     conn: HttpConnection | None = None
     step = "connect to broker"
     try:
-        conn = await HttpConnection.open(host, port)
+        conn = await HttpConnection.open(host, port, source)
         step = "POST /api/session"
         t = time.perf_counter()
         reply = await conn.request("POST", "/api/session", {

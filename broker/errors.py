@@ -32,12 +32,6 @@ class NoAccess(BrokerError):
     code = "no_access"
 
 
-class Throttled(BrokerError):
-    """Too many sign-in attempts for the account or from the address."""
-
-    code = "too_many_attempts"
-
-
 class NoDesktop(BrokerError):
     """The user holds no desktop in that pool."""
 

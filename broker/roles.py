@@ -1,29 +1,43 @@
-"""Map a user's full group DNs to roles and pool entitlements. Deny by default."""
+"""Map a user's full group DNs to roles and pool entitlements. Deny by default.
+
+Both sides are compared as broker.auth.directory.normalize_dn forms: the directory's
+groups come normalised already; configured DNs (role map, pool entitlements) are
+normalised here, so spelling (case, spaces, `\\,` or `\\2C`) never decides access.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
+from broker.auth.directory import normalize_dn
 from vdi.domain import Pool, Role
 from vdi.settings import RoleMap
 
+log = logging.getLogger(__name__)
 
-def normalise_dn(dn: str) -> str:
-    """Case and spacing around ',' and '=' do not matter in DN comparison here."""
-    parts = [p.strip() for p in dn.split(",")]
-    return ",".join("=".join(s.strip() for s in p.split("=", 1)) for p in parts).lower()
+
+def _normalized(dns: Iterable[str]) -> set[str]:
+    """normalize_dn of each DN; a configured value that is not a DN matches no group
+    (logged: it is a configuration mistake that would otherwise grant nothing silently)."""
+    keys = set()
+    for dn in dns:
+        try:
+            keys.add(normalize_dn(dn))
+        except ValueError as e:
+            log.warning("configured group is ignored: %s", e)
+    return keys
 
 
 def roles_for(groups: Iterable[str], role_map: RoleMap) -> frozenset[Role]:
-    mine = {normalise_dn(g) for g in groups}
+    mine = _normalized(groups)
     roles: set[Role] = set()
     for role, dns in ((Role.ADMIN, role_map.admin), (Role.HELPDESK, role_map.helpdesk),
                       (Role.STAFF, role_map.staff)):
-        if mine & {normalise_dn(d) for d in dns}:
+        if mine & _normalized(dns):
             roles.add(role)
     return frozenset(roles)
 
 
 def entitled(pool: Pool, groups: Iterable[str]) -> bool:
-    mine = {normalise_dn(g) for g in groups}
-    return bool(mine & {normalise_dn(d) for d in pool.entitled_groups})
+    return bool(_normalized(groups) & _normalized(pool.entitled_groups))

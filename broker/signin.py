@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from broker.access import roles_text
 from broker.activity import TunnelRegistry
+from broker.auth.directory import Directory, DirectoryUnavailable, InvalidCredentials
+from broker.auth.throttle import LoginThrottle, Throttled
 from broker.blocking import Blocking
-from broker.directory import Directory, DirectoryUnavailable, InvalidCredentials
-from broker.errors import NoAccess, Throttled
+from broker.errors import NoAccess
 from broker.roles import entitled, roles_for
 from broker.sessions import SessionStore, WebSession
-from broker.throttle import LoginThrottle
 from broker.tokens import TokenStore
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
@@ -60,20 +60,26 @@ class SignIn:
         Every outcome is audited."""
         username = username.strip()
         typed = username[:128] or "-"
-        if self._throttle.blocked(username, source):
+        try:  # counted before the directory is asked (see broker.auth.throttle)
+            attempt = await self._blocking.db(self._throttle.reserve, username, source)
+        except Throttled:
             await self._record(typed, "-", source, "throttled")
-            raise Throttled(username)
+            raise
         try:
             user = await self._blocking.directory(
                 self._directory.authenticate, username, password, deadline_s=self._deadline_s)
         except InvalidCredentials:
-            self._throttle.failed(username, source)
+            attempt.failed()
             await self._record(typed, "-", source, "denied")
             raise
         except (DirectoryUnavailable, TimeoutError) as e:
+            await self._blocking.db(attempt.cancel)  # the password was not checked
             log.warning("login: directory unavailable: %s", e or "no answer in time")
             await self._record(typed, "-", source, "directory_unavailable")
             raise DirectoryUnavailable(str(e) or "directory did not answer in time") from e
+        # the password was right: the account's failures are forgiven even if it turns
+        # out to have no access
+        await self._blocking.db(attempt.succeeded, user.username)
         roles = roles_for(user.groups, self._role_map)
         principal = Principal(username=user.username, display_name=user.display_name,
                               roles=roles, groups=user.groups)
@@ -90,7 +96,6 @@ class SignIn:
         if opened is None:
             await self._record(user.username, "-", source, "no_access")
             raise NoAccess(user.username)
-        self._throttle.succeeded(username)
         self._audit.written(entry)
         cookie, session = opened
         return SignedIn(cookie, session)

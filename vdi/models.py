@@ -244,3 +244,15 @@ class ClaimRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     pool_id: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LoginAttemptRow(Base):
+    """One sign-in attempt counted against one throttle key (broker.auth.throttle): the
+    folded typed user name ("u:...") or the client address ("a:..."). Rows older than
+    the throttle's window are pruned by the throttle itself."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_key_at", "key", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)

@@ -22,16 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.activity import TunnelRegistry
 from broker.api import BrokerApi, Health
 from broker.assignment import Assigner
+from broker.auth.directory import Directory
+from broker.auth.ldap import LdapDirectory
+from broker.auth.throttle import LoginThrottle
 from broker.blocking import Blocking
 from broker.consoles import Consoles
-from broker.directory import Directory, LdapDirectory
 from broker.idle import IdleNotices
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.sessions import SessionStore
 from broker.signals import ConsoleSignals
 from broker.signin import SignIn
-from broker.throttle import LoginThrottle
 from broker.tokens import TokenStore
 from pools.calls import HostCalls
 from pools.hosts import Host, Limits
@@ -143,7 +144,7 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                         shutdown_grace_s=settings.shutdown_grace_s)
     wake = worker.wake.set  # a worker in another process polls every worker_interval_s
     api = BrokerApi(
-        signin=SignIn(blocking=blocking, directory=directory, throttle=LoginThrottle(),
+        signin=SignIn(blocking=blocking, directory=directory, throttle=LoginThrottle(db),
                       sessions=sessions, tokens=tokens, catalog=catalog, audit=audit,
                       tunnels=tunnels, role_map=settings.role_map,
                       directory_deadline_s=settings.ldap_timeout_s * 3 + 1),

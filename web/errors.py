@@ -17,8 +17,9 @@ from broker.assignment import (
     PoolFull,
     PoolNotFound,
 )
-from broker.directory import DirectoryUnavailable, InvalidCredentials
-from broker.errors import BadRequest, Forbidden, NoAccess, NoDesktop, NotSignedIn, Throttled
+from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
+from broker.auth.throttle import Throttled
+from broker.errors import BadRequest, Forbidden, NoAccess, NoDesktop, NotSignedIn
 from web.i18n import gettext_for
 
 
@@ -92,6 +93,8 @@ def error_response(conn: HTTPConnection, error: Exception) -> JSONResponse:
     a = answer_for(error)
     if isinstance(error, BadRequest) and str(error) in BAD_REQUEST_MESSAGES:
         a = Answer(a.status, a.code, str(error))
+    if isinstance(error, Throttled):  # when one more attempt would be let through
+        a = Answer(a.status, a.code, a.message, max(1, error.retry_after_s))
     return json_error(conn, a)
 
 

@@ -206,6 +206,17 @@ def test_five_failures_throttle_the_account_even_with_the_right_password(
     assert len(broker.audit(action="login", outcome="throttled")) == 2
 
 
+def test_spellings_of_one_account_sign_in_as_the_stored_name(fake: FakeHostBroker) -> None:
+    # the directory matches names loosely; the identity is its stored value, never the
+    # typed one: same user in the session, the audit and (so) for desktops
+    broker = fake.broker
+    for typed in ("ZhangSan", "ＺＨＡＮＧＳＡＮ", "\u3000zhangsan"):
+        r = post_login(broker.client(), typed)
+        assert r.status_code == 200, (typed, r.text)
+        assert r.json()["user"]["username"] == "zhangsan"
+    assert [a.actor for a in broker.audit(action="login", outcome="ok")] == ["zhangsan"] * 3
+
+
 def test_a_user_in_no_group_has_no_access(fake: FakeHostBroker) -> None:
     client = fake.broker.client()
     r = post_login(client, "zhouba")

@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from broker.directory import (
+from broker.auth.directory import (
     MAX_GROUP_NESTING,
     Directory,
     DirectoryUnavailable,
     DirectoryUser,
-    FakeDirectory,
     InvalidCredentials,
-    LdapDirectory,
     normalize_dn,
 )
+from broker.auth.fake_directory import FakeDirectory
+from broker.auth.ldap import LdapDirectory
 from harness.ldap_server import (
     DEMO_PASSWORD,
     GROUP_BASE,
@@ -168,13 +168,6 @@ def test_group_nesting_is_bounded() -> None:
     parents = {chain[i]: [chain[i + 1]] for i in range(len(chain) - 1)}
     fake = FakeDirectory({"u": ("pw", "U", [chain[0]])}, parents)
     assert fake.authenticate("u", "pw").groups == set(chain[:MAX_GROUP_NESTING + 1])
-
-
-def test_normalize_dn() -> None:
-    assert normalize_dn("CN=Window-Staff, OU=Groups,DC=District,DC=Example") == \
-        "cn=window-staff,ou=groups,dc=district,dc=example"
-    with pytest.raises(ValueError, match="not a DN"):
-        normalize_dn("window-staff")
 
 
 # ---- real LDAP only --------------------------------------------------------------

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-import broker.directory as directory_module
-from broker.directory import DirectoryUnavailable, InvalidCredentials, LdapDirectory
+import broker.auth.ldap as ldap_module
+from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
+from broker.auth.ldap import LdapDirectory
 from harness.ldap_server import DEMO_PASSWORD, GROUP_BASE, SERVICE_DN, SlapdServer
 from harness.relay import LoopbackRelay
 from vdi.settings import Settings
@@ -103,7 +104,7 @@ def test_the_directory_gone_for_good_is_still_unavailable(relay: CountingRelay,
 
 def test_connections_idle_too_long_are_not_used(relay: CountingRelay, slapd: SlapdServer,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(directory_module, "SERVICE_IDLE_S", 0.5)
+    monkeypatch.setattr(ldap_module, "SERVICE_IDLE_S", 0.5)
     directory = through(relay, slapd)
     directory.authenticate("zhangsan", DEMO_PASSWORD)
     time.sleep(0.7)

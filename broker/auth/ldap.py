@@ -1,18 +1,5 @@
-"""The staff directory: who may log in, under which name, in which groups.
-
-`Directory` is the one-method interface the rest of the broker uses. `LdapDirectory` is
-the real adapter and the only module in the repository that imports ldap3;
-`FakeDirectory` is an in-memory one for fast tests. The same contract tests run against
-both (tests/broker/test_directory.py), the real one against a real slapd.
-
-`authenticate` BLOCKS on network I/O: call it from a worker thread, never from the
-event loop. Errors come out as this module's exceptions only:
-
-- `InvalidCredentials`: the caller shows one generic message, whatever the `reason`
-  (unknown user, wrong password, blank input, ambiguous match...). `reason` is for
-  logs and the audit trail, never for the person at the login form.
-- `DirectoryUnavailable`: the directory cannot answer (down, refusing, hanging, TLS
-  failure, misconfiguration); the caller answers 503 and falls back to nothing.
+"""LdapDirectory: the staff directory on an LDAP server. The only module of the product
+that imports ldap3; its errors are translated into broker.auth.directory's here.
 
 ldap3's defaults are unsafe (docs/security.md, "LDAP"); what this adapter does instead:
 blank input is refused before any traffic (an empty password is an "unauthenticated
@@ -23,6 +10,10 @@ carried a user's bind is never used again); referrals are not followed; certific
 verified; plaintext ldap:// is allowed to loopback only; every socket has a timeout and
 each call has an overall deadline; each URL is tried once, with no retry loop.
 
+The identity is the directory's: the server matches a typed name loosely (case, Unicode
+compatibility forms, spaces), and the user comes back under the entry's one stored value
+of the user attribute, never under the typed spelling.
+
 The service account's connections are kept bound between calls (a small pool, one
 connection per thread at a time): a login then costs one TCP connection and bind (the
 user's), not two. A kept connection that the server dropped while idle is replaced once
@@ -31,7 +22,6 @@ within the same call, inside its deadline.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import math
@@ -40,29 +30,31 @@ import re
 import ssl
 import threading
 import time
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_errors
 from ldap3.core.results import RESULT_SIZE_LIMIT_EXCEEDED, RESULT_SUCCESS
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
 
+from broker.auth.directory import (
+    DirectoryError,
+    DirectoryUnavailable,
+    DirectoryUser,
+    InvalidCredentials,
+    check_credentials_shape,
+    normalize_dn,
+    resolve_nested_groups,
+)
 from vdi.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MAX_USERNAME_LENGTH = 64
-MAX_PASSWORD_LENGTH = 1024
-# Levels of group-in-group nesting followed above a user's direct groups.
-MAX_GROUP_NESTING = 10
 # One authenticate() call gets this many ldap_timeout_s in total, on top of each
 # operation's own timeout (a call makes 4 round trips or more).
 DEADLINE_FACTOR = 2.0
@@ -72,8 +64,6 @@ _MEMBERS_PER_QUERY = 50
 # (firewalls and servers drop idle connections; an old one is closed rather than tried).
 SERVICE_POOL_SIZE = 16
 SERVICE_IDLE_S = 60.0
-# Unicode categories refused in usernames: control, format (zero-width, bidi), surrogate.
-_BAD_USERNAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")
 _LOOPBACK_NAMES = frozenset({"localhost"})
 # Bind results that mean "these credentials are not valid" rather than "server trouble".
@@ -83,153 +73,9 @@ _BAD_CREDENTIALS = (
 )
 
 
-@dataclass(frozen=True)
-class DirectoryUser:
-    username: str  # as the directory spells it, not as typed
-    dn: str
-    display_name: str
-    groups: frozenset[str]  # normalize_dn() of every group, nested groups resolved
-
-
-class DirectoryError(Exception):
-    """Base of everything this module raises."""
-
-
-class InvalidCredentials(DirectoryError):
-    """Login refused. str() is the same generic text for every cause; see `reason`."""
-
-    def __init__(self, reason: str = "") -> None:
-        super().__init__("invalid username or password")
-        self.reason = reason
-
-
-class DirectoryUnavailable(DirectoryError):
-    """The directory could not give an answer; the message says why, for operators."""
-
-
 class _ConnectionFailed(DirectoryUnavailable):
     """The connection itself failed (socket error, timeout, hang-up), not the server's
     answer: a kept connection failing this way is replaced and the step tried again."""
-
-
-class Directory(Protocol):
-    def authenticate(self, username: str, password: str) -> DirectoryUser:
-        """Check the password and return the user with all their groups.
-
-        BLOCKS (run in a worker thread). Raises InvalidCredentials or
-        DirectoryUnavailable; never returns a user for blank input.
-        """
-        ...
-
-
-def normalize_dn(dn: str) -> str:
-    """The form in which group DNs are compared: RFC 4514 syntax, lower-cased.
-
-    Also use it on configured DNs (role map) so both sides match. Tolerates spaces
-    after separators ("cn=a, ou=b"). Raises ValueError if `dn` is not a DN.
-    """
-    text = dn.strip()
-    try:
-        parts = parse_dn(text)
-    except ldap_errors.LDAPInvalidDnError:
-        try:
-            parts = parse_dn(re.sub(r"(?<!\\)([,+])\s+", r"\1", text))
-        except ldap_errors.LDAPInvalidDnError as e:
-            raise ValueError(f"not a DN: {dn!r} ({e})") from e
-    if not parts:
-        raise ValueError("empty DN")
-    return "".join(f"{attr.strip().lower()}={value.lower()}{sep}" for attr, value, sep in parts)
-
-
-def check_credentials_shape(username: str, password: str) -> None:
-    """Refuse input that must never reach the directory. Raises InvalidCredentials."""
-    if not username.strip():
-        raise InvalidCredentials("blank username")
-    if not password.strip():
-        raise InvalidCredentials("blank password")
-    if len(username) > MAX_USERNAME_LENGTH:
-        raise InvalidCredentials("username too long")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidCredentials("password too long")
-    if any(unicodedata.category(c) in _BAD_USERNAME_CATEGORIES for c in username):
-        raise InvalidCredentials("control or format character in username")
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidCredentials("password is not valid Unicode") from None
-
-
-def _fold(username: str) -> str:
-    """Approximates LDAP caseIgnoreMatch (case and insignificant spaces)."""
-    return " ".join(username.split()).casefold()
-
-
-def resolve_nested_groups(
-    direct: Iterable[str], parents_of: Callable[[list[str]], Iterable[str]]
-) -> frozenset[str]:
-    """All groups reachable from `direct` through `parents_of`, as normalize_dn() forms.
-
-    `parents_of(dns)` returns the DNs of the groups that have any of `dns` as a member.
-    Cycle-safe; follows at most MAX_GROUP_NESTING levels above the direct groups.
-    """
-    found: set[str] = set()
-    frontier: list[str] = []
-    for dn in direct:
-        key = normalize_dn(dn)
-        if key not in found:
-            found.add(key)
-            frontier.append(dn)
-    for _level in range(MAX_GROUP_NESTING):
-        if not frontier:
-            break
-        parents = parents_of(frontier)
-        frontier = []
-        for dn in parents:
-            key = normalize_dn(dn)
-            if key not in found:
-                found.add(key)
-                frontier.append(dn)
-    else:
-        if frontier:
-            log.warning("groups nested deeper than %d levels were ignored: %s",
-                        MAX_GROUP_NESTING, sorted(frontier))
-    return frozenset(found)
-
-
-_NO_GROUPS: Mapping[str, Iterable[str]] = MappingProxyType({})
-
-
-class FakeDirectory:
-    """In-memory directory with the same contract as LdapDirectory.
-
-    users: username -> (password, display name, DNs of the groups it is a direct member
-    of); groups: group DN -> DNs of the groups that group is itself a member of.
-    Usernames match the way LDAP's uid does (case and surrounding spaces ignored).
-    """
-
-    def __init__(self, users: Mapping[str, tuple[str, str, Iterable[str]]],
-                 groups: Mapping[str, Iterable[str]] = _NO_GROUPS, *,
-                 user_base: str = "ou=people,dc=fake,dc=invalid") -> None:
-        self._users = {
-            _fold(name): (name, password, display, tuple(direct))
-            for name, (password, display, direct) in users.items()
-        }
-        self._parents = {normalize_dn(g): tuple(parents) for g, parents in groups.items()}
-        self._user_base = user_base
-
-    def authenticate(self, username: str, password: str) -> DirectoryUser:
-        check_credentials_shape(username, password)
-        record = self._users.get(_fold(username))
-        if record is None:
-            raise InvalidCredentials("unknown user")
-        name, expected, display, direct = record
-        if not hmac.compare_digest(expected.encode(), password.encode()):
-            raise InvalidCredentials("wrong password")
-        groups = resolve_nested_groups(direct, self._parents_of)
-        return DirectoryUser(name, f"uid={name},{self._user_base}", display, groups)
-
-    def _parents_of(self, dns: list[str]) -> list[str]:
-        return [p for dn in dns for p in self._parents.get(normalize_dn(dn), ())]
 
 
 @dataclass(frozen=True)
@@ -502,7 +348,8 @@ class LdapDirectory:
                             tls=tls, get_info=ldap3.NONE, connect_timeout=connect_timeout)
 
     def _find_user(self, conn: Any, username: str, deadline: _Deadline) -> tuple[str, str, str]:
-        """(username as stored, DN, display name) of the one entry matching `username`."""
+        """(the entry's one stored value of the user attribute, DN, display name) of the
+        one entry the directory matches with `username`, however it was spelled."""
         attr = self._user_attr
         search_filter = f"(&(objectClass=inetOrgPerson)({attr}={escape_filter_chars(username)}))"
         with _translated("user search"):
@@ -521,7 +368,14 @@ class LdapDirectory:
         if not entries:
             raise InvalidCredentials("unknown user")
         entry = entries[0]
-        name = next((v for v in _values(entry, attr) if _fold(v) == _fold(username)), username)
+        stored = _values(entry, attr)
+        if len(stored) != 1:
+            # several values would give one account several identities (one per value
+            # typed); none readable would leave only the typed spelling: refuse both
+            log.warning("%s of %s has %d values; the identity needs exactly one", attr,
+                        entry["dn"], len(stored))
+            raise InvalidCredentials(f"entry has {len(stored)} values of {attr}")
+        name = stored[0]
         display = next(iter(_values(entry, "displayName") + _values(entry, "cn")), name)
         return name, str(entry["dn"]), display
 
@@ -562,16 +416,3 @@ def _is_ip(host: str) -> bool:
         return False
     return True
 
-
-__all__ = [
-    "Directory",
-    "DirectoryError",
-    "DirectoryUnavailable",
-    "DirectoryUser",
-    "FakeDirectory",
-    "InvalidCredentials",
-    "LdapDirectory",
-    "check_credentials_shape",
-    "normalize_dn",
-    "resolve_nested_groups",
-]
