@@ -27,6 +27,7 @@ class WebSession:
     principal: Principal
     csrf: str
     created_at: datetime
+    checked_at: datetime  # when the directory last confirmed the user (see SignIn)
 
 
 class SessionStore:
@@ -47,7 +48,8 @@ class SessionStore:
                          display_name=principal.display_name,
                          roles=sorted(r.value for r in principal.roles),
                          groups=sorted(principal.groups), csrf=secrets.token_urlsafe(24),
-                         source=source[:64], created_at=now, last_seen_at=now)
+                         source=source[:64], created_at=now, last_seen_at=now,
+                         checked_at=now)
         with self._sessions.begin() as s:
             s.add(row)
             if audit is not None:
@@ -93,6 +95,31 @@ class SessionStore:
                         and now - row.last_seen_at <= self._idle
                         and now - row.created_at <= self._absolute)
 
+    def confirm(self, session: WebSession, principal: Principal) -> WebSession | None:
+        """The directory confirmed the user: store their roles and groups as of now.
+        None when the session ended meanwhile."""
+        now = self._clock()
+        with self._sessions.begin() as s:
+            row = s.get(SessionRow, session.id_hash)
+            if row is None or row.ended_at is not None:
+                return None
+            row.display_name = principal.display_name
+            row.roles = sorted(r.value for r in principal.roles)
+            row.groups = sorted(principal.groups)
+            row.checked_at = now
+            return _to_session(row)
+
+    def unchecked_among(self, id_hashes: Iterable[str], since: datetime) -> list[WebSession]:
+        """Those live sessions among the given that the directory has not confirmed
+        since `since`."""
+        wanted = list(set(id_hashes))
+        if not wanted:
+            return []
+        with self._sessions() as s:
+            return [_to_session(r) for r in s.scalars(select(SessionRow).where(
+                SessionRow.id_hash.in_(wanted), SessionRow.ended_at.is_(None),
+                SessionRow.checked_at < since))]
+
     def live_among(self, id_hashes: Iterable[str]) -> set[str]:
         """Those of the given sessions that are still live (one query): a broker's
         heartbeat closes the consoles of sessions ended through another broker."""
@@ -127,4 +154,4 @@ def _to_session(row: SessionRow) -> WebSession:
                           roles=frozenset(Role(r) for r in row.roles),
                           groups=frozenset(row.groups))
     return WebSession(id_hash=row.id_hash, principal=principal, csrf=row.csrf,
-                      created_at=row.created_at)
+                      created_at=row.created_at, checked_at=row.checked_at)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from sqlalchemy import or_, select, update
@@ -25,11 +25,13 @@ SESSION_ENDED = ""  # a kick without a reason for the page: the session is gone
 class ConsoleSignals:
     def __init__(self, db: sessionmaker[Session], tunnels: TunnelRegistry,
                  sessions: SessionStore, *, flush_s: float,
+                 after_round: Callable[[], Awaitable[None]] | None = None,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._db = db
         self._tunnels = tunnels
         self._sessions = sessions
         self._flush_s = flush_s
+        self._after_round = after_round  # e.g. re-check the users of open consoles
         self._clock = clock
 
     async def run(self) -> None:
@@ -46,6 +48,11 @@ class ConsoleSignals:
                     tunnel.close()
                 else:
                     self._tunnels.kick(tunnel, because)
+            if self._after_round is not None:
+                try:
+                    await self._after_round()
+                except Exception:  # the next round tries again
+                    log.exception("after the console signals round")
 
     def flush(self) -> list[tuple[Tunnel, str]]:
         """Write the consoles' input times and their heartbeat (still open, as of now);

@@ -7,7 +7,9 @@ directory returns, never the string as typed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from broker.access import roles_text
 from broker.activity import TunnelRegistry
@@ -20,7 +22,7 @@ from broker.sessions import SessionStore, WebSession
 from broker.tokens import TokenStore
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
-from vdi.domain import Principal
+from vdi.domain import Principal, utc_now
 from vdi.settings import RoleMap
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ class SignIn:
     def __init__(self, *, blocking: Blocking, directory: Directory, throttle: LoginThrottle,
                  sessions: SessionStore, tokens: TokenStore, catalog: Catalog,
                  audit: AuditLog, tunnels: TunnelRegistry, role_map: RoleMap,
-                 directory_deadline_s: float) -> None:
+                 directory_deadline_s: float, recheck_s: float,
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
         self._directory = directory
         self._throttle = throttle
@@ -47,12 +50,74 @@ class SignIn:
         self._tunnels = tunnels
         self._role_map = role_map
         self._deadline_s = directory_deadline_s
+        self._recheck = timedelta(seconds=recheck_s)
+        self._clock = clock
 
-    async def session(self, cookie: str | None) -> WebSession | None:
-        """The live session behind a cookie value, or None."""
+    async def session(self, cookie: str | None, *, fresh: bool = False) -> WebSession | None:
+        """The live session behind a cookie value, or None. Its user is re-checked with
+        the directory when the last check is older than the re-check bound, or always
+        with `fresh` (a console grant): a user gone from the directory, or left with no
+        role and no pool, loses the session here."""
         if not cookie:
             return None
-        return await self._blocking.db(self._sessions.get, cookie)
+        session = await self._blocking.db(self._sessions.get, cookie)
+        if session is None:
+            return None
+        if fresh or self._clock() - session.checked_at >= self._recheck:
+            return await self.recheck(session)
+        return session
+
+    async def recheck(self, session: WebSession) -> WebSession | None:
+        """Ask the directory about the session's user now: the session with the roles
+        and groups as they are, or None (ended: account gone or no access left). While
+        the directory does not answer, the session is kept as it was (a directory
+        outage must not throw every clerk out) and asked again next time."""
+        who = session.principal
+        try:
+            user = await self._blocking.directory(self._directory.lookup, who.username,
+                                                  deadline_s=self._deadline_s)
+        except (DirectoryUnavailable, TimeoutError) as e:
+            log.warning("re-check of %s postponed: %s", who.username, e or "no answer")
+            return session
+        principal = None
+        if user is not None:
+            roles = roles_for(user.groups, self._role_map)
+            principal = Principal(username=user.username, display_name=user.display_name,
+                                  roles=roles, groups=user.groups)
+
+        def confirm_or_end() -> WebSession | None:  # one trip to a database thread
+            if principal is not None and (principal.roles or any(
+                    entitled(p, principal.groups) for p in self._catalog.pools())):
+                return self._sessions.confirm(session, principal)
+            self._sessions.end(session.id_hash)
+            self._tokens.revoke_session(session.id_hash)
+            return None
+
+        kept = await self._blocking.db(confirm_or_end)
+        if kept is None:
+            closed = self._tunnels.close_session(session.id_hash)
+            why = "gone from the directory" if user is None else "no role or pool left"
+            await self._blocking.db(lambda: self._audit.record(
+                actor=who.username, role=roles_text(who), action="session-end", target="-",
+                source="directory", outcome="ok", detail=f"{why}; tunnels closed: {closed}"))
+        elif kept.principal.roles != who.roles or kept.principal.groups != who.groups:
+            await self._blocking.db(lambda: self._audit.record(
+                actor=who.username, role=roles_text(kept.principal), action="session-roles",
+                target="-", source="directory", outcome="ok",
+                detail=f"roles were {roles_text(who)}"))
+        return kept
+
+    async def recheck_consoles(self) -> None:
+        """Re-check the users of the consoles open here whose check is older than the
+        bound: a clerk removed from the directory loses an open console within it even
+        if their page asks nothing."""
+        hashes = {t.session_hash for t in self._tunnels.open_for()}
+        if not hashes:
+            return
+        due = await self._blocking.db(self._sessions.unchecked_among, hashes,
+                                      self._clock() - self._recheck)
+        for session in due:
+            await self.recheck(session)
 
     async def sign_in(self, username: str, password: str, source: str) -> SignedIn:
         """Check the password with the directory and open a session. Raises Throttled,

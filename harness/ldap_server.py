@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
 import socket
 import ssl
@@ -42,6 +43,11 @@ GROUP_BASE = f"ou=groups,{BASE_DN}"
 SERVICE_DN = f"cn=broker,ou=services,{BASE_DN}"
 SERVICE_PASSWORD = "broker-secret"
 DEMO_PASSWORD = "demo2026"
+
+
+# deploy/ldap/start-slapd.sh's rootdn and its default password (test servers only)
+ROOT_DN = "cn=admin,dc=district,dc=example"
+ROOT_PASSWORD = "admin-secret"
 
 
 class SlapdError(RuntimeError):
@@ -95,6 +101,16 @@ class SlapdServer:
         values.update(changes)
         return values
 
+    def modify(self, ldif: str) -> None:
+        """Change the directory as its administrator would (ldapmodify, LDIF change
+        records). Raises SlapdError with ldapmodify's output when it refuses."""
+        result = subprocess.run(
+            ["ldapmodify", "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD],
+            input=ldif, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=self._timeout_s, check=False)
+        if result.returncode != 0:
+            raise SlapdError(f"ldapmodify failed ({result.returncode}): {result.stdout}")
+
     def stop(self) -> None:
         """Stop slapd and delete its directory. Idempotent."""
         if not self.run_dir.exists():
@@ -108,7 +124,8 @@ class SlapdServer:
         try:
             return subprocess.run(
                 [str(LDAP_DEPLOY / name), *args], stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, timeout=self._timeout_s, check=False)
+                stderr=subprocess.STDOUT, text=True, timeout=self._timeout_s, check=False,
+                env={**os.environ, "SLAPD_ROOT_PASSWORD": ROOT_PASSWORD})
         except subprocess.TimeoutExpired as e:
             raise SlapdError(f"{name} did not finish in {self._timeout_s} s: {e.output}") from e
 

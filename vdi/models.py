@@ -189,6 +189,8 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # when the directory last confirmed the user's account and groups (sign-in, re-check)
+    checked_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ConsoleTokenRow(Base):

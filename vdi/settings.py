@@ -64,6 +64,9 @@ class Settings:
     # sessions and console
     session_idle_s: int = 8 * 3600
     session_absolute_s: int = 12 * 3600
+    # how long a session's roles and groups are trusted before the directory is asked
+    # again (also asked at every console grant); a user gone from it loses the session
+    session_recheck_s: int = 300
     console_token_ttl_s: int = 60
     max_tunnels_per_user: int = 4
     max_ws_frame_bytes: int = 1 << 20

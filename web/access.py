@@ -40,12 +40,14 @@ class Access:
     """What a route needs. `permission` None: anyone (the handler may still look for a
     session). `csrf`: a state change, the session's token must come in X-CSRF-Token.
     `origin`: the Origin header must be on the allow-list (sign-in, websockets).
-    `redirect`: a page sends the signed-out browser there instead of a JSON 401."""
+    `redirect`: a page sends the signed-out browser there instead of a JSON 401.
+    `fresh`: the directory is asked about the user now, not only every few minutes."""
 
     permission: Permission | None
     csrf: bool = False
     origin: bool = False
     redirect: str | None = None
+    fresh: bool = False
 
 
 PUBLIC = Access(None)
@@ -98,7 +100,8 @@ async def admit(request: Request, access: Access) -> Call:
         raise BadOrigin()
     session = None
     if access.permission is not None:
-        session = await api.signin.session(request.cookies.get(cookie_name(settings)))
+        session = await api.signin.session(request.cookies.get(cookie_name(settings)),
+                                           fresh=access.fresh)
         if session is None:
             raise NotSignedIn()
         if not allows(session.principal, access.permission):

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from broker.api import DatabaseDown
 from broker.errors import BadRequest
 from broker.sessions import WebSession
+from vdi.domain import Permission
 from web.access import (
     CHANGE,
     PUBLIC,
@@ -25,6 +26,8 @@ from web.access import (
 
 MAX_BODY = 4096
 LOGIN = Access(None, origin=True)
+# a console is granted only to a user the directory confirms now
+GRANT = Access(Permission.SIGNED_IN, csrf=True, fresh=True)
 
 
 def session_body(session: WebSession) -> dict[str, Any]:
@@ -105,7 +108,7 @@ routes: list[Route] = [
     route("/api/session", "GET", READ, whoami),
     route("/api/session", "DELETE", CHANGE, logout),
     route("/api/pools", "GET", READ, list_pools),
-    route("/api/pools/{pool}/connect", "POST", CHANGE, connect),
+    route("/api/pools/{pool}/connect", "POST", GRANT, connect),
     route("/api/pools/{pool}/logoff", "POST", CHANGE, log_off),
     route("/healthz", "GET", PUBLIC, healthz),
 ]

@@ -84,6 +84,15 @@ class Directory(Protocol):
         """
         ...
 
+    def lookup(self, username: str) -> DirectoryUser | None:
+        """The user as the directory has them now (account and all groups), found with
+        the service account; None when the account is gone. Used to re-check a
+        session's user without their password.
+
+        BLOCKS (run in a worker thread). Raises DirectoryUnavailable.
+        """
+        ...
+
 
 def fold_username(name: str) -> str:
     """The key under which a directory matches user names: Unicode compatibility forms

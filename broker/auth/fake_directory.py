@@ -53,5 +53,18 @@ class FakeDirectory:
         groups = resolve_nested_groups(direct, self._parents_of)
         return DirectoryUser(name, f"uid={name},{self._user_base}", display, groups)
 
+    def lookup(self, username: str) -> DirectoryUser | None:
+        """See broker.auth.directory.Directory.lookup (does not block)."""
+        record = self._users.get(fold_username(username))
+        if record is None:
+            return None
+        name, _, display, direct = record
+        groups = resolve_nested_groups(direct, self._parents_of)
+        return DirectoryUser(name, f"uid={name},{self._user_base}", display, groups)
+
+    def remove_user(self, username: str) -> None:
+        """The account leaves the directory (tests of sessions that follow it)."""
+        self._users.pop(fold_username(username), None)
+
     def _parents_of(self, dns: list[str]) -> list[str]:
         return [p for dn in dns for p in self._parents.get(normalize_dn(dn), ())]

@@ -231,6 +231,23 @@ class LdapDirectory:
             raise
         return DirectoryUser(name, dn, display, groups)
 
+    def lookup(self, username: str) -> DirectoryUser | None:
+        """See Directory.lookup. BLOCKS for up to ~2 * ldap_timeout_s."""
+        deadline = _Deadline(self._timeout_s)
+        try:
+            name, dn, display = self._as_service(
+                deadline, lambda service: self._find_user(service, username, deadline))
+            groups = self._as_service(deadline, lambda service: resolve_nested_groups(
+                self._groups_with_members(service, [dn], deadline),
+                lambda dns: self._groups_with_members(service, dns, deadline)))
+        except InvalidCredentials as e:  # gone, or no longer one clear entry
+            log.info("re-check of %r: %s", username, e.reason)
+            return None
+        except DirectoryUnavailable as e:
+            log.warning("directory unavailable (%r): %s", self, e)
+            raise
+        return DirectoryUser(name, dn, display, groups)
+
     def close(self) -> None:
         """Unbind the kept service connections. Idempotent; later calls open new ones."""
         with self._idle_lock:

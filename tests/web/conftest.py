@@ -23,6 +23,7 @@ import uvicorn
 from sqlalchemy import select as sql_select
 from starlette.applications import Starlette
 
+from broker.auth.directory import Directory
 from harness.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
 from harness.relay import LoopbackRelay
 from pools.fake_hypervisor import FakeHypervisor
@@ -196,7 +197,8 @@ def broker_settings(tmp: Path, port: int, slapd_overrides: dict[str, Any],
 
 
 def start_broker(tmp: Path, slapd: SlapdServer, *, hosts: dict[str, Hypervisor] | None,
-                 run_worker: bool = True, **overrides: Any) -> RunningBroker:
+                 run_worker: bool = True, directory: Directory | None = None,
+                 **overrides: Any) -> RunningBroker:
     """Start the app in uvicorn on a free loopback port; returns once it serves."""
     tmp.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -204,7 +206,8 @@ def start_broker(tmp: Path, slapd: SlapdServer, *, hosts: dict[str, Hypervisor] 
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
     settings = broker_settings(tmp, port, slapd.settings_overrides(), **overrides)
-    app = build_app(settings, hosts=hosts, role=Role.BOTH if run_worker else Role.WEB)
+    app = build_app(settings, hosts=hosts, directory=directory,
+                    role=Role.BOTH if run_worker else Role.WEB)
     config = uvicorn.Config(app, host="127.0.0.1", port=port,
                             ws_max_size=settings.max_ws_frame_bytes,
                             ws_per_message_deflate=False, proxy_headers=False,
@@ -276,9 +279,9 @@ def broker_factory(tmp_path: Path, slapd: SlapdServer) -> Iterator[BrokerFactory
     started: list[RunningBroker] = []
 
     def start(*, hosts: dict[str, Hypervisor] | None, run_worker: bool = True,
-              **overrides: Any) -> RunningBroker:
+              directory: Directory | None = None, **overrides: Any) -> RunningBroker:
         broker = start_broker(tmp_path / f"broker{len(started)}", slapd, hosts=hosts,
-                              run_worker=run_worker, **overrides)
+                              run_worker=run_worker, directory=directory, **overrides)
         started.append(broker)
         return broker
 

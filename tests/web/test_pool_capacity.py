@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from broker.auth.fake_directory import FakeDirectory
 from pools.fake_hypervisor import FakeHypervisor
 from pools.jobs import JobKind
 from tests.web.conftest import (
@@ -23,9 +24,15 @@ from vdi.domain import DesktopState, PoolKind, Principal, Role
 from vdi.models import JobRow
 from web.access import cookie_name
 
+CLERKS = 50
+# the demo directory has three clerks: these fifty live in a directory of their own (a
+# console is granted only to a user the directory confirms)
+CLERK_DIRECTORY = FakeDirectory({f"clerk{i:02d}": ("pw", f"Clerk {i}", (STAFF_GROUP,))
+                                 for i in range(CLERKS)})
+
 
 def clerk_sessions(fake: FakeHostBroker, n: int) -> list[tuple[str, str]]:
-    """n signed-in clerks (sessions made directly: the demo directory has three)."""
+    """n signed-in clerks (sessions made directly)."""
     svc = fake.broker.runtime
     out = []
     for i in range(n):
@@ -45,10 +52,10 @@ def connect(fake: FakeHostBroker, raw: str, csrf: str, pool_id: str) -> httpx.Re
 
 def test_fifty_clerks_at_once_against_a_pool_of_ten(broker_factory: BrokerFactory,
                                                      image_dir: Path) -> None:
-    fake = start_with_fake_host(broker_factory, image_dir,
+    fake = start_with_fake_host(broker_factory, image_dir, directory=CLERK_DIRECTORY,
                                 pools=(window_pool(min_ready=10, max_size=10),))
     fake.broker.wait_ready("window", 10)
-    clerks = clerk_sessions(fake, 50)
+    clerks = clerk_sessions(fake, CLERKS)
     with ThreadPoolExecutor(50) as pool:
         answers = list(pool.map(lambda c: connect(fake, c[0], c[1], "window"), clerks))
     granted = [a.json()["desktop"] for a in answers if a.status_code == 200]
@@ -66,7 +73,7 @@ def test_fifty_clerks_at_once_against_a_pool_of_ten(broker_factory: BrokerFactor
 
 def test_one_clerks_ten_parallel_connects_get_one_desktop(broker_factory: BrokerFactory,
                                                           image_dir: Path) -> None:
-    fake = start_with_fake_host(broker_factory, image_dir,
+    fake = start_with_fake_host(broker_factory, image_dir, directory=CLERK_DIRECTORY,
                                 pools=(window_pool(min_ready=3, max_size=6),))
     fake.broker.wait_ready("window", 3)
     [(raw, csrf)] = clerk_sessions(fake, 1)

@@ -1,7 +1,9 @@
 """Two brokers on one PostgreSQL database, as a district runs them behind a proxy: each
 with its own runtime, engine and console registry (two uvicorn servers), sharing only
 the database. A clerk's console open through broker B closes within seconds when the
-clerk logs out through broker A. Real slapd, real PostgreSQL, a real guest on libvirtd.
+clerk logs out through broker A, and when the directory's administrator removes the
+clerk from their group. Real slapd (the module's own, changed with ldapmodify), real
+PostgreSQL, a real guest on libvirtd.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness.ldap_server import SlapdServer
+from harness.ldap_server import GROUP_BASE, USER_BASE, SlapdServer
 from harness.pg_server import PgServer
 from pools.hypervisor import Hypervisor
 from pools.libvirt.host import LibvirtHost
@@ -24,10 +26,17 @@ pytestmark = pytest.mark.real
 
 PREFIX = "vdit-2b-"
 IMAGE_ID = f"{PREFIX}img"
+RECHECK_S = 2
 
 
 @pytest.fixture(scope="module")
-def brokers(tmp_path_factory: pytest.TempPathFactory, slapd: SlapdServer,
+def own_slapd() -> Iterator[SlapdServer]:
+    with SlapdServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def brokers(tmp_path_factory: pytest.TempPathFactory, own_slapd: SlapdServer,
             libvirt_host: LibvirtHost, guest_image: Path
             ) -> Iterator[tuple[RunningBroker, RunningBroker]]:
     """Broker A serves web only; broker B serves web and runs the worker."""
@@ -41,10 +50,11 @@ def brokers(tmp_path_factory: pytest.TempPathFactory, slapd: SlapdServer,
             common: dict[str, Any] = {"libvirt_uri": LIBVIRT_URI,
                       "storage_pool": TEST_STORAGE_POOL, "storage_dir": TEST_STORAGE_DIR,
                       "domain_type": "qemu", "domain_prefix": PREFIX,
-                      "database_url": pg.url, "libvirt_timeout_s": 30.0}
-            b = start_broker(tmp / "b", slapd, hosts=hosts, run_worker=True, **common)
+                      "database_url": pg.url, "libvirt_timeout_s": 30.0,
+                                      "session_recheck_s": RECHECK_S}
+            b = start_broker(tmp / "b", own_slapd, hosts=hosts, run_worker=True, **common)
             started.append(b)
-            a = start_broker(tmp / "a", slapd, hosts=hosts, run_worker=False, **common)
+            a = start_broker(tmp / "a", own_slapd, hosts=hosts, run_worker=False, **common)
             started.append(a)
             b.publish_image(libvirt_host, IMAGE_ID, guest_image)
             b.save_pool(window_pool(image=IMAGE_ID, min_ready=1, max_size=1))
@@ -80,3 +90,24 @@ def test_logout_through_one_broker_closes_the_console_on_the_other(
              "broker B to forget the closed console")
     closed = b.audit(action="console", outcome="closed")
     assert closed and "session ended" in closed[-1].detail
+
+
+def test_a_clerk_removed_from_their_group_loses_the_open_console_within_the_bound(
+        brokers: tuple[RunningBroker, RunningBroker], own_slapd: SlapdServer) -> None:
+    _, b = brokers
+    me = b.login("zhangsan")
+    rfb = open_console(me)
+    try:
+        rfb.handshake()
+        rfb.wait_update()
+        own_slapd.modify(f"dn: cn=dongjie-window,{GROUP_BASE}\nchangetype: modify\n"
+                         f"delete: member\nmember: uid=zhangsan,{USER_BASE}\n")
+        # the page asks nothing meanwhile: broker B's own round re-checks the user
+        code = rfb.wait_closed(RECHECK_S + CLOSE_BOUND_S)
+        assert code == 1008
+    finally:
+        rfb.ws.close()
+    assert me.client.get("/api/session").status_code == 401
+    ended = b.audit(action="session-end")
+    assert ended and ended[-1].actor == "zhangsan"
+    assert ended[-1].detail.startswith("no role or pool left")
