@@ -9,6 +9,7 @@ PostgreSQL, a real guest on libvirtd.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,25 @@ def test_a_clerk_removed_from_their_group_loses_the_open_console_within_the_boun
     ended = b.audit(action="session-end")
     assert ended and ended[-1].actor == "zhangsan"
     assert ended[-1].detail.startswith("no role or pool left")
+
+
+def test_the_login_throttle_holds_across_both_brokers_against_simultaneous_attempts(
+        brokers: tuple[RunningBroker, RunningBroker]) -> None:
+    a, b = brokers
+    attempts = 20
+
+    def wrong(i: int) -> int:
+        broker = (a, b)[i % 2]  # the proxy spreads them over both brokers
+        with broker.client() as c:
+            r = c.post("/api/session", json={"username": "lisi", "password": f"guess{i}"})
+            return r.status_code
+
+    with ThreadPoolExecutor(attempts) as pool:
+        codes = list(pool.map(wrong, range(attempts)))
+    # exactly the limit (5) reached the directory, over both brokers together
+    assert sorted(codes) == [401] * 5 + [429] * (attempts - 5)
+    # one database: either broker's audit shows both brokers' entries
+    denied = [e for e in a.audit(action="login", outcome="denied") if e.actor == "lisi"]
+    assert len(denied) == 5
+    throttled = [e for e in a.audit(action="login", outcome="throttled") if e.actor == "lisi"]
+    assert len(throttled) == attempts - 5
