@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                   "(no shared storage); desktops in use of floating pools move when their "
                   "clerk logs off. The broker's worker does the moves.")
     elif args.command == "desktop-remove":
-        from pools.jobs import JobKind, active_job_desktops, enqueue
+        from pools.jobs.queue import JobKind, active_job_desktops, enqueue
 
         with db.begin() as s:
             row = s.get(DesktopRow, args.desktop_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from pools.fake_hypervisor import FakeHypervisor
-from pools.jobs import JobKind
+from pools.jobs.queue import JobKind
 from tests.web.conftest import (
     STAFF_GROUP,
     BrokerFactory,
