@@ -1,6 +1,7 @@
 """The job queue (pools/jobs/queue.py) on SQLite and on a real PostgreSQL server: claim,
 lease, renew, expiry, retry and failure, and two claimers racing for the same jobs;
-the runner (pools/jobs/runner.py) with an injected failpoint against FakeHypervisor.
+the runner (pools/jobs/runner.py) with an injected failpoint against FakeHypervisor, on
+both (`db_url` here overrides the suite's SQLite-only one, and `db` follows it).
 
 The PostgreSQL server is Debian's, started by deploy/postgres/start-postgres.sh on a
 free loopback port (tests/pg_server.py); if it cannot start, those cases fail."""
@@ -268,7 +269,7 @@ def test_every_kind_runs_its_stored_step_names_in_order() -> None:
     assert {n for names in STEP_NAMES.values() for n in names} == set(BY_NAME)
 
 
-# --- the runner with an injected failpoint (SQLite, FakeHypervisor) -------------------------
+# --- the runner with an injected failpoint (both databases, FakeHypervisor) ----------------
 
 
 class Killed(Exception):
