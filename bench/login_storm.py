@@ -61,6 +61,7 @@ from bench.login_client import ClerkResult, clerk_login
 from bench.login_ldif import WINDOW_STAFF, clerk_name, write_clerks_ldif
 from harness.ldap_server import DEMO_PASSWORD, SlapdServer, free_loopback_port
 from harness.pg_server import PgServer
+from vdi import desktops
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import DesktopState, Pool, PoolKind, utc_now
@@ -257,13 +258,16 @@ def seed(url: str, spares: int) -> None:
             image="guest", vcpus=1, memory_mib=256, min_ready=spares, max_size=spares,
             entitled_groups=(WINDOW_STAFF,)))
         now = utc_now()
-        with db.begin() as s:
-            s.add_all(DesktopRow(
-                id=f"{POOL}-{n:04d}", pool_id=POOL, state=DesktopState.READY.value,
-                host_uri=FAKE_HOST, domain_name=f"vdi-bench-{POOL}-{n:04d}", image_version=1,
-                vnc_host="127.0.0.1", vnc_port=5900 + n,
-                created_at=now + timedelta(milliseconds=n), updated_at=now)
-                for n in range(spares))
+        with db.begin() as s:  # made and started, as the worker's jobs leave them
+            for n in range(spares):  # oldest first: the order clerks claim them in
+                desktops.add_provisioning(s, desktop_id=f"{POOL}-{n:04d}", pool_id=POOL,
+                                          host_uri=FAKE_HOST,
+                                          domain_name=f"vdi-bench-{POOL}-{n:04d}",
+                                          now=now + timedelta(milliseconds=n))
+            s.flush()
+            for n in range(spares):
+                desktops.mark_ready(s, f"{POOL}-{n:04d}", vnc_host="127.0.0.1",
+                                    vnc_port=5900 + n, image_version=1, now=now)
     finally:
         engine.dispose()
 
@@ -292,9 +296,15 @@ def check_and_release(url: str, results: list[ClerkResult]) -> list[str]:
         extra = set(held) - set(served)
         if extra:
             problems.append(f"desktops assigned to clerks who got no token: {sorted(extra)}")
-        with db.begin() as s:
-            s.execute(update(DesktopRow).where(DesktopRow.pool_id == POOL).values(
-                state=DesktopState.READY.value, assigned_user=None, assigned_at=None))
+        with db.begin() as s:  # logged off and reverted, as the worker would
+            now = utc_now()
+            for row in list(s.scalars(select(DesktopRow).where(
+                    DesktopRow.pool_id == POOL,
+                    DesktopRow.state == DesktopState.ASSIGNED.value))):
+                assert row.assigned_user is not None
+                desktops.log_off(s, row.id, row.assigned_user, now)
+                desktops.mark_ready(s, row.id, vnc_host=row.vnc_host, vnc_port=row.vnc_port,
+                                    image_version=row.image_version, now=now)
             s.execute(delete(ConsoleTokenRow))
             s.execute(update(SessionRow).where(SessionRow.ended_at.is_(None))
                       .values(ended_at=utc_now()))
@@ -330,17 +340,14 @@ async def _storm(broker: BrokerProcess, users: list[str], arrivals: list[float]
                  ) -> tuple[list[ClerkResult], float]:
     start = time.perf_counter()
 
-    async def one(i: int, user: str, at: float) -> ClerkResult:
+    async def one(user: str, at: float) -> ClerkResult:
         delay = start + at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        # each clerk from a thin client of its own (127.0.0.0/8 is all loopback): the
-        # broker's login throttle caps the attempts in flight per address
         return await clerk_login("127.0.0.1", broker.port, broker.url, COOKIE, user,
-                                 DEMO_PASSWORD, POOL, source=f"127.1.{i // 250}.{i % 250 + 1}")
+                                 DEMO_PASSWORD, POOL)
 
-    results = await asyncio.gather(*(one(i, u, a) for i, (u, a) in enumerate(
-        zip(users, arrivals, strict=True))))
+    results = await asyncio.gather(*(one(u, a) for u, a in zip(users, arrivals, strict=True)))
     first = min(r.started for r in results)
     last = max(r.started + r.total_s for r in results if r.ok) if any(
         r.ok for r in results) else first

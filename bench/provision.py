@@ -65,7 +65,7 @@ POOL_ID = "bench-provision"
 DOMAIN_TYPE = "qemu"  # TCG: KVM guests do not boot on these machines
 
 # The broker's worker runs at most this many hypervisor calls per host at once
-# (pools.jobs.JobRunner / pools.worker.PoolWorker, per_host_parallel).
+# (pools.jobs.runner.JobRunner / pools.worker.PoolWorker, per_host_parallel).
 PER_HOST_PARALLEL = 2
 VCPUS = 1
 MEMORY_MIB = 128

@@ -10,7 +10,8 @@ the clock (moved in steps of STEP_S), the hypervisor (`FakeHypervisor`, whose de
 take BOOT_S of simulated time to come up: `create_desktop` answers "still booting" until
 then, and the job runner tries again the next step, as with a slow host) and the clerks
 (bench/office_day.py: arrivals, lunch, blips, log-off, from parameters and a seed), whose
-consoles write the signals the brokers write (console open, heartbeat, input, close).
+consoles write the signals the brokers write, through the same functions and with the
+same conditions (`vdi.desktops`: console open, heartbeat, input, close).
 
 Scenarios, the same day (same seed) for each:
 * `min_ready`: no schedule, the pool keeps MIN_READY spares all day;
@@ -45,6 +46,7 @@ from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import DesktopSpec, GraphicsEndpoint, HostUnavailable
 from pools.images import ImageStore
 from pools.worker import PoolWorker
+from vdi import desktops
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import DesktopState, Pool, PoolKind, Principal, Role
@@ -210,7 +212,10 @@ async def _day(run: Run, clerks: list[ClerkState], clock: SimClock, assigner: As
         with db() as s:
             rows = {r.id: (r.assigned_user, r.kicked_at, r.state) for r in s.scalars(
                 select(DesktopRow).where(DesktopRow.state == DesktopState.ASSIGNED.value))}
-        writes: list[tuple[str, dict[str, Any]]] = []
+        opened: list[ClerkState] = []  # consoles opened in this step
+        beating: list[str] = []  # desktops whose console is still open
+        typed: list[str] = []  # desktops with input now
+        closed: list[tuple[str, str]] = []  # (desktop, clerk)
         for c in clerks:
             mode = c.day.mode_at(local)
             if c.console is not None:  # did the broker take it away (idle policy)?
@@ -232,12 +237,12 @@ async def _day(run: Run, clerks: list[ClerkState], clock: SimClock, assigner: As
                         run.morning_waits_s.append(wait)
                     c.waiting_since = None
                     c.console, c.opened_at = got.id, t
-                    writes.append((got.id, {"console_since": t, "console_seen_at": t,
-                                            "last_input_at": t}))
+                    opened.append(c)
             elif mode is Mode.WORK and c.console is not None:
-                writes.append((c.console, {"console_seen_at": t, "last_input_at": t}))
+                beating.append(c.console)
+                typed.append(c.console)
             elif mode is Mode.AWAY_OPEN and c.console is not None:
-                writes.append((c.console, {"console_seen_at": t}))
+                beating.append(c.console)
             elif mode in (Mode.AWAY_CLOSED, Mode.GONE):
                 if c.waiting_since is not None:  # left before getting one: counted
                     wait = (t - c.waiting_since).total_seconds()
@@ -247,19 +252,26 @@ async def _day(run: Run, clerks: list[ClerkState], clock: SimClock, assigner: As
                     run.gave_up += 1
                 c.waiting_since = None
                 if c.console is not None:
-                    writes.append((c.console, {"console_since": None, "console_seen_at": None,
-                                               "last_disconnect_at": t}))
+                    closed.append((c.console, c.day.name))
                     c.console = None
                 if (mode is Mode.GONE and c.day.ending is Ending.LOG_OFF and not c.logged_off
                         and local >= c.day.leaves_at):
                     c.logged_off = True
                     with contextlib.suppress(NothingToLogOff):  # reclaimed already
                         assigner.log_off("window", c.day.name)
-        if writes:
+        if opened or beating or typed or closed:
             with db.begin() as s:
-                for desktop_id, values in writes:
-                    s.execute(update(DesktopRow).where(DesktopRow.id == desktop_id)
-                              .values(**values))
+                for c in opened:  # refused: the desktop was taken back meanwhile
+                    assert c.console is not None
+                    if desktops.open_console(s, c.console, c.day.name, t) is None:
+                        c.console = None
+                    else:
+                        desktops.record_input(s, c.console, t)
+                desktops.console_heartbeat(s, beating, t)
+                for desktop_id in typed:
+                    desktops.record_input(s, desktop_id, t)
+                for desktop_id, name in closed:
+                    desktops.close_console(s, desktop_id, name, t)
         await worker.tick()
         await worker.drain()
         running = host.running()

@@ -18,15 +18,15 @@ from pools.failover import Moves, evacuate
 from pools.hosts import Host, HostError, HostRegistry
 from pools.hypervisor import Hypervisor, HypervisorError, ImageFiles, image_digest
 from pools.images import ImageStore, ReleaseError
-from pools.jobs import JobKind, active_job_desktops, enqueue
+from pools.jobs.queue import JobKind, active_job_desktops, enqueue
 from pools.policy_file import PoolPolicy, read_policy_file
 from pools.reclaim import PolicyError
 from pools.shifts import ReclaimPolicy
 from pools.spares import Level, SpareSchedule
 from pools.worker import pool_spare_level
+from vdi import desktops
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
-from vdi.db import rows_changed
 from vdi.domain import DesktopState, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow, PoolRow
 
@@ -246,13 +246,8 @@ class Admin:
             owner, asked_at = row.assigned_user, self._clock()
             # compare-and-set: a clerk who got this desktop since it was read must not
             # lose it without the --yes that names them
-            if not rows_changed(s.execute(update(DesktopRow).where(
-                    DesktopRow.id == row.id, DesktopRow.state == row.state,
-                    DesktopRow.assigned_user.is_(None) if owner is None
-                    else DesktopRow.assigned_user == owner).values(
-                    state=DesktopState.RECLAIMING.value, assigned_user=None,
-                    updated_at=asked_at)
-                    .execution_options(synchronize_session=False))):
+            if not desktops.start_removal(s, row.id, state=DesktopState(row.state),
+                                          owner=owner, now=asked_at):
                 raise AdminRefused(f"desktop {row.id} changed meanwhile (a clerk may have "
                                    "just got it); look again with `vdi desktops` and repeat")
             enqueue(s, JobKind.REMOVE, row.id, asked_at)

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import BrokerError
 from broker.roles import entitled
 from pools.hosts import Limits, fits, host_from_row, host_loads
-from pools.jobs import ACTIVE, JobKind, enqueue
+from pools.jobs.queue import ACTIVE, JobKind, enqueue
+from vdi import desktops
 from vdi.catalog import desktop_from_row, pool_from_row
-from vdi.db import rows_changed
 from vdi.domain import Desktop, DesktopState, Pool, PoolKind, Power, Principal, utc_now
 from vdi.models import ClaimRow, DesktopRow, HostRow, JobRow, PoolRow
 
@@ -29,29 +29,6 @@ from vdi.models import ClaimRow, DesktopRow, HostRow, JobRow, PoolRow
 LIVE_STATES = (DesktopState.PROVISIONING, DesktopState.READY, DesktopState.ASSIGNED,
                DesktopState.RECLAIMING, DesktopState.ERROR, DesktopState.MAINTENANCE)
 CLAIM_ATTEMPTS = 8
-
-# Built once: constructing this statement costs more than running it (profiled).
-_spare = aliased(DesktopRow)
-_CLAIM_OLDEST_SPARE = (
-    update(DesktopRow)
-    .where(DesktopRow.id == (
-               select(_spare.id)
-               .where(_spare.pool_id == bindparam("in_pool"),
-                      _spare.state == DesktopState.READY.value)
-               .order_by(_spare.created_at).limit(1)
-               .with_for_update(skip_locked=True)
-               .scalar_subquery()),
-           DesktopRow.state == DesktopState.READY.value,
-           DesktopRow.assigned_user.is_(None))
-    # the last clerk's console and idle columns go: the new one starts afresh (a stale
-    # console time would make the idle policy take the desktop back at once)
-    .values(state=DesktopState.ASSIGNED.value, assigned_user=bindparam("username"),
-            assigned_at=bindparam("claimed_at"), updated_at=bindparam("changed_at"),
-            last_input_at=None, last_disconnect_at=None, console_since=None,
-            console_seen_at=None, warned_at=None, warning_deadline=None, kicked_at=None)
-    .returning(DesktopRow)
-    .execution_options(synchronize_session=False))
-
 
 class AssignmentError(BrokerError):
     """Base: the user gets no desktop; `code` is stable for the API."""
@@ -161,13 +138,7 @@ class Assigner:
             desktop = desktop_from_row(row)
             if pool.persistent:
                 return LogOff(desktop, reverted=False)
-            taken = rows_changed(s.execute(update(DesktopRow).where(
-                DesktopRow.id == row.id, DesktopRow.state == DesktopState.ASSIGNED.value,
-                DesktopRow.assigned_user == username).values(
-                state=DesktopState.RECLAIMING.value, assigned_user=None,
-                warned_at=None, warning_deadline=None,
-                updated_at=now).execution_options(synchronize_session=False)))
-            if not taken:
+            if not desktops.log_off(s, row.id, username, now):
                 raise NothingToLogOff(pool_id)
             enqueue(s, JobKind.REVERT, row.id, now)
             return LogOff(desktop, reverted=True)
@@ -210,28 +181,17 @@ class Assigner:
         return desktop_from_row(row) if row else None
 
     def _claim_spare(self, pool_id: str, username: str) -> Desktop | None:
-        """Claim the oldest spare in one statement (one round trip on PostgreSQL):
-
-            UPDATE desktops SET state='assigned', assigned_user=...
-             WHERE id = (SELECT id FROM desktops WHERE pool_id=... AND state='ready'
-                         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-               AND state='ready' AND assigned_user IS NULL
-            RETURNING ...
-
-        On PostgreSQL the subquery locks the spare it picks and skips those other claims
-        hold; on SQLite (which has no FOR UPDATE) the whole statement runs under the
-        database's write lock. Either way the outer conditions make it a compare-and-set.
-        None: no spare right now, or this user's other request won (the caller looks)."""
+        """Claim the oldest spare in one statement (vdi.desktops.claim_spare: one round
+        trip on PostgreSQL). None: no spare right now, or this user's other request won
+        (the caller looks)."""
         now = self._clock()
         try:
             with self._sessions.begin() as s:
-                row = s.scalars(_CLAIM_OLDEST_SPARE, {
-                    "in_pool": pool_id, "username": username, "claimed_at": now,
-                    "changed_at": now}).first()
-                if row is None:
+                desktop = desktops.claim_spare(s, pool_id, username, now)
+                if desktop is None:
                     return None
                 s.add(ClaimRow(pool_id=pool_id, at=now))  # the spare forecast's history
-                return desktop_from_row(row)
+                return desktop
         except IntegrityError:
             return None  # this user's other request won; `current` finds it
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.access import roles_text
@@ -34,10 +33,9 @@ from broker.tokens import ConsoleGrant, TokenRejected, TokenStore
 from broker.tunnel import BrowserRefused, BrowserSocket, ConsoleTarget, TunnelError, run_tunnel
 from pools.calls import HostCalls
 from pools.hypervisor import HypervisorError, new_vnc_password
+from vdi import desktops
 from vdi.audit import AuditLog
-from vdi.catalog import desktop_from_row
-from vdi.domain import ConsoleKind, Desktop, DesktopState, Power, utc_now
-from vdi.models import DesktopRow
+from vdi.domain import ConsoleKind, Desktop, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -220,23 +218,13 @@ class Consoles:
         return closing
 
     def _mark_console_open(self, grant: ConsoleGrant) -> Desktop | None:
-        now = self._clock()
         with self._db.begin() as s:
-            row = s.scalars(update(DesktopRow).where(
-                DesktopRow.id == grant.desktop_id,
-                DesktopRow.state == DesktopState.ASSIGNED.value,
-                DesktopRow.assigned_user == grant.username, DesktopRow.power == Power.ON.value)
-                .values(console_since=now, console_seen_at=now)
-                .returning(DesktopRow).execution_options(synchronize_session=False)).first()
-            return desktop_from_row(row) if row is not None else None
+            return desktops.open_console(s, grant.desktop_id, grant.username, self._clock())
 
     def _record_disconnect(self, grant: ConsoleGrant, reason: str, source: str) -> None:
         if not self._tunnels.open_for(desktop_id=grant.desktop_id):  # its last console here
             with self._db.begin() as s:  # (another broker's heartbeat says if it has one)
-                s.execute(update(DesktopRow).where(DesktopRow.id == grant.desktop_id,
-                                                   DesktopRow.assigned_user == grant.username)
-                          .values(last_disconnect_at=self._clock(), console_since=None,
-                                  console_seen_at=None))
+                desktops.close_console(s, grant.desktop_id, grant.username, self._clock())
         self._audit.record(actor=grant.username, role="-", action="console",
                            target=grant.desktop_id, source=source, outcome="closed",
                            detail=reason[:300])

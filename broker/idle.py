@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from vdi.db import rows_changed
+from vdi import desktops
 from vdi.domain import DesktopState, Power, utc_now
 from vdi.models import DesktopRow, ReclaimRow
 
@@ -99,8 +99,4 @@ class IdleNotices:
         in the pool (it was taken back already)."""
         now = self._clock()
         with self._sessions.begin() as s:
-            return bool(rows_changed(s.execute(update(DesktopRow).where(
-                DesktopRow.pool_id == pool_id, DesktopRow.assigned_user == username,
-                DesktopRow.state == DesktopState.ASSIGNED.value)
-                .values(last_input_at=now, warned_at=None, warning_deadline=None)
-                .execution_options(synchronize_session=False))))
+            return desktops.still_here(s, pool_id, username, now)

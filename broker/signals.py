@@ -10,11 +10,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.activity import Tunnel, TunnelRegistry
 from broker.sessions import SessionStore
+from vdi import desktops
 from vdi.domain import DesktopState, utc_now
 from vdi.models import DesktopRow
 
@@ -73,16 +74,10 @@ class ConsoleSignals:
         now = self._clock()
         with self._db.begin() as s:
             for desktop_id, at in pending.items():  # never back in time ("still here")
-                s.execute(update(DesktopRow).where(
-                    DesktopRow.id == desktop_id,
-                    or_(DesktopRow.last_input_at.is_(None), DesktopRow.last_input_at < at))
-                          .values(last_input_at=at))
+                desktops.record_input(s, desktop_id, at)
             if not open_here:
                 return []
-            s.execute(update(DesktopRow).where(
-                DesktopRow.id.in_(list(open_here)),
-                DesktopRow.state == DesktopState.ASSIGNED.value)
-                .values(console_seen_at=now).execution_options(synchronize_session=False))
+            desktops.console_heartbeat(s, list(open_here), now)
             rows = list(s.execute(select(DesktopRow.id, DesktopRow.state,
                                          DesktopRow.assigned_user, DesktopRow.kicked_at)
                                   .where(DesktopRow.id.in_(list(open_here)))))

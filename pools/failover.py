@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from pools.calls import HostCalls
 from pools.hosts import Host, HostRegistry, HostStatus
 from pools.hypervisor import DomainInfo, HostUnavailable, Hypervisor, HypervisorError
-from pools.jobs import ACTIVE, JobKind, JobState, active_job_desktops, enqueue
-from vdi.db import rows_changed
+from pools.jobs.queue import ACTIVE, JobKind, JobState, active_job_desktops, enqueue
+from vdi import desktops
 from vdi.domain import DesktopState, PoolKind, utc_now
 from vdi.models import DesktopRow, JobRow, PoolRow
 
@@ -65,20 +65,19 @@ def evacuate(s: Session, host: Host, now: datetime, *, live: bool) -> Moves:
             continue
         # every change below is a compare-and-set on what was read: a clerk who claimed
         # a spare or logged off meanwhile (another broker) wins, this desktop is skipped
-        unchanged = update(DesktopRow).where(
-            DesktopRow.id == desktop_id, DesktopRow.state == state,
-            DesktopRow.host_uri == host.uri).execution_options(synchronize_session=False)
+        as_read = DesktopState(state)
         dedicated = kinds.get(pool_id) == PoolKind.DEDICATED.value
         if dedicated:
             if state not in (DesktopState.READY.value, DesktopState.ASSIGNED.value):
                 continue  # being made: its job retries when the host answers
             if not host.shared_storage:
-                s.execute(unchanged.values(
-                    error=f"host {host.name} is {'in maintenance' if live else 'down'}; "
-                          "this desktop's disk is only there: it waits for the host"))
+                desktops.note(s, desktop_id, f"host {host.name} is "
+                              f"{'in maintenance' if live else 'down'}; this desktop's disk "
+                              "is only there: it waits for the host", on_host=host.uri)
                 waiting += 1
                 continue
-            if not rows_changed(s.execute(unchanged.values(updated_at=now))):
+            if not desktops.hold_for_move(s, desktop_id, state=as_read, host_uri=host.uri,
+                                          now=now):
                 continue
             _supersede(s, desktop_id, now)
             enqueue(s, JobKind.MIGRATE if live else JobKind.RESTART, desktop_id, now)
@@ -89,8 +88,8 @@ def evacuate(s: Session, host: Host, now: datetime, *, live: bool) -> Moves:
             continue
         if live and state == DesktopState.ASSIGNED.value:
             continue  # replaced when its clerk logs off
-        if not rows_changed(s.execute(unchanged.values(
-                state=DesktopState.RECLAIMING.value, assigned_user=None, updated_at=now))):
+        if not desktops.reclaim_on_host(s, desktop_id, state=as_read, host_uri=host.uri,
+                                        now=now):
             continue
         _supersede(s, desktop_id, now)
         enqueue(s, JobKind.RELOCATE, desktop_id, now)
@@ -231,15 +230,16 @@ class HostMonitor:
                     # moved away while this host was gone (or the same daemon registered
                     # twice): the disk may be the desktop's at its new home; keep it
                     strays.append((name, True))
-            for row in s.scalars(select(DesktopRow).where(
+            for row in list(s.scalars(select(DesktopRow).where(
                     DesktopRow.host_uri == uri,
                     DesktopRow.state.in_([DesktopState.READY.value,
-                                          DesktopState.ASSIGNED.value]))):
+                                          DesktopState.ASSIGNED.value])))):
                 if row.updated_at > settled or row.power != "on":
                     continue  # changed meanwhile; or shut down or suspended on purpose
                 dom = ours.get(row.domain_name)
                 if dom is not None and dom.running:
-                    row.error = None  # e.g. "its host is down": it answers and runs it
+                    # e.g. "its host is down": it answers and runs it
+                    desktops.clear_note(s, row.id, on_host=uri)
                     if row.id in restarting:
                         # its host was cut off, not dead: the guest ran on all along (its
                         # disk lock refused the restart elsewhere). Keep it; no restart.
@@ -249,10 +249,10 @@ class HostMonitor:
                     continue
                 if kinds.get(row.pool_id) == PoolKind.DEDICATED.value:
                     enqueue(s, JobKind.RESTART, row.id, now)  # its disk is kept
-                else:
-                    row.state = DesktopState.RECLAIMING.value
-                    row.assigned_user = None
-                    row.updated_at = now
+                elif desktops.reclaim_on_host(s, row.id, state=DesktopState(row.state),
+                                              host_uri=uri, now=now):
                     enqueue(s, JobKind.REVERT, row.id, now)
+                else:
+                    continue
                 remade.append(row.id)
         return self._Plan(strays=strays, remade=remade)

@@ -23,15 +23,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pools.jobs import JobKind, enqueue
+from pools.jobs.queue import JobKind, enqueue
 from pools.reclaim import Action, Decision, Facts, Power, Verdict, decide
 from pools.shifts import ReclaimPolicy, Shift
-from vdi.db import rows_changed
+from vdi import desktops
 from vdi.domain import DesktopState, PoolKind, utc_now
 from vdi.models import DesktopRow, PoolRow, ReclaimRow
 
@@ -117,51 +116,28 @@ class Reclaimer:
                          decision.action.value, decision.reason)
         return outcomes
 
-    def _as_read(self, row: DesktopRow) -> ColumnElement[bool]:
-        """The row is still exactly as the decision saw it."""
-        def same(column: Any, value: object) -> ColumnElement[bool]:
-            return column.is_(None) if value is None else column == value  # type: ignore[no-any-return]
-        return and_(DesktopRow.id == row.id,
-                    DesktopRow.state == DesktopState.ASSIGNED.value,
-                    DesktopRow.power == row.power,
-                    same(DesktopRow.assigned_user, row.assigned_user),
-                    same(DesktopRow.console_since, row.console_since),
-                    same(DesktopRow.console_seen_at, row.console_seen_at),
-                    same(DesktopRow.last_disconnect_at, row.last_disconnect_at),
-                    same(DesktopRow.last_input_at, row.last_input_at),
-                    same(DesktopRow.warned_at, row.warned_at))
-
     def _apply(self, row: DesktopRow, persistent: bool, shift: Shift, decision: Decision,
                now: datetime) -> bool:
-        values: dict[str, Any] = {"updated_at": now}
-        if decision.verdict is Verdict.WARN:
-            values.update(warned_at=now, warning_deadline=decision.deadline
-                          and decision.deadline + self._lag)
-        elif decision.verdict is Verdict.WITHDRAW:
-            values.update(warned_at=None, warning_deadline=None)
-        else:
-            values.update(warned_at=None, warning_deadline=None, kicked_at=now)
-            if decision.action is Action.DISCONNECT:
+        read = desktops.AsRead.of(row)
+        with self._sessions.begin() as s:
+            if decision.verdict is Verdict.WARN:
+                done = desktops.warn_idle(s, read, deadline=decision.deadline
+                                          and decision.deadline + self._lag, now=now)
+            elif decision.verdict is Verdict.WITHDRAW:
+                done = desktops.withdraw_warning(s, read, now)
+            elif decision.action is Action.DISCONNECT:
                 # the grace starts now, whatever a broker reports of the closed console
-                values.update(console_since=None, console_seen_at=None,
-                              last_disconnect_at=now)
+                done = desktops.kick_console(s, read, now)
             elif decision.action is Action.LOG_OFF and not persistent:
-                values.update(state=DesktopState.RECLAIMING.value, assigned_user=None,
-                              console_since=None, console_seen_at=None,
-                              last_disconnect_at=now)
+                done = desktops.log_off_idle(s, read, now)
             elif decision.action in (Action.SHUT_DOWN, Action.SUSPEND) and persistent:
-                values.update(power=(Power.OFF if decision.action is Action.SHUT_DOWN
-                                     else Power.SUSPENDED).value,
-                              console_since=None, console_seen_at=None,
-                              last_disconnect_at=now)
+                done = desktops.power_down(s, read, Power.OFF if decision.action is
+                                           Action.SHUT_DOWN else Power.SUSPENDED, now)
             else:  # decide() never asks this; refuse rather than guess
                 log.error("desktop %s: %s is not for a %s desktop", row.id,
                           decision.action.value, "dedicated" if persistent else "floating")
                 return False
-        with self._sessions.begin() as s:
-            if not rows_changed(s.execute(update(DesktopRow).where(self._as_read(row))
-                                          .values(**values)
-                                          .execution_options(synchronize_session=False))):
+            if not done:
                 return False
             if decision.verdict is Verdict.ACT:
                 if decision.action is Action.LOG_OFF:

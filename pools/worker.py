@@ -21,20 +21,21 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.calls import HostCalls
 from pools.failover import HostMonitor
 from pools.hosts import Host, Limits, host_loads, place
 from pools.images import ImageStore
-from pools.jobs import JobKind, JobRunner, active_job_desktops, enqueue
+from pools.jobs.queue import JobKind, active_job_desktops, enqueue
+from pools.jobs.runner import Failpoint, JobRunner, no_failpoint
 from pools.reclaim import PolicyError
 from pools.reclaimer import Reclaimer
 from pools.shifts import ReclaimPolicy
 from pools.spares import Level, SpareMode, SpareSchedule, spare_level
+from vdi import desktops
 from vdi.catalog import Catalog
-from vdi.db import rows_changed
 from vdi.domain import DesktopState, Pool, utc_now
 from vdi.models import ClaimRow, DesktopRow, PoolRow
 
@@ -67,7 +68,8 @@ class PoolWorker:
                  host_check_interval_s: float = 5.0, down_after_s: float = 30.0,
                  reconcile_every_s: float = 60.0, reclaim_every_s: float = 5.0,
                  signal_lag_s: float = 10.0, console_stale_s: float = 60.0,
-                 shutdown_grace_s: float = 60.0) -> None:
+                 shutdown_grace_s: float = 60.0, failpoint: Failpoint = no_failpoint) -> None:
+        """failpoint: handed to the job runner (pools.jobs.runner.JobRunner)."""
         self._sessions = sessions
         self._catalog = Catalog(sessions)
         self._calls = calls
@@ -78,7 +80,8 @@ class PoolWorker:
         self._limits = limits or Limits(max_provisioning=per_host_parallel)
         self.jobs = JobRunner(sessions, calls, images, owner=new_owner_id(), clock=clock,
                               lease_s=job_lease_s, per_host_parallel=per_host_parallel,
-                              limits=self._limits, shutdown_grace_s=shutdown_grace_s)
+                              limits=self._limits, shutdown_grace_s=shutdown_grace_s,
+                              failpoint=failpoint)
         self.reclaimer = Reclaimer(sessions, clock=clock, signal_lag_s=signal_lag_s,
                                    console_stale_s=console_stale_s)
         self._reclaim_every = timedelta(seconds=reclaim_every_s)
@@ -145,7 +148,7 @@ class PoolWorker:
             await self.check_hosts()
         pools = await asyncio.to_thread(self._catalog.pools)
         for pool in pools:
-            new_ids = await asyncio.to_thread(self._plan_and_insert, pool)
+            new_ids = await asyncio.to_thread(self.plan_spares, pool)
             if new_ids:
                 log.info("pool %s: provisioning %d new desktop(s)", pool.id, len(new_ids))
             else:
@@ -213,7 +216,12 @@ class PoolWorker:
         return SparePlan.for_pool(replace(pool, min_ready=min(level, pool.max_size)), ready,
                                   prov, live)
 
-    def _plan_and_insert(self, pool: Pool) -> list[str]:
+    def plan_spares(self, pool: Pool) -> list[str]:
+        """One planning round for `pool`: add the desktops (rows in provisioning, each
+        with its provision job) that bring it to its spare level, never past max_size.
+        Several brokers may plan one pool at once: the count and the inserts run under
+        a lock on the pool's row (`lock_pool`), so each plans on what the others added.
+        Returns the new desktops' ids. Blocks on the database."""
         hosts = self.monitor.registry.hosts()
         # only hosts that hold the pool's image version (a host added later has none
         # until the image is published there); if none does, the desktop's job fails
@@ -225,7 +233,9 @@ class PoolWorker:
             if not self._spare_plan(s, pool).add:
                 return []
         with self._sessions.begin() as s:
-            plan = self._spare_plan(s, pool)  # again, under the write lock
+            if not lock_pool(s, pool.id):
+                return []  # removed meanwhile
+            plan = self._spare_plan(s, pool)  # again, under the pool's lock
             if not plan.add:
                 return []
             now = self._clock()
@@ -239,11 +249,9 @@ class PoolWorker:
                     break
                 loads[chosen.host.uri] = chosen.plus(pool)
                 desktop_id = f"{pool.id}-{secrets.token_hex(4)}"
-                s.add(DesktopRow(id=desktop_id, pool_id=pool.id,
-                                 state=DesktopState.PROVISIONING.value,
-                                 host_uri=chosen.host.uri,
-                                 domain_name=f"{self._prefix}{desktop_id}",
-                                 image_version=0, created_at=now, updated_at=now))
+                desktops.add_provisioning(s, desktop_id=desktop_id, pool_id=pool.id,
+                                          host_uri=chosen.host.uri,
+                                          domain_name=f"{self._prefix}{desktop_id}", now=now)
                 enqueue(s, JobKind.PROVISION, desktop_id, now)
                 ids.append(desktop_id)
             return ids
@@ -270,12 +278,7 @@ class PoolWorker:
         retired = 0
         for desktop_id in idle:
             with self._sessions.begin() as s:  # compare-and-set: a clerk may claim it first
-                if rows_changed(s.execute(update(DesktopRow).where(
-                        DesktopRow.id == desktop_id,
-                        DesktopRow.state == DesktopState.READY.value,
-                        DesktopRow.assigned_user.is_(None))
-                        .values(state=DesktopState.RECLAIMING.value, updated_at=now)
-                        .execution_options(synchronize_session=False))):
+                if desktops.recall_spare(s, desktop_id, now):
                     enqueue(s, JobKind.REMOVE, desktop_id, now)
                     retired += 1
         return retired
@@ -299,10 +302,7 @@ class PoolWorker:
         for desktop_id in stale:
             with self._sessions.begin() as s:
                 now = self._clock()
-                changed = rows_changed(s.execute(update(DesktopRow).where(
-                    DesktopRow.id == desktop_id, DesktopRow.state == DesktopState.READY.value)
-                    .values(state=DesktopState.RECLAIMING.value, updated_at=now)))
-                if changed:
+                if desktops.recall_spare(s, desktop_id, now):
                     enqueue(s, JobKind.REVERT, desktop_id, now)
                     done += 1
         return done
@@ -328,6 +328,15 @@ class PoolWorker:
             for desktop_id, state in orphans:
                 enqueue(s, kinds[state], desktop_id, now)
             return len(orphans)
+
+
+def lock_pool(s: Session, pool_id: str) -> bool:
+    """Hold the pool's row until the caller's transaction ends, so that no other broker
+    adds desktops to it meanwhile (SELECT ... FOR UPDATE on PostgreSQL; SQLite has no
+    row locks, but a write transaction there holds the whole database already). False:
+    no such pool."""
+    locked = s.scalar(select(PoolRow.id).where(PoolRow.id == pool_id).with_for_update())
+    return locked is not None
 
 
 def pool_spare_level(s: Session, pool: Pool, now: datetime) -> tuple[Level, bool]:

@@ -13,7 +13,9 @@ import contextlib
 import enum
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -141,7 +143,8 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                         # input reaches the database up to one flush late
                         signal_lag_s=settings.input_flush_s + 5,
                         console_stale_s=settings.console_stale_s,
-                        shutdown_grace_s=settings.shutdown_grace_s)
+                        shutdown_grace_s=settings.shutdown_grace_s,
+                        failpoint=failpoint_from_environment(os.environ))
     wake = worker.wake.set  # a worker in another process polls every worker_interval_s
     api = BrokerApi(
         signin=SignIn(blocking=blocking, directory=directory, throttle=LoginThrottle(db),
@@ -196,6 +199,19 @@ async def run_worker(settings: Settings) -> None:
         await asyncio.gather(*runtime.background)
     finally:
         await runtime.stop()
+
+
+def failpoint_from_environment(environ: Mapping[str, str]) -> Callable[[str], None]:
+    """The crash tests' failpoint: with VDI_FAILPOINT_KILL_AFTER_STEP=<step> the broker
+    kills itself (SIGKILL) right after that job step's hypervisor work, before the
+    database records it. Never set in production: then nothing happens."""
+    step = environ.get("VDI_FAILPOINT_KILL_AFTER_STEP", "")
+
+    def kill_after(done: str) -> None:
+        if step and done == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill_after
 
 
 def libvirt_factory(settings: Settings) -> Callable[[Host], Hypervisor]:

@@ -25,7 +25,7 @@ from bench.provision import (
 )
 from bench.report import Results, SectionEntry, render
 from pools.hypervisor import ImageFiles
-from pools.jobs import JobRunner
+from pools.jobs.runner import JobRunner
 from pools.worker import PoolWorker
 
 IMAGE = ImageFiles(disk_path="/var/lib/libvirt/images/vdi-bench/img-disk.qcow2",

@@ -19,7 +19,7 @@ from pools.fake_hypervisor import FakeHypervisor
 from pools.hosts import Host, HostError, HostLoad, HostRegistry, HostStatus, Limits, place
 from pools.hypervisor import DesktopSpec, DomainInfo, GraphicsEndpoint
 from pools.images import ImageStore
-from pools.jobs import JobKind
+from pools.jobs.queue import JobKind
 from pools.worker import PoolWorker
 from tests.conftest import ManualClock
 from tests.pools.test_worker import PREFIX, clerk, make_pool

@@ -53,7 +53,7 @@ from pools.calls import HostCalls
 from pools.hosts import Host, HostRegistry, HostStatus
 from pools.hypervisor import Hypervisor
 from pools.images import ImageStore
-from pools.jobs import JobKind, JobState
+from pools.jobs.queue import JobKind, JobState
 from pools.libvirt.host import LibvirtHost
 from pools.worker import PoolWorker
 from tests.conftest import REPO, ManualClock

@@ -16,7 +16,7 @@ from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import HostUnavailable
 from pools.images import ImageStore, ReleaseError
-from pools.jobs import JobKind, JobState, enqueue
+from pools.jobs.queue import JobKind, JobState, enqueue
 from pools.worker import PoolWorker
 from tests.conftest import ManualClock
 from tests.pools.test_worker import PREFIX, clerk, make_pool
@@ -240,7 +240,7 @@ async def test_a_job_of_a_dead_broker_is_resumed_after_its_lease(rig: Rig) -> No
 
 
 def await_claim(worker: PoolWorker) -> list[int]:
-    jobs = worker.jobs._claim_due()  # claim only: the broker dies before running anything
+    jobs = worker.jobs.queue.claim_due()  # claim only: the broker dies before running anything
     return [j.id for j in jobs]
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.assignment import DesktopNotReady
 from broker.idle import IdleNotices
-from pools.jobs import JobKind
+from pools.jobs.queue import JobKind
 from pools.policy_file import parse_policy, read_policy_file
 from pools.reclaim import Action, PolicyError, Verdict
 from pools.reclaimer import Reclaimer

@@ -45,7 +45,7 @@ from broker.assignment import Assigner
 from pools.calls import HostCalls
 from pools.hypervisor import DesktopSpec, GraphicsEndpoint, Hypervisor
 from pools.images import ImageStore
-from pools.jobs import JobKind, JobState
+from pools.jobs.queue import JobKind, JobState
 from pools.libvirt.host import LibvirtHost
 from pools.worker import PoolWorker
 from tests.conftest import (

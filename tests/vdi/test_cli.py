@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hosts import HostStatus
-from pools.jobs import JobKind
+from pools.jobs.queue import JobKind
 from vdi.cli import main
 from vdi.db import make_engine, session_factory
 from vdi.domain import DesktopState, utc_now

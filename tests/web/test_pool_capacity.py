@@ -11,7 +11,7 @@ import httpx
 
 from broker.auth.fake_directory import FakeDirectory
 from pools.fake_hypervisor import FakeHypervisor
-from pools.jobs import JobKind
+from pools.jobs.queue import JobKind
 from tests.web.conftest import (
     STAFF_GROUP,
     BrokerFactory,
