@@ -34,7 +34,7 @@ def main() -> None:
     try:
         with session_factory(engine)() as s:
             for row in s.scalars(select(DesktopRow).where(DesktopRow.host_uri == host.uri)):
-                host.adopt(row.domain_name, row.id, row.pool_id, row.vnc_port or 5900)
+                host.adopt(row.domain_name, row.id, row.pool_id, row.console_port or 5900)
     finally:
         engine.dispose()
     app = build_app(settings, hosts={host.uri: host})

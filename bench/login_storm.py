@@ -62,9 +62,9 @@ from bench.login_ldif import WINDOW_STAFF, clerk_name, write_clerks_ldif
 from harness.ldap_server import DEMO_PASSWORD, SlapdServer, free_loopback_port
 from harness.pg_server import PgServer
 from vdi import desktops
-from vdi.catalog import Catalog
+from vdi.catalog import Catalog, console_of
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import DesktopState, Pool, PoolKind, utc_now
+from vdi.domain import ConsoleEndpoint, ConsoleKind, DesktopState, Pool, PoolKind, utc_now
 from vdi.models import ConsoleTokenRow, DesktopRow, SessionRow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -266,8 +266,10 @@ def seed(url: str, spares: int) -> None:
                                           now=now + timedelta(milliseconds=n))
             s.flush()
             for n in range(spares):
-                desktops.mark_ready(s, f"{POOL}-{n:04d}", vnc_host="127.0.0.1",
-                                    vnc_port=5900 + n, image_version=1, now=now)
+                desktops.mark_ready(s, f"{POOL}-{n:04d}",
+                                    console=ConsoleEndpoint(ConsoleKind.VNC, "127.0.0.1",
+                                                            5900 + n),
+                                    image_version=1, now=now)
     finally:
         engine.dispose()
 
@@ -303,7 +305,7 @@ def check_and_release(url: str, results: list[ClerkResult]) -> list[str]:
                     DesktopRow.state == DesktopState.ASSIGNED.value))):
                 assert row.assigned_user is not None
                 desktops.log_off(s, row.id, row.assigned_user, now)
-                desktops.mark_ready(s, row.id, vnc_host=row.vnc_host, vnc_port=row.vnc_port,
+                desktops.mark_ready(s, row.id, console=console_of(row),
                                     image_version=row.image_version, now=now)
             s.execute(delete(ConsoleTokenRow))
             s.execute(update(SessionRow).where(SessionRow.ended_at.is_(None))

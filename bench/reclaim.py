@@ -43,13 +43,13 @@ from bench.office_day import ClerkDay, DayModel, Ending, Mode, generate_day, req
 from broker.assignment import Assigner, AssignmentError, NothingToLogOff
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
-from pools.hypervisor import DesktopSpec, GraphicsEndpoint, HostUnavailable
+from pools.hypervisor import DesktopSpec, HostUnavailable
 from pools.images import ImageStore
 from pools.worker import PoolWorker
 from vdi import desktops
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import DesktopState, Pool, PoolKind, Principal, Role
+from vdi.domain import ConsoleEndpoint, DesktopState, Pool, PoolKind, Principal, Role
 from vdi.models import ClaimRow, DesktopRow, PoolRow, ReclaimRow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ class BootingHost(FakeHypervisor):
         self._boot = timedelta(seconds=boot_s)
         self._asked: dict[str, datetime] = {}
 
-    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+    def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         first = self._asked.setdefault(spec.name, self._clock())
         if self._clock() - first < self._boot:
             raise HostUnavailable(f"{spec.name} is still booting")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,6 +45,20 @@ POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 RECLAIMED = 4001  # the idle policy took the desktop back: the page says why, no retry
+
+
+# The websockets one grant may open, per console kind: a VNC console is one stream.
+CHANNELS: dict[ConsoleKind, int] = {ConsoleKind.VNC: 1}
+# The relay that speaks each kind's protocol (sans-I/O core + shell). A kind without one
+# is refused at the grant: its desktops cannot be reached through the broker yet.
+Relay = Callable[..., Awaitable[str]]
+RELAYS: dict[ConsoleKind, Relay] = {ConsoleKind.VNC: run_tunnel}
+
+
+class ConsoleUnsupported(AssignmentError):
+    """The desktop's console kind has no relay in this broker."""
+
+    code = "console_unsupported"
 
 
 @dataclass(frozen=True)
@@ -104,12 +118,15 @@ class Consoles:
         theirs); refusals are audited."""
         who = session.principal
 
-        def attempt() -> tuple[Desktop, str] | AssignmentError:
+        def attempt() -> tuple[Desktop, ConsoleKind, str] | AssignmentError:
             # one trip to a database thread: assignment, news seen, token + its audit
             try:
                 desktop = self._assigner.assign(pool_id, who)
             except AssignmentError as e:
                 return e
+            kind = desktop.console.kind if desktop.console else ConsoleKind.VNC
+            if kind not in RELAYS:
+                return ConsoleUnsupported(kind.value)
             if self._notices.notices(who.username, [pool_id]):
                 with self._db.begin() as s:  # the clerk is back: the reclaim is old news
                     self._notices.mark_seen(s, who.username, pool_id, self._clock())
@@ -117,16 +134,16 @@ class Consoles:
                                     action="connect", target=desktop.id, source=source,
                                     outcome="ok")
             token = self._tokens.issue(username=who.username, session_hash=session.id_hash,
-                                       desktop_id=desktop.id, kind=ConsoleKind.VNC.value,
-                                       audit=entry)
+                                       desktop_id=desktop.id, kind=kind.value,
+                                       channels=CHANNELS[kind], audit=entry)
             self._audit.written(entry)
-            return desktop, token
+            return desktop, kind, token
 
         outcome = await self._blocking.db(attempt)
         if not isinstance(outcome, AssignmentError):
             self._wake()  # a spare was taken: let the worker top the pool up
-            desktop, token = outcome
-            return ConsoleOffer(desktop.id, ConsoleKind.VNC, token, self._tokens.ttl_s)
+            desktop, kind, token = outcome
+            return ConsoleOffer(desktop.id, kind, token, self._tokens.ttl_s)
         if isinstance(outcome, DesktopNotReady | HostsUnavailable):
             self._wake()
         if not isinstance(outcome, DesktopNotReady):  # "starting" is not worth a record
@@ -152,14 +169,15 @@ class Consoles:
         try:
             grant = await self._blocking.db(lambda: self._tokens.consume(
                 token, session_hash=session.id_hash if session else None,
-                kind=ConsoleKind.VNC.value))
+                kind=None))  # the grant's kind is checked against the desktop below
         except TokenRejected as e:
             await self._deny(actor, source, e.reason)
             raise ConsoleRefused(e.reason) from None
         # compare-and-set: the console opens only on a desktop still this clerk's and on
         # (a reclaim that won first makes this fail; one that comes later sees the console)
         desktop = await self._blocking.db(self._mark_console_open, grant)
-        if desktop is None or desktop.vnc_host is None or desktop.vnc_port is None:
+        if desktop is None or desktop.console is None \
+                or desktop.console.kind.value != grant.kind:
             await self._deny(grant.username, source, "desktop no longer assigned")
             raise ConsoleRefused("desktop no longer assigned")
         try:
@@ -174,8 +192,9 @@ class Consoles:
         """Relay the admitted console until either side ends it; returns how to close the
         websocket. Records the disconnect (and the last console closed here)."""
         desktop, grant, tunnel = admission.desktop, admission.grant, admission.tunnel
-        assert desktop.vnc_host is not None and desktop.vnc_port is not None
-        vnc_host, vnc_port = desktop.vnc_host, desktop.vnc_port
+        assert desktop.console is not None
+        endpoint = desktop.console
+        run_relay = RELAYS[endpoint.kind]  # admitted only for a kind that has one
 
         async def prepare() -> ConsoleTarget:
             password = new_vnc_password()
@@ -184,12 +203,12 @@ class Consoles:
                     desktop.domain_name, password, self._password_valid_s))
             except HypervisorError as e:
                 raise TunnelError(f"desktop host unavailable: {e}") from e
-            return ConsoleTarget(host=vnc_host, port=vnc_port, password=password)
+            return ConsoleTarget(host=endpoint.host, port=endpoint.port, password=password)
 
         closing = Closing(NORMAL, "bye")
         reason = "closed"
         try:
-            reason = await run_tunnel(browser, prepare,
+            reason = await run_relay(browser, prepare,
                                       on_input=lambda: self._tunnels.input_seen(grant.desktop_id),
                                       max_cut_text=self._max_cut_text,
                                       setup_lock=self._tunnels.setup_lock(grant.desktop_id))

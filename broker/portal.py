@@ -55,7 +55,8 @@ class Portal:
             notices = self._notices.notices(session.principal.username,
                                             [p.id for p, _ in pools])
             return [PoolView(p, current.id if current else None, notices.get(p.id),
-                             ConsoleKind.VNC) for p, current in pools]
+                             current.console.kind if current and current.console
+                             else p.console) for p, current in pools]
 
         return await self._blocking.db(read)
 

@@ -38,6 +38,7 @@ class ConsoleGrant:
     session_hash: str
     desktop_id: str
     kind: str
+    channel: int  # 1 for the first websocket of the grant, 2 for the second, ...
 
 
 class TokenStore:
@@ -54,9 +55,12 @@ class TokenStore:
         return int(self._ttl.total_seconds())
 
     def issue(self, *, username: str, session_hash: str, desktop_id: str,
-              kind: str = "vnc", audit: AuditRow | None = None) -> str:
-        """A new token (256 random bits). Only its hash is stored. `audit`
-        (vdi.audit.AuditLog.row) is written in the same transaction."""
+              kind: str = "vnc", channels: int = 1, audit: AuditRow | None = None) -> str:
+        """A new token (256 random bits) that may open `channels` websockets within its
+        lifetime (VNC: one; SPICE opens one per channel). Only its hash is stored.
+        `audit` (vdi.audit.AuditLog.row) is written in the same transaction."""
+        if channels < 1:
+            raise ValueError("a console grant opens at least one channel")
         raw = secrets.token_urlsafe(32)
         now = self._clock()
         with self._sessions.begin() as s:
@@ -64,7 +68,7 @@ class TokenStore:
                 s.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.expires_at < now))
             s.add(ConsoleTokenRow(token_hash=hash_secret(raw), username=username,
                                   session_hash=session_hash, desktop_id=desktop_id, kind=kind,
-                                  expires_at=now + self._ttl))
+                                  expires_at=now + self._ttl, channels=channels, uses=0))
             if audit is not None:
                 s.add(audit)
         return raw
@@ -76,9 +80,11 @@ class TokenStore:
             self._next_sweep = now + SWEEP_EVERY
             return True
 
-    def consume(self, raw: str, *, session_hash: str | None, kind: str = "vnc") -> ConsoleGrant:
-        """Use the token once. Raises TokenRejected when it is malformed, unknown, used,
-        expired, of another kind, or presented with another session's cookie."""
+    def consume(self, raw: str, *, session_hash: str | None,
+                kind: str | None = "vnc") -> ConsoleGrant:
+        """Open one of the token's channels. Raises TokenRejected when it is malformed,
+        unknown, used up, expired, of another kind than `kind` (None: any; the caller
+        checks the grant's kind), or presented with another session's cookie."""
         if not TOKEN_RE.fullmatch(raw):  # match() would let a trailing newline through
             raise TokenRejected("malformed token")
         now = self._clock()
@@ -87,25 +93,29 @@ class TokenStore:
             row = s.get(ConsoleTokenRow, h)
             if row is None:
                 raise TokenRejected("unknown token")
-            if row.used_at is not None:
+            if row.uses >= row.channels:
                 raise TokenRejected("token already used")
             if row.expires_at <= now:
                 raise TokenRejected("token expired")
-            if row.kind != kind:
+            if kind is not None and row.kind != kind:
                 raise TokenRejected("token for another console kind")
             if session_hash is None or row.session_hash != session_hash:
                 raise TokenRejected("token bound to another session")
+            # compare-and-set on the count read: two websockets racing for the last
+            # channel cannot both have it
+            uses = row.uses
             claimed = s.execute(update(ConsoleTokenRow)
                                 .where(ConsoleTokenRow.token_hash == h,
-                                       ConsoleTokenRow.used_at.is_(None))
-                                .values(used_at=now))
+                                       ConsoleTokenRow.uses == uses)
+                                .values(uses=uses + 1, used_at=row.used_at or now))
             if rows_changed(claimed) != 1:
                 raise TokenRejected("token already used")
             return ConsoleGrant(username=row.username, session_hash=row.session_hash,
-                                desktop_id=row.desktop_id, kind=row.kind)
+                                desktop_id=row.desktop_id, kind=row.kind, channel=uses + 1)
 
     def revoke_session(self, session_hash: str) -> None:
-        """Unused tokens of an ended session die with it."""
+        """Tokens of an ended session die with it (also their channels not yet opened)."""
         with self._sessions.begin() as s:
-            s.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.session_hash == session_hash,
-                                                    ConsoleTokenRow.used_at.is_(None)))
+            s.execute(delete(ConsoleTokenRow).where(
+                ConsoleTokenRow.session_hash == session_hash,
+                ConsoleTokenRow.uses < ConsoleTokenRow.channels))

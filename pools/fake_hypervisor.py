@@ -24,7 +24,6 @@ from pools.hypervisor import (
     DesktopSpec,
     DomainInfo,
     DomainNotFound,
-    GraphicsEndpoint,
     HostInfo,
     HostUnavailable,
     HypervisorError,
@@ -32,6 +31,7 @@ from pools.hypervisor import (
     image_cmdline,
     qcow2_virtual_size,
 )
+from vdi.domain import ConsoleEndpoint
 
 FIRST_VNC_PORT = 5900
 # every fake host by URI, so one can migrate a domain to another
@@ -112,7 +112,7 @@ class FakeHypervisor:
             self.images[(image_id, version)] = files
             return files
 
-    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+    def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         """Defines and starts the domain; an existing one is started and reused.
         Raises `create_error` when set; HypervisorError for an unpublished image."""
         with self._lock:
@@ -144,7 +144,7 @@ class FakeHypervisor:
                 self.domains[spec.name] = dom
             dom.running = True
             dom.suspended = False
-            return GraphicsEndpoint(host=self.graphics_listen, port=dom.port)
+            return ConsoleEndpoint(spec.console, self.graphics_listen, dom.port)
 
     def shut_down_desktop(self, name: str, grace_s: float) -> None:
         with self._lock:
@@ -166,13 +166,13 @@ class FakeHypervisor:
             port += 1
         return port
 
-    def graphics_endpoint(self, name: str) -> GraphicsEndpoint:
+    def console_endpoint(self, name: str) -> ConsoleEndpoint:
         with self._lock:
             self._answer()
             dom = self._domain(name)
             if not dom.running:
                 raise HypervisorError(f"desktop {name} is not running")
-            return GraphicsEndpoint(host=self.graphics_listen, port=dom.port)
+            return ConsoleEndpoint(dom.spec.console, self.graphics_listen, dom.port)
 
     def set_console_password(self, name: str, password: str, valid_s: int) -> None:
         if not password or len(password) > 8:

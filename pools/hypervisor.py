@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from vdi.domain import ConsoleEndpoint, ConsoleKind
+
 
 class HypervisorError(Exception):
     """A hypervisor operation failed; the message is safe to show an admin."""
@@ -51,12 +53,7 @@ class DesktopSpec:
     # the desktop's own disk must already be there (a dedicated desktop started again):
     # if it is gone, fail instead of giving its owner a blank clone
     disk_must_exist: bool = False
-
-
-@dataclass(frozen=True)
-class GraphicsEndpoint:
-    host: str
-    port: int
+    console: ConsoleKind = ConsoleKind.VNC  # the graphics its domain serves
 
 
 @dataclass(frozen=True)
@@ -127,13 +124,14 @@ class Hypervisor(Protocol):
         other volumes (their names carry the content digest)."""
         ...
 
-    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+    def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         """Make the linked clone, define and start the domain, return where its console
         listens. Idempotent: whatever step already happened is reused."""
         ...
 
-    def graphics_endpoint(self, name: str) -> GraphicsEndpoint:
-        """Where a running domain's VNC server listens. Raises DomainNotFound."""
+    def console_endpoint(self, name: str) -> ConsoleEndpoint:
+        """Where a running domain's console (VNC or SPICE) listens. Raises
+        DomainNotFound."""
         ...
 
     def set_console_password(self, name: str, password: str, valid_s: int) -> None:

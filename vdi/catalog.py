@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind, Power, utc_now
+from vdi.domain import (
+    ConsoleEndpoint,
+    ConsoleKind,
+    Desktop,
+    DesktopState,
+    Pool,
+    PoolKind,
+    Power,
+    utc_now,
+)
 from vdi.models import DesktopRow, PoolRow
 
 
@@ -20,16 +29,22 @@ def pool_from_row(row: PoolRow) -> Pool:
                 image=row.image, vcpus=row.vcpus, memory_mib=row.memory_mib,
                 min_ready=row.min_ready, max_size=row.max_size,
                 entitled_groups=tuple(row.entitled_groups), image_version=row.image_version,
-                hosts=tuple(row.hosts or ()))
+                hosts=tuple(row.hosts or ()), console=ConsoleKind(row.console_kind))
 
 
 def desktop_from_row(row: DesktopRow) -> Desktop:
     return Desktop(id=row.id, pool_id=row.pool_id, state=DesktopState(row.state),
                    host_uri=row.host_uri, domain_name=row.domain_name,
-                   assigned_user=row.assigned_user, vnc_host=row.vnc_host,
-                   vnc_port=row.vnc_port, created_at=row.created_at,
+                   assigned_user=row.assigned_user, console=console_of(row),
+                   created_at=row.created_at,
                    last_input_at=row.last_input_at, image_version=row.image_version,
                    error=row.error, power=Power(row.power or Power.ON.value))
+
+
+def console_of(row: DesktopRow) -> ConsoleEndpoint | None:
+    if row.console_host is None or row.console_port is None:
+        return None
+    return ConsoleEndpoint(ConsoleKind(row.console_kind), row.console_host, row.console_port)
 
 
 class Catalog:
@@ -63,6 +78,7 @@ class Catalog:
             row.entitled_groups = list(pool.entitled_groups)
             row.image_version = pool.image_version
             row.hosts = list(pool.hosts)
+            row.console_kind = pool.console.value
 
     def desktops(self, pool_id: str | None = None,
                  states: Sequence[DesktopState] | None = None) -> list[Desktop]:

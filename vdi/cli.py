@@ -19,7 +19,7 @@ from broker.reclaims import MAX_HOURS, read_reclaims
 from pools.hosts import Host
 from vdi.catalog import CatalogError
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import PoolKind, utc_now
+from vdi.domain import Desktop, PoolKind, utc_now
 from vdi.settings import Settings, SettingsError, load_settings
 
 
@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "migrate":
         print(f"database schema is current ({url.split('://')[0]})")
         return 0
-    admin = Admin(db, actor=f"cli:{getpass.getuser()}")
+    admin = Admin(db, actor=f"cli:{getpass.getuser()}", clock=utc_now)
     try:
         return _COMMANDS[args.command](args, settings, admin)
     except AdminRefused as e:
@@ -278,9 +278,13 @@ def _pools(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
 def _desktops(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
     for d in admin.catalog.desktops():
         print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"
-              f"v{d.image_version}\t{d.vnc_host}:{d.vnc_port}\t{d.host_uri}\t"
+              f"v{d.image_version}\t{_console(d)}\t{d.host_uri}\t"
               f"{(d.error or '').splitlines()[0] if d.error else ''}")
     return 0
+
+
+def _console(d: Desktop) -> str:
+    return f"{d.console.kind.value}://{d.console.host}:{d.console.port}" if d.console else "-"
 
 
 def _default_host(settings: Settings) -> Host:

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, aliased
 
 from vdi.catalog import desktop_from_row
 from vdi.db import rows_changed
-from vdi.domain import Desktop, DesktopState, Power
+from vdi.domain import ConsoleEndpoint, Desktop, DesktopState, Power
 from vdi.models import DesktopRow
 
 # desktops a job is making or remaking: only a job takes them to ready or error
@@ -76,12 +76,20 @@ def add_provisioning(s: Session, *, desktop_id: str, pool_id: str, host_uri: str
                      power=Power.ON.value, created_at=now, updated_at=now))
 
 
-def mark_ready(s: Session, desktop_id: str, *, vnc_host: str | None, vnc_port: int | None,
+def _endpoint(console: ConsoleEndpoint | None) -> dict[str, object]:
+    """The endpoint columns for a console (None: the desktop has none now)."""
+    if console is None:
+        return {"console_host": None, "console_port": None}
+    return {"console_kind": console.kind.value, "console_host": console.host,
+            "console_port": console.port}
+
+
+def mark_ready(s: Session, desktop_id: str, *, console: ConsoleEndpoint | None,
                image_version: int, now: datetime) -> bool:
     """provisioning | reclaiming -> ready: a fresh desktop runs with this console
     endpoint and image version; no clerk, no console or idle history, no note."""
     return _cas(s, DesktopRow.id == desktop_id, DesktopRow.state.in_(IN_WORK),
-                state=DesktopState.READY.value, vnc_host=vnc_host, vnc_port=vnc_port,
+                state=DesktopState.READY.value, **_endpoint(console),
                 image_version=image_version, power=Power.ON.value, error=None,
                 updated_at=now, **_NO_CLERK)
 
@@ -169,7 +177,7 @@ def mark_deleted(s: Session, desktop_id: str, now: datetime) -> bool:
     """reclaiming -> deleted: its domain and disk are gone; the row stays for history."""
     return _cas(s, DesktopRow.id == desktop_id,
                 DesktopRow.state == DesktopState.RECLAIMING.value,
-                state=DesktopState.DELETED.value, vnc_host=None, vnc_port=None, error=None,
+                state=DesktopState.DELETED.value, **_endpoint(None), error=None,
                 updated_at=now, **_NO_CLERK)
 
 
@@ -215,12 +223,12 @@ def move_host(s: Session, desktop_id: str, *, from_host: str, to_host: str,
                 DesktopRow.host_uri == from_host, host_uri=to_host, updated_at=now)
 
 
-def mark_running(s: Session, desktop_id: str, *, host_uri: str, vnc_host: str,
-                 vnc_port: int, now: datetime) -> bool:
+def mark_running(s: Session, desktop_id: str, *, host_uri: str, console: ConsoleEndpoint,
+                 now: datetime) -> bool:
     """A ready or assigned desktop runs (again) on `host_uri` with this console
     endpoint, powered on: a restart, a migration or a resume is done; its note goes."""
     return _cas(s, DesktopRow.id == desktop_id, DesktopRow.state.in_(RUNNING),
-                host_uri=host_uri, vnc_host=vnc_host, vnc_port=vnc_port,
+                host_uri=host_uri, **_endpoint(console),
                 power=Power.ON.value, error=None, updated_at=now)
 
 

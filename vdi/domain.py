@@ -60,6 +60,15 @@ class ConsoleKind(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class ConsoleEndpoint:
+    """Where a desktop's console listens, as its host reports it (never from a client)."""
+
+    kind: ConsoleKind
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Pool:
     id: str
     display_name: str
@@ -72,6 +81,7 @@ class Pool:
     entitled_groups: tuple[str, ...]
     image_version: int | None = None  # None: the image's released version
     hosts: tuple[str, ...] = ()  # host URIs the pool may use; empty: any
+    console: ConsoleKind = ConsoleKind.VNC  # the console its desktops are made with
 
     @property
     def persistent(self) -> bool:
@@ -87,8 +97,7 @@ class Desktop:
     host_uri: str
     domain_name: str
     assigned_user: str | None
-    vnc_host: str | None
-    vnc_port: int | None
+    console: ConsoleEndpoint | None  # None until the desktop first runs
     created_at: datetime
     last_input_at: datetime | None
     image_version: int = 0

@@ -65,6 +65,8 @@ class PoolRow(Base):
     reclaim_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # spare levels over the day (pools.spares); NULL: min_ready all day
     spare_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the console its desktops get (vdi.domain.ConsoleKind)
+    console_kind: Mapped[str] = mapped_column(String(16), default="vnc", server_default="vnc")
 
 
 class ImageReleaseRow(Base):
@@ -155,8 +157,10 @@ class DesktopRow(Base):
     domain_name: Mapped[str] = mapped_column(String(128), unique=True)
     image_version: Mapped[int] = mapped_column(Integer)
     assigned_user: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    vnc_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    vnc_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the console the desktop's host reports (vdi.domain.ConsoleEndpoint)
+    console_kind: Mapped[str] = mapped_column(String(16), default="vnc", server_default="vnc")
+    console_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    console_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -202,6 +206,10 @@ class ConsoleTokenRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # how many websockets the grant may open (a SPICE console is one per channel), and
+    # how many it did
+    channels: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    uses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditRow(Base):

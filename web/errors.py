@@ -19,6 +19,7 @@ from broker.assignment import (
 )
 from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
 from broker.auth.throttle import Throttled
+from broker.consoles import ConsoleUnsupported
 from broker.errors import BadRequest, Forbidden, NoAccess, NoDesktop, NotSignedIn
 from web.i18n import gettext_for
 
@@ -66,6 +67,9 @@ ANSWERS: dict[type[Exception], Answer] = {
     PoolFull: Answer(
         409, "pool_full",
         N_("No desktop is free in this pool. Try again later or call the helpdesk.")),
+    ConsoleUnsupported: Answer(
+        409, "console_unsupported",
+        N_("This desktop's console type cannot be opened here yet. Call the helpdesk.")),
     AssignmentError: Answer(500, "assignment_failed", N_("Could not assign a desktop.")),
 }
 # refusals raised by the access seam itself (web.access) register here too

@@ -27,7 +27,7 @@ from pools.hypervisor import DesktopSpec, DomainNotFound, HostUnavailable
 from pools.images import ImageNotPublished, ImageStore
 from pools.jobs.queue import STEP_NAMES, Job, JobKind, JobQueue
 from vdi import desktops
-from vdi.domain import Desktop, Pool
+from vdi.domain import ConsoleEndpoint, ConsoleKind, Desktop, Pool
 
 # kinds that keep the desktop's disk: a new host must see the same storage
 KEEPS_DISK = (JobKind.RESTART, JobKind.MIGRATE)
@@ -98,13 +98,21 @@ async def create(ctx: StepContext, w: Work) -> Payload:
                        vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files,
                        # a clerk's dedicated desktop restarted: its disk or nothing
                        disk_must_exist=w.job.kind is JobKind.RESTART
-                       and desktop.assigned_user is not None)
+                       and desktop.assigned_user is not None, console=pool.console)
     async with ctx.slot(target):
         endpoint = await ctx.calls.run(
             target, lambda h: h.create_desktop(spec),
             timeout_s=max(ctx.calls.timeout_s, ctx.create_timeout_s))
-    return {**payload, "version": version, "vnc_host": endpoint.host,
-            "vnc_port": endpoint.port}
+    return {**payload, "version": version, "console_kind": endpoint.kind.value,
+            "console_host": endpoint.host, "console_port": endpoint.port}
+
+
+def _endpoint(payload: Payload) -> ConsoleEndpoint | None:
+    """The console endpoint the create step recorded in the job's payload."""
+    host, port = payload.get("console_host"), payload.get("console_port")
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    return ConsoleEndpoint(ConsoleKind(payload.get("console_kind", "vnc")), host, port)
 
 
 async def ready(ctx: StepContext, w: Work) -> Payload:
@@ -112,8 +120,7 @@ async def ready(ctx: StepContext, w: Work) -> Payload:
     def write() -> None:
         with ctx.sessions.begin() as s:
             # refused when done already (a rerun after a crash): nothing to do then
-            desktops.mark_ready(s, w.job.desktop_id, vnc_host=w.payload.get("vnc_host"),
-                                vnc_port=w.payload.get("vnc_port"),
+            desktops.mark_ready(s, w.job.desktop_id, console=_endpoint(w.payload),
                                 image_version=w.payload.get("version", 0), now=ctx.clock())
     await asyncio.to_thread(write)
     return w.payload
@@ -192,19 +199,18 @@ async def migrate(ctx: StepContext, w: Work) -> Payload:
                 name, dest, target.graphics_listen), timeout_s=max(ctx.calls.timeout_s, 300))
         except DomainNotFound:
             # gone from the source: done already (a broker died before recording it)?
-            await ctx.calls.run(dest, lambda h: h.graphics_endpoint(name))
+            await ctx.calls.run(dest, lambda h: h.console_endpoint(name))
     return w.payload
 
 
 async def resume(ctx: StepContext, w: Work) -> Payload:
     """The desktop runs on its (new) host: record there and its console endpoint."""
     host = w.payload.get("host", w.desktop.host_uri)
-    endpoint = await ctx.calls.run(host, lambda h: h.graphics_endpoint(w.desktop.domain_name))
+    endpoint = await ctx.calls.run(host, lambda h: h.console_endpoint(w.desktop.domain_name))
 
     def write() -> None:
         with ctx.sessions.begin() as s:
-            if not desktops.mark_running(s, w.desktop.id, host_uri=host,
-                                         vnc_host=endpoint.host, vnc_port=endpoint.port,
+            if not desktops.mark_running(s, w.desktop.id, host_uri=host, console=endpoint,
                                          now=ctx.clock()):
                 raise StepFailed(f"desktop {w.desktop.id} is no longer ready or in use")
     await asyncio.to_thread(write)

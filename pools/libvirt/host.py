@@ -21,7 +21,6 @@ from pools.hosts import Host
 from pools.hypervisor import (
     DesktopSpec,
     DomainInfo,
-    GraphicsEndpoint,
     HostInfo,
     HypervisorError,
     ImageFiles,
@@ -38,7 +37,7 @@ from pools.libvirt.domain_xml import (
     with_graphics_listen,
 )
 from pools.libvirt.storage import HostStorage
-from vdi.domain import ConsoleKind
+from vdi.domain import ConsoleEndpoint, ConsoleKind
 from vdi.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,17 +115,18 @@ class LibvirtHost:
     # -- desktops ---------------------------------------------------------------------
 
     def _domain_xml(self, name: str, dtype: str, desktop_id: str, pool_id: str, vcpus: int,
-                    memory_mib: int, image: ImageFiles, disk: str | None) -> str:
+                    memory_mib: int, image: ImageFiles, disk: str | None,
+                    console: ConsoleKind = ConsoleKind.VNC) -> str:
         # The initial password is random and never stored: the console is unusable until
         # the broker sets a per-connection one.
         return build_domain_xml(DomainSpec(
             name=name, domain_type=dtype, desktop_id=desktop_id, pool_id=pool_id,
             vcpus=vcpus, memory_mib=memory_mib, kernel_path=image.kernel_path,
             initrd_path=image.initrd_path, cmdline=image.cmdline, disk_path=disk,
-            serial_log_path=self.serial_log_path(name), console=ConsoleKind.VNC,
+            serial_log_path=self.serial_log_path(name), console=console,
             listen=self.graphics_listen, console_password=new_vnc_password()))
 
-    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+    def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         dtype = self.domain_type(spec.image)
         conn = self._conn.get()
         with self._conn.errors(f"create desktop {spec.name}"):
@@ -135,27 +135,28 @@ class LibvirtHost:
             if dom is None:
                 dom = conn.defineXML(self._domain_xml(
                     spec.name, dtype, spec.desktop_id, spec.pool_id, spec.vcpus,
-                    spec.memory_mib, spec.image, disk))
+                    spec.memory_mib, spec.image, disk, spec.console))
             if not dom.isActive():
                 dom.create()
-        return self.graphics_endpoint(spec.name)
+        return self.console_endpoint(spec.name)
 
     def _lookup(self, name: str) -> Any:
         conn = self._conn.get()
         with self._conn.errors(f"look up {name}"):
             return conn.lookupByName(name)
 
-    def graphics_endpoint(self, name: str) -> GraphicsEndpoint:
+    def console_endpoint(self, name: str) -> ConsoleEndpoint:
         dom = self._lookup(name)
         with self._conn.errors(f"graphics of {name}"):
             if not dom.isActive():
                 raise HypervisorError(f"desktop {name} is not running")
             xml = dom.XMLDesc(0)
-        found = console_listen(xml, ConsoleKind.VNC)
-        if found is None:
-            raise HypervisorError(f"desktop {name} has no VNC console")
-        listen, port = found
-        return GraphicsEndpoint(host=listen or self.graphics_listen, port=port)
+        for kind in ConsoleKind:  # the one its domain was made with
+            found = console_listen(xml, kind)
+            if found is not None:
+                listen, port = found
+                return ConsoleEndpoint(kind, listen or self.graphics_listen, port)
+        raise HypervisorError(f"desktop {name} has no console")
 
     def shut_down_desktop(self, name: str, grace_s: float) -> None:
         dom = self._lookup(name)

@@ -54,8 +54,8 @@ def add_desktops(db: sessionmaker[Session], clock: ManualClock, count: int,
             ids.append(f"window-{n:04d}")
             s.add(DesktopRow(id=ids[-1], pool_id="window", state=state.value,
                              host_uri="fake:///system", domain_name=f"vdi-window-{n:04d}",
-                             image_version=1, assigned_user=user, vnc_host="127.0.0.1",
-                             vnc_port=5900 + n, error=error, created_at=at, updated_at=at))
+                             image_version=1, assigned_user=user, console_host="127.0.0.1",
+                             console_port=5900 + n, error=error, created_at=at, updated_at=at))
     return ids
 
 

@@ -32,7 +32,7 @@ def issue(tokens: TokenStore, session_hash: str = SESSION_A, kind: str = "vnc",
 
 
 def rejected(tokens: TokenStore, raw: str, session_hash: str | None = SESSION_A,
-             kind: str = "vnc") -> str:
+             kind: str | None = "vnc") -> str:
     """The reason consume gives for refusing the token (fails if it is accepted)."""
     with pytest.raises(TokenRejected) as err:
         tokens.consume(raw, session_hash=session_hash, kind=kind)
@@ -49,7 +49,7 @@ def test_a_token_opens_its_console_once(tokens: TokenStore) -> None:
     raw = issue(tokens)
     grant = tokens.consume(raw, session_hash=SESSION_A)
     assert grant == ConsoleGrant(username="clerk1", session_hash=SESSION_A,
-                                 desktop_id="window-0001", kind="vnc")
+                                 desktop_id="window-0001", kind="vnc", channel=1)
     assert rejected(tokens, raw) == "token already used"
     assert rejected(tokens, raw) == "token already used"
 
@@ -175,3 +175,15 @@ def test_revoke_session_kills_its_unused_tokens_only(tokens: TokenStore) -> None
     assert rejected(tokens, a2) == "unknown token"
     assert tokens.consume(b1, session_hash=SESSION_B).session_hash == SESSION_B
     tokens.revoke_session(SESSION_A)  # idempotent
+
+
+def test_a_grant_of_several_channels_opens_that_many_websockets(tokens: TokenStore) -> None:
+    raw = tokens.issue(username="clerk1", session_hash=SESSION_A, desktop_id="window-0001",
+                       kind="spice", channels=3)
+    opened = [tokens.consume(raw, session_hash=SESSION_A, kind=None) for _ in range(3)]
+    assert [g.channel for g in opened] == [1, 2, 3]
+    assert {g.kind for g in opened} == {"spice"}
+    assert rejected(tokens, raw, kind=None) == "token already used"
+    with pytest.raises(ValueError, match="at least one channel"):
+        tokens.issue(username="clerk1", session_hash=SESSION_A, desktop_id="window-0001",
+                     channels=0)

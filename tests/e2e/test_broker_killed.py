@@ -102,7 +102,7 @@ def test_broker_killed_between_domain_start_and_commit(tmp_path: Path) -> None:
                 host = LibvirtHost("qemu:///system", storage_pool="vdi-test",
                                    storage_dir=Path("/var/lib/libvirt/images/vdi-test"))
                 try:
-                    assert host.graphics_endpoint(PREFIX + left[0]).port == port_recorded
+                    assert host.console_endpoint(PREFIX + left[0]).port == port_recorded
                 finally:
                     host.close()
 

@@ -17,14 +17,14 @@ from broker.assignment import Assigner
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hosts import Host, HostError, HostLoad, HostRegistry, HostStatus, Limits, place
-from pools.hypervisor import DesktopSpec, DomainInfo, GraphicsEndpoint
+from pools.hypervisor import DesktopSpec, DomainInfo
 from pools.images import ImageStore
 from pools.jobs.queue import JobKind
 from pools.worker import PoolWorker
 from tests.conftest import ManualClock
 from tests.pools.test_worker import PREFIX, clerk, make_pool
 from vdi.catalog import Catalog
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind
+from vdi.domain import ConsoleEndpoint, Desktop, DesktopState, Pool, PoolKind
 from vdi.models import DesktopRow, JobRow
 
 GIB = 1024
@@ -144,7 +144,7 @@ class CreateCounter:
         self.now = self.most = self.calls = 0
         fake.create_desktop = self  # type: ignore[method-assign]
 
-    def __call__(self, spec: DesktopSpec) -> GraphicsEndpoint:
+    def __call__(self, spec: DesktopSpec) -> ConsoleEndpoint:
         with self._lock:
             self.now += 1
             self.calls += 1
@@ -207,7 +207,7 @@ async def test_drain_migrates_dedicated_and_replaces_floating_spares(rig: Rig) -
     assert moved.state is DesktopState.ASSIGNED and moved.assigned_user == "clerk2"
     assert rig.b.domains[mine.domain_name].disk_serial == disk
     assert mine.domain_name not in rig.a.domains
-    assert moved.vnc_port == rig.b.domains[mine.domain_name].port
+    assert moved.console is not None and moved.console.port == rig.b.domains[mine.domain_name].port
     # floating spares are remade on b; the floating desktop in use stays until log-off
     assert [d.id for d in rig.on(rig.a)] == [in_use.id]
     rig.assigner.log_off("window", "clerk1")

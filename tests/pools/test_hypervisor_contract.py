@@ -23,7 +23,6 @@ from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import (
     DesktopSpec,
     DomainNotFound,
-    GraphicsEndpoint,
     HostUnavailable,
     Hypervisor,
     HypervisorError,
@@ -39,7 +38,7 @@ from tests.conftest import (
     DomainNames,
     wait_for_serial,
 )
-from vdi.domain import ConsoleKind
+from vdi.domain import ConsoleEndpoint, ConsoleKind
 
 BOOT_BOUND_S = 60  # liveness bound for a TCG guest that boots in ~2 s; not a speed test
 UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
@@ -110,7 +109,7 @@ def down_host(request: pytest.FixtureRequest) -> Hypervisor:
                        storage_dir=TEST_STORAGE_DIR, domain_type="qemu")
 
 
-def vnc_authenticate(endpoint: GraphicsEndpoint, password: str) -> None:
+def vnc_authenticate(endpoint: ConsoleEndpoint, password: str) -> None:
     """Run the broker's RFB client handshake against the console until it is done.
     Raises RfbAuthFailed when the server rejects the password."""
     handshake = ServerHandshake(password, allow_none=False)
@@ -170,10 +169,10 @@ def test_create_desktop_starts_a_stopped_desktop(subject: Subject) -> None:
     subject.host.create_desktop(spec)
     subject.stop(spec.name)
     with pytest.raises(HypervisorError, match="not running") as err:
-        subject.host.graphics_endpoint(spec.name)
+        subject.host.console_endpoint(spec.name)
     assert not isinstance(err.value, DomainNotFound)
     endpoint = subject.host.create_desktop(spec)
-    assert subject.host.graphics_endpoint(spec.name) == endpoint
+    assert subject.host.console_endpoint(spec.name) == endpoint
     assert [d.running for d in subject.host.list_desktops() if d.name == spec.name] == [True]
 
 
@@ -223,7 +222,7 @@ def test_list_desktops_shows_metadata(subject: Subject) -> None:
 def test_graphics_endpoint_matches_create(subject: Subject) -> None:
     spec = subject.spec()
     endpoint = subject.host.create_desktop(spec)
-    assert subject.host.graphics_endpoint(spec.name) == endpoint
+    assert subject.host.console_endpoint(spec.name) == endpoint
 
 
 def test_set_console_password_opens_the_console(subject: Subject) -> None:
@@ -263,7 +262,7 @@ def test_destroy_is_idempotent_and_removes_the_desktop(subject: Subject) -> None
     assert spec.name not in names
     assert keep.name in names
     with pytest.raises(DomainNotFound):
-        subject.host.graphics_endpoint(spec.name)
+        subject.host.console_endpoint(spec.name)
     with pytest.raises(DomainNotFound):
         subject.host.set_console_password(spec.name, "abc", 60)
 
@@ -295,7 +294,7 @@ def test_destroy_of_an_unknown_name_is_a_no_op(subject: Subject) -> None:
 
 
 CALLS: dict[str, Callable[[Hypervisor, str], Any]] = {
-    "graphics_endpoint": lambda h, name: h.graphics_endpoint(name),
+    "graphics_endpoint": lambda h, name: h.console_endpoint(name),
     "set_console_password": lambda h, name: h.set_console_password(name, "abc", 60),
 }
 
@@ -318,7 +317,7 @@ DOWN_CALLS: dict[str, Callable[[Hypervisor, Path], Any]] = {
     "create_desktop": lambda h, img: h.create_desktop(DesktopSpec(
         name="vdit-down", desktop_id="down", pool_id="p", vcpus=1, memory_mib=128,
         image=ImageFiles("/x.qcow2", "/x", "/y", "", 1))),
-    "graphics_endpoint": lambda h, img: h.graphics_endpoint("vdit-down"),
+    "graphics_endpoint": lambda h, img: h.console_endpoint("vdit-down"),
     "set_console_password": lambda h, img: h.set_console_password("vdit-down", "abc", 60),
     "destroy_desktop": lambda h, img: h.destroy_desktop("vdit-down"),
     "list_desktops": lambda h, img: h.list_desktops(),

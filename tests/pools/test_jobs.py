@@ -217,10 +217,10 @@ def test_steps_are_recorded_then_the_job_is_done(brokers: Brokers, clock: Manual
     [job] = q.claim_due()
     q.save_payload(job, {"version": 2})
     assert job_row(db, job_id).payload == {"version": 2}
-    q.finish_step(job, "ready", {"version": 2, "vnc_port": 5901})
+    q.finish_step(job, "ready", {"version": 2, "console_port": 5901})
     row = job_row(db, job_id)
     assert (row.state, row.step, row.payload) == (
-        JobState.RUNNING.value, "ready", {"version": 2, "vnc_port": 5901})
+        JobState.RUNNING.value, "ready", {"version": 2, "console_port": 5901})
     clock.advance(1)
     q.finish_step(job, None, {"version": 2})
     row = job_row(db, job_id)
@@ -349,8 +349,8 @@ async def test_a_broker_killed_after_create_is_finished_by_the_next_one(
     assert await restarted.dispatch() == 1
     await restarted.drain()
     row = desktop(db, desktop_id)
-    assert (row.state, row.vnc_port) == (DesktopState.READY.value,
-                                         fake.graphics_endpoint("vdi-d1").port)
+    assert (row.state, row.console_port) == (DesktopState.READY.value,
+                                         fake.console_endpoint("vdi-d1").port)
     assert [d.name for d in fake.list_desktops()] == ["vdi-d1"]
     assert fake.defined_count == 1  # made again over the same domain, not a second one
     with db() as s:

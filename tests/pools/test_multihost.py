@@ -68,7 +68,7 @@ from tests.nshost import (
 from tests.pools.test_nshost import rfb_hello, type_text, wait_for
 from tests.pools.test_worker import clerk, make_pool
 from vdi.catalog import Catalog
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind
+from vdi.domain import ConsoleEndpoint, Desktop, DesktopState, Pool, PoolKind
 from vdi.models import DesktopRow, JobRow
 
 pytestmark = pytest.mark.real
@@ -217,7 +217,7 @@ class Rig:
                  for h in self.registry.hosts()]
         with self.db() as s:
             lines += [f"desktop {r.id} {r.state} on {r.host_uri} user={r.assigned_user} "
-                      f"vnc={r.vnc_host}:{r.vnc_port} error={r.error}"
+                      f"console={r.console_host}:{r.console_port} error={r.error}"
                       for r in s.scalars(select(DesktopRow).order_by(DesktopRow.id))]
             lines += [f"job {j.id} {j.kind} {j.desktop_id} {j.state} step={j.step} "
                       f"attempts={j.attempts} error={j.error}"
@@ -320,10 +320,10 @@ def poll(done: Callable[[], bool], bound_s: float, what: str, log: Path | None =
         time.sleep(0.1)
 
 
-def console_greets(host: str | None, port: int | None) -> None:
-    assert host and port, f"no console recorded: {host}:{port}"
-    greeting, _ = rfb_hello(host, port)
-    assert greeting == RFB, (host, port, greeting)
+def console_greets(console: ConsoleEndpoint | None) -> None:
+    assert console is not None, "no console recorded"
+    greeting, _ = rfb_hello(console.host, console.port)
+    assert greeting == RFB, (console, greeting)
 
 
 def owner(path: Path) -> str:
@@ -355,8 +355,8 @@ async def test_floating_spares_are_placed_on_both_hosts(rig: Rig) -> None:
         home = rig.host(d.host_uri)
         assert running[home.uri].get(d.domain_name) is True, (d, running)
         assert d.domain_name not in running[rig.other(home).uri], (d, running)
-        assert d.vnc_host == home.address
-        console_greets(d.vnc_host, d.vnc_port)
+        assert d.console is not None and d.console.host == home.address
+        console_greets(d.console)
     assert len(running[rig.a.uri]) == len(running[rig.b.uri]) == 2
 
 
@@ -401,8 +401,8 @@ async def test_drain_live_migrates_a_running_dedicated_desktop(rig: Rig) -> None
     assert moved is not None and moved.host_uri == dst.uri, rig.state()
     assert moved.state is DesktopState.ASSIGNED and moved.assigned_user == "clerk1"
     assert rig.assigner.assign("own", clerk(1)).id == mine.id  # still the clerk's
-    assert moved.vnc_host == dst.address
-    console_greets(moved.vnc_host, moved.vnc_port)
+    assert moved.console is not None and moved.console.host == dst.address
+    console_greets(moved.console)
     assert domains(dst).get(mine.domain_name) is True
     assert mine.domain_name not in domains(src)
     assert qemu_pids(src, mine.domain_name) == []
@@ -466,10 +466,11 @@ async def test_failed_host_desktops_come_back_on_the_healthy_host(rig: Rig) -> N
     running = domains(healthy)
     for d in floaters:
         now = rig.catalog.desktop(d.id)
-        assert now is not None and now.assigned_user is None and now.vnc_host == healthy.address
+        assert now is not None and now.assigned_user is None
+        assert now.console is not None and now.console.host == healthy.address
         assert running.get(d.domain_name) is True, running
         assert rig.disk(d).stat().st_ino != disks[d.id]  # a fresh clone
-        console_greets(now.vnc_host, now.vnc_port)
+        console_greets(now.console)
 
     # the dedicated desktop: the copy still running on the victim holds QEMU's lock on
     # its disk, so it cannot be started a second time on the healthy host
@@ -506,7 +507,8 @@ async def test_failed_host_desktops_come_back_on_the_healthy_host(rig: Rig) -> N
 
     def mine_back() -> bool:
         d = rig.catalog.desktop(mine.id)
-        return (d is not None and d.host_uri == healthy.uri and d.vnc_host == healthy.address
+        return (d is not None and d.host_uri == healthy.uri and d.console is not None
+                and d.console.host == healthy.address
                 and domains(healthy).get(mine.domain_name) is True)
 
     await rig.until("the dedicated desktop runs on the healthy host", mine_back)
@@ -516,7 +518,7 @@ async def test_failed_host_desktops_come_back_on_the_healthy_host(rig: Rig) -> N
     assert back is not None and back.state is DesktopState.ASSIGNED
     assert back.assigned_user == "clerk2" and rig.error(mine.id) is None
     assert rig.disk(mine).stat().st_ino == disks[mine.id]  # the same disk
-    console_greets(back.vnc_host, back.vnc_port)
+    console_greets(back.console)
     # a restart, not a move of the running guest: it boots again, from the same disk
     poll(lambda: serial.read_bytes().count(b"VDI-READY") == 2, BOOT_BOUND_S,
          "no second boot of the dedicated desktop", serial)
@@ -543,7 +545,7 @@ async def test_failed_host_desktops_come_back_on_the_healthy_host(rig: Rig) -> N
         assert now is not None and now.host_uri == healthy.uri, rig.state()
         assert running.get(d.domain_name) is True, (d.domain_name, running)
         assert rig.disk(d).exists()  # the shared disks the moved desktops use are kept
-        console_greets(now.vnc_host, now.vnc_port)
+        console_greets(now.console)
     TIMINGS["owners_after_reconcile"] = {
         d.domain_name: owner(rig.disk(d)) for d in on_victim.values()}
     # the clerk of the floating pool gets a desktop on the healthy host
@@ -588,8 +590,8 @@ async def test_cut_off_host_is_noticed_through_keepalive_and_its_desktops_remade
         TIMINGS["cut_floating_back_s"] = round(time.monotonic() - t_cut, 2)
         assert rig.registry.host(healthy.uri).status is HostStatus.UP, rig.state()  # type: ignore[union-attr]
         now = rig.catalog.desktop(gone.id)
-        assert now is not None and now.vnc_host == healthy.address
-        console_greets(now.vnc_host, now.vnc_port)
+        assert now is not None and now.console is not None and now.console.host == healthy.address
+        console_greets(now.console)
         assert domains(healthy).get(gone.domain_name) is True
         assert rig.disk(gone).stat().st_ino != inode  # a fresh clone
         # nothing deleted on the cut-off host: its definition and qemu are still there
@@ -605,4 +607,4 @@ async def test_cut_off_host_is_noticed_through_keepalive_and_its_desktops_remade
     assert not any(p in victim.pids() for p in victim_qemu)
     assert domains(healthy).get(gone.domain_name) is True  # the moved one keeps running
     assert rig.disk(gone).exists()
-    console_greets(now.vnc_host, now.vnc_port)
+    console_greets(now.console)

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.assignment import Assigner
 from pools.calls import HostCalls
-from pools.hypervisor import DesktopSpec, GraphicsEndpoint, Hypervisor
+from pools.hypervisor import DesktopSpec, Hypervisor
 from pools.images import ImageStore
 from pools.jobs.queue import JobKind, JobState
 from pools.libvirt.host import LibvirtHost
@@ -59,7 +59,7 @@ from tests.conftest import (
 )
 from tests.pools.test_worker import clerk, make_pool
 from vdi.catalog import Catalog
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind
+from vdi.domain import ConsoleEndpoint, Desktop, DesktopState, Pool, PoolKind
 from vdi.models import DesktopRow, JobRow
 
 pytestmark = pytest.mark.real
@@ -213,8 +213,8 @@ class Rig:
         assert seen is not None and seen.running, f"{name} not running: {seen}\n{self.state()}"
         return seen
 
-    def endpoint(self, name: str) -> GraphicsEndpoint:
-        return self.host.graphics_endpoint(name)
+    def endpoint(self, name: str) -> ConsoleEndpoint:
+        return self.host.console_endpoint(name)
 
     async def booted(self, name: str, times: int = 1) -> None:
         """Once the guest's serial log shows `times` boots that mounted the disk and
@@ -236,7 +236,7 @@ class Rig:
         """Desktops, jobs and the test's domains (for failure messages)."""
         with self.db() as s:
             lines = [f"desktop {r.id} {r.state} {r.domain_name} user={r.assigned_user} "
-                     f"vnc={r.vnc_port} error={r.error}"
+                     f"console={r.console_port} error={r.error}"
                      for r in s.scalars(select(DesktopRow).order_by(DesktopRow.id))]
             lines += [f"job {j.id} {j.kind} {j.desktop_id} {j.state} step={j.step} "
                       f"owner={j.lease_owner} error={j.error}"
@@ -288,7 +288,8 @@ async def test_a_domain_deleted_by_hand_is_remade(rig: Rig) -> None:
     after = rig.running(spare.domain_name)
     assert after.uuid != before.uuid  # a new domain under the same name
     assert after.disk == str(volume(spare.domain_name))
-    assert remade.vnc_port == rig.endpoint(spare.domain_name).port
+    assert remade.console is not None
+    assert remade.console.port == rig.endpoint(spare.domain_name).port
     assert rig.virt.names(rig.prefix) == [spare.domain_name]
     await rig.booted(spare.domain_name)
 
@@ -322,7 +323,7 @@ async def test_a_dedicated_domain_stopped_by_hand_is_restarted_on_its_own_disk(
     after = rig.running(mine.domain_name)
     assert after == before  # the same domain (UUID) on the same disk file, running
     assert identity(disk) == file_before  # the same file: same inode, still tagged
-    assert back.vnc_port == rig.endpoint(mine.domain_name).port
+    assert back.console is not None and back.console.port == rig.endpoint(mine.domain_name).port
     await rig.booted(mine.domain_name, times=2)  # booted again, mounting that disk
 
 
@@ -357,7 +358,7 @@ class BrokerKilled(Exception):
 class DiesAfterCreate(LibvirtHost):
     """The real host adapter of a broker that dies right after libvirt made the domain."""
 
-    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+    def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         super().create_desktop(spec)
         raise BrokerKilled(spec.name)
 
@@ -394,4 +395,4 @@ async def test_a_desktop_left_provisioning_by_a_dead_broker_is_finished(
     assert rig.jobs(left.id) == [(JobKind.PROVISION.value, JobState.DONE.value)]
     assert rig.virt.names(rig.prefix) == [left.domain_name]  # exactly one domain
     assert rig.running(left.domain_name) == made  # the one the dead broker made, adopted
-    assert done.vnc_port == rig.endpoint(left.domain_name).port
+    assert done.console is not None and done.console.port == rig.endpoint(left.domain_name).port

@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.assignment import Assigner
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
-from pools.hypervisor import DesktopSpec, GraphicsEndpoint, HypervisorError
+from pools.hypervisor import DesktopSpec, HypervisorError
 from pools.images import ImageStore
 from pools.worker import PoolWorker, SparePlan
 from tests.conftest import ManualClock
 from vdi.catalog import Catalog
-from vdi.domain import DesktopState, Pool, PoolKind, Principal, Role
+from vdi.domain import ConsoleEndpoint, DesktopState, Pool, PoolKind, Principal, Role
 from vdi.models import DesktopRow
 
 STAFF = "cn=window-staff,ou=groups,dc=district,dc=example"
@@ -63,7 +63,7 @@ class Rig:
 
     def rows(self, pool_id: str = "window") -> list[Row]:
         with self.db() as s:
-            return [Row(r.id, r.state, r.domain_name, r.vnc_port, r.error)
+            return [Row(r.id, r.state, r.domain_name, r.console_port, r.error)
                     for r in s.scalars(select(DesktopRow).where(DesktopRow.pool_id == pool_id)
                                        .order_by(DesktopRow.id))]
 
@@ -122,7 +122,7 @@ async def test_tick_brings_a_pool_to_min_ready(rig: Rig) -> None:
         assert r.domain_name == PREFIX + r.id
         assert on_host[r.domain_name].desktop_id == r.id
         assert on_host[r.domain_name].pool_id == "window"
-        assert r.vnc_port == rig.fake.graphics_endpoint(r.domain_name).port
+        assert r.vnc_port == rig.fake.console_endpoint(r.domain_name).port
         assert r.error is None
     await run_tick(worker)
     assert rig.rows() == rows
@@ -220,7 +220,7 @@ class BrokerKilledAfterCreate(FakeHypervisor):
 
     kill = True
 
-    def create_desktop(self, spec: DesktopSpec) -> GraphicsEndpoint:
+    def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         endpoint = super().create_desktop(spec)
         if self.kill:
             raise BrokerKilled(spec.name)
@@ -247,7 +247,7 @@ async def test_a_desktop_left_provisioning_is_resumed_without_a_second_domain(
         await run_tick(rig.worker())
         [resumed] = rig.rows()
         assert (resumed.id, resumed.state) == (left.id, "ready")
-        assert resumed.vnc_port == fake.graphics_endpoint(left.domain_name).port
+        assert resumed.vnc_port == fake.console_endpoint(left.domain_name).port
         assert [d.name for d in fake.list_desktops()] == [left.domain_name]
         assert fake.defined_count == 1
     finally:

@@ -26,7 +26,7 @@ from pools.worker import COUNTED, PoolWorker
 from vdi import desktops
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import DesktopState, Pool, PoolKind, utc_now
+from vdi.domain import ConsoleEndpoint, ConsoleKind, DesktopState, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow
 
 MAX_SIZE = 5
@@ -68,7 +68,8 @@ def churn_one(db: sessionmaker[Session], rng: random.Random) -> bool:
     desktop_id = rng.choice(made)
     now = utc_now()
     with db.begin() as s:
-        return (desktops.mark_ready(s, desktop_id, vnc_host="127.0.0.1", vnc_port=5900,
+        return (desktops.mark_ready(s, desktop_id,
+                                    console=ConsoleEndpoint(ConsoleKind.VNC, "127.0.0.1", 5900),
                                     image_version=1, now=now)
                 and desktops.recall_spare(s, desktop_id, now)
                 and desktops.mark_deleted(s, desktop_id, now))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vdi import desktops
 from vdi.catalog import Catalog
-from vdi.domain import DesktopState, Pool, PoolKind, Power
+from vdi.domain import ConsoleEndpoint, ConsoleKind, DesktopState, Pool, PoolKind, Power
 from vdi.models import DesktopRow
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -32,7 +32,7 @@ COLUMNS = [c.key for c in inspect(DesktopRow).column_attrs]
 # a desktop with everything a clerk's day and a job's trouble leave on it
 USED: dict[str, Any] = {
     "pool_id": "window", "host_uri": HOST, "domain_name": "vdi-d1", "image_version": 3,
-    "assigned_user": "clerk1", "vnc_host": "127.0.0.1", "vnc_port": 5901,
+    "assigned_user": "clerk1", "console_host": "127.0.0.1", "console_port": 5901,
     "error": "an old note", "created_at": OLD, "updated_at": OLD, "assigned_at": OLD,
     "last_input_at": OLD, "last_disconnect_at": OLD, "power": Power.ON.value,
     "console_since": OLD, "console_seen_at": OLD, "warned_at": OLD,
@@ -64,8 +64,10 @@ class Case:
 ASSIGNED = frozenset({DesktopState.ASSIGNED})
 CASES = [
     Case("mark_ready", lambda s: desktops.mark_ready(
-        s, "d1", vnc_host="10.0.0.2", vnc_port=5999, image_version=4, now=NOW), IN_WORK,
-        {"state": "ready", "vnc_host": "10.0.0.2", "vnc_port": 5999, "image_version": 4,
+        s, "d1", console=ConsoleEndpoint(ConsoleKind.SPICE, "10.0.0.2", 5999), image_version=4,
+        now=NOW), IN_WORK,
+        {"state": "ready", "console_kind": "spice", "console_host": "10.0.0.2",
+         "console_port": 5999, "image_version": 4,
          "power": "on", "error": None, "updated_at": NOW, **CLERK_GONE},
         given={"power": Power.OFF.value}),
     Case("claim_spare", lambda s: desktops.claim_spare(s, "window", "clerk2", NOW),
@@ -92,7 +94,7 @@ CASES = [
          **NO_WARNING}),
     Case("mark_deleted", lambda s: desktops.mark_deleted(s, "d1", NOW),
          frozenset({DesktopState.RECLAIMING}),
-         {"state": "deleted", "vnc_host": None, "vnc_port": None, "error": None,
+         {"state": "deleted", "console_host": None, "console_port": None, "error": None,
           "updated_at": NOW, **CLERK_GONE}),
     Case("mark_error", lambda s: desktops.mark_error(s, "d1", "disk full", NOW), IN_WORK,
          {"state": "error", "error": "disk full", "updated_at": NOW}),
@@ -107,9 +109,11 @@ CASES = [
         s, "d1", from_host=HOST, to_host=OTHER_HOST, now=NOW), IN_WORK,
         {"host_uri": OTHER_HOST, "updated_at": NOW}),
     Case("mark_running", lambda s: desktops.mark_running(
-        s, "d1", host_uri=OTHER_HOST, vnc_host="10.0.0.3", vnc_port=5902, now=NOW),
+        s, "d1", host_uri=OTHER_HOST, console=ConsoleEndpoint(ConsoleKind.VNC, "10.0.0.3", 5902),
+        now=NOW),
         frozenset({DesktopState.READY, DesktopState.ASSIGNED}),
-        {"host_uri": OTHER_HOST, "vnc_host": "10.0.0.3", "vnc_port": 5902, "power": "on",
+        {"host_uri": OTHER_HOST, "console_kind": "vnc", "console_host": "10.0.0.3",
+         "console_port": 5902, "power": "on",
          "error": None, "updated_at": NOW}, given={"power": Power.SUSPENDED.value}),
     Case("power_down_failed", lambda s: desktops.power_down_failed(s, "d1"), ALL_STATES,
          {"power": "on"}, given={"power": Power.OFF.value}),
@@ -278,12 +282,13 @@ def test_a_new_desktop_is_provisioning_and_claims_go_oldest_first(
         rows = {r.id: r for r in s.scalars(select(DesktopRow))}
     assert {r.state for r in rows.values()} == {"provisioning"}
     assert rows["old"].created_at == rows["old"].updated_at == NOW - timedelta(minutes=1)
-    assert (rows["old"].assigned_user, rows["old"].vnc_port, rows["old"].power) == (
+    assert (rows["old"].assigned_user, rows["old"].console_port, rows["old"].power) == (
         None, None, "on")
     with window.begin() as s:
         assert desktops.claim_spare(s, "window", "clerk1", NOW) is None  # none ready yet
         for name in ("young", "old"):
-            assert desktops.mark_ready(s, name, vnc_host="h", vnc_port=1, image_version=1,
+            assert desktops.mark_ready(s, name, console=ConsoleEndpoint(ConsoleKind.VNC, "h", 1),
+                                       image_version=1,
                                        now=NOW)
     with window.begin() as s:
         first = desktops.claim_spare(s, "window", "clerk1", NOW)

@@ -52,7 +52,7 @@ def seed_assigned_desktop(broker: RunningBroker, pool_id: str, username: str) ->
         s.add(DesktopRow(id=desktop_id, pool_id=pool_id, state=DesktopState.ASSIGNED.value,
                          host_uri=broker.settings.libvirt_uri,
                          domain_name=f"{DOMAIN_PREFIX}{desktop_id}", image_version=1,
-                         assigned_user=username, vnc_host="127.0.0.1", vnc_port=5999,
+                         assigned_user=username, console_host="127.0.0.1", console_port=5999,
                          created_at=now, updated_at=now, assigned_at=now))
     return desktop_id
 

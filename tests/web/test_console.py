@@ -281,9 +281,10 @@ def test_key_events_count_as_input_and_other_messages_do_not(
 def test_the_vnc_port_itself_requires_the_vnc_password(libvirt_broker: RunningBroker) -> None:
     libvirt_broker.login("zhangsan").connect_when_ready("window")
     desktop = my_desktop(libvirt_broker, "zhangsan")
-    assert desktop.vnc_host == "127.0.0.1" and desktop.vnc_port
+    assert desktop.console is not None and desktop.console.host == "127.0.0.1"
     for choice in (1, 2):
-        with socket.create_connection((desktop.vnc_host, desktop.vnc_port), timeout=10) as raw:
+        with socket.create_connection((desktop.console.host, desktop.console.port),
+                                      timeout=10) as raw:
             f = raw.makefile("rwb")
             assert f.read(12) == b"RFB 003.008\n"
             f.write(b"RFB 003.008\n")
