@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from pools.libvirt_host import LibvirtHost
 from tests.e2e.conftest import REPO, STAFF_GROUP, _broker_env
 from tests.ldap_server import SlapdServer, free_loopback_port
+
+pytestmark = pytest.mark.real
 
 PREFIX = "vdit-kill-"
 

@@ -10,12 +10,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Browser, Page
 
 from broker.tunnel import INPUT_REPORT_INTERVAL_S
 from tests.e2e.conftest import ARTIFACTS, PREFIX, Broker, wait_ready_spare
 from vdi.db import make_engine, session_factory
 from vdi.models import DesktopRow
+
+pytestmark = pytest.mark.e2e
 
 CANVAS_HAS_PIXELS = """() => {
   const c = document.querySelector('#screen canvas');

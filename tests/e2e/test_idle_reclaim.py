@@ -27,6 +27,8 @@ from tests.e2e.conftest import ARTIFACTS, STAFF_GROUP, Broker, run_broker
 from tests.e2e.test_clerk_desktop import CANVAS_HAS_PIXELS, serial_log, sign_in
 from tests.e2e.test_pool_kinds import NOTE, run_in_guest
 
+pytestmark = pytest.mark.e2e
+
 PREFIX = "vdit-idle-"
 SHIFTS = ("office", "after_hours", "off_day")  # the same values whenever the test runs
 

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from pools.fake_hypervisor import FakeHypervisor
 from pools.jobs import JobKind
@@ -22,6 +23,8 @@ from tests.web.conftest import (
 from vdi.domain import DesktopState, PoolKind, Principal, Role
 from vdi.models import JobRow
 from web.security import cookie_name
+
+pytestmark = pytest.mark.real
 
 
 def clerk_sessions(fake: FakeHostBroker, n: int) -> list[tuple[str, str]]:
