@@ -38,6 +38,8 @@ from vdi.db import alembic_config, make_engine, migrate, session_factory
 from vdi.domain import Desktop
 from vdi.models import AuditRow, Base, DesktopRow, SessionRow
 
+pytestmark = pytest.mark.real
+
 TABLES = ("console_tokens", "sessions", "audit", "desktops", "images", "pools")
 
 

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from harness.ldap_server import SlapdServer, free_loopback_port
 from pools.libvirt.host import LibvirtHost
 from tests.e2e.conftest import REPO, STAFF_GROUP, _broker_env
+
+pytestmark = pytest.mark.real
 
 PREFIX = "vdit-kill-"
 

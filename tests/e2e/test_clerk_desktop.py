@@ -1,16 +1,24 @@
 """A window clerk signs in through the page and types into the pooled desktop; the
-typed command reaches the VM (it writes to the guest's serial port, which libvirt logs)."""
+typed command reaches the VM (it writes to the guest's serial port, which libvirt logs)
+and the broker records the input on the desktop (what the idle policy reads)."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Browser, Page
 
+from broker.tunnel import INPUT_REPORT_INTERVAL_S
 from tests.e2e.conftest import ARTIFACTS, PREFIX, Broker, wait_ready_spare
+from vdi.db import make_engine, session_factory
+from vdi.models import DesktopRow
+
+pytestmark = pytest.mark.e2e
 
 CANVAS_HAS_PIXELS = """() => {
   const c = document.querySelector('#screen canvas');
@@ -44,6 +52,24 @@ def sign_in(page: Page, url: str, username: str, password: str, lang: str = "zh_
     # only pool): a page the test opens sooner has no session yet, or is cut off by it
     page.wait_for_url(lambda u: "?lang=" not in u, timeout=30_000)
     return clicked
+
+
+def wait_for_input(broker: Broker, desktop_id: str, since: datetime,
+                   timeout_s: float) -> datetime | None:
+    """The desktop's last input time in the broker's database, once it is `since` or
+    later (or whatever it is after timeout_s)."""
+    engine = make_engine(f"sqlite:///{Path(broker.env['VDI_STATE_DIR']) / 'vdi.sqlite3'}")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with session_factory(engine)() as s:
+                row = s.get(DesktopRow, desktop_id)
+                seen = row.last_input_at if row is not None else None
+            if (seen is not None and seen >= since) or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
 
 
 SHIFTED = {">": "Period", "<": "Comma", "|": "Backslash", "_": "Minus", ":": "Semicolon",
@@ -87,12 +113,21 @@ def test_clerk_signs_in_sees_desktop_and_typing_reaches_the_vm(broker: Broker,
     assert wait_for_text(serial_log(domain), "VDI-READY", 90), "guest never reached its shell"
     marker = f"e2e-{secrets.token_hex(4)}"
     page.click("#screen canvas")
+    # the tunnel reports input at most once per interval: the click's report must not
+    # cover the keys
+    time.sleep(INPUT_REPORT_INTERVAL_S + 0.2)
+    typed_from = datetime.now(UTC)
     type_shell_line(page, f"echo {marker} > /dev/ttyS0")
     reached = wait_for_text(serial_log(domain), marker, 30)
     page.screenshot(path=str(ARTIFACTS / "e2e-desktop-zh.png"))
     assert reached, f"typed marker {marker} never reached the VM's serial port"
 
-    # The clerk's input was seen by the tunnel (idle detection builds on it).
+    # The tunnel saw the keys (idle detection builds on it): the broker wrote the time of
+    # the last input to the desktop's row, within its flush interval (10 s by default).
+    seen = wait_for_input(broker, desktop_id, typed_from, timeout_s=30)
+    assert seen is not None and seen >= typed_from, (
+        f"the broker recorded no input on {desktop_id} since {typed_from}: {seen}")
+
     # Signing in again from another tab lands in the same desktop.
     second = context.new_page()
     second.goto(broker.url + "/desktop/window")

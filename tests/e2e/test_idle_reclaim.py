@@ -13,6 +13,7 @@ core's timing is tested on a hand-moved clock in tests/pools/test_reclaimer.py).
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import subprocess
@@ -26,6 +27,8 @@ from tests.e2e import test_pool_kinds as pool_kinds
 from tests.e2e.conftest import ARTIFACTS, STAFF_GROUP, Broker, run_broker
 from tests.e2e.test_clerk_desktop import CANVAS_HAS_PIXELS, serial_log, sign_in
 from tests.e2e.test_pool_kinds import NOTE, run_in_guest
+
+pytestmark = pytest.mark.e2e
 
 PREFIX = "vdit-idle-"
 SHIFTS = ("office", "after_hours", "off_day")  # the same values whenever the test runs
@@ -94,15 +97,32 @@ def boots(domain: str) -> tuple[int, int]:
     return log.stat().st_ino, log.read_text(errors="replace").count("VDI-READY")
 
 
-def wait_boot(domain: str, before: tuple[int, int], timeout_s: float = 90) -> None:
-    """Until the guest has booted again since `before` (a boots() reading)."""
+def wait_boot(domain: str, before: tuple[int, int], timeout_s: float = 90,
+              meanwhile: Callable[[], None] | None = None) -> None:
+    """Until the guest has booted again since `before` (a boots() reading); `meanwhile`
+    is called between the looks."""
     deadline = time.monotonic() + timeout_s
     while True:
         inode, count = boots(domain)
         if count > (before[1] if inode == before[0] else 0):
             return
         assert time.monotonic() < deadline, f"{domain} did not boot again"
+        if meanwhile is not None:
+            meanwhile()
         time.sleep(0.3)
+
+
+def mouse_over_desktop(page: Page) -> Callable[[], None]:
+    """Each call moves the mouse over the desktop's canvas: input, as the idle policy
+    counts it."""
+    box = page.locator("#screen canvas").bounding_box()
+    assert box is not None
+    across = itertools.cycle((0.4, 0.6))
+
+    def move() -> None:
+        page.mouse.move(box["x"] + box["width"] * next(across), box["y"] + box["height"] / 2)
+
+    return move
 
 
 def signed_in(browser: Browser, b: Broker, user: str, lang: str = "zh_CN") -> Page:
@@ -156,7 +176,9 @@ def test_idle_clerk_is_warned_then_the_floating_desktop_is_reverted(
         "ready", "-"], b)
     page.click("#reconnect")
     page.wait_for_function(CANVAS_HAS_PIXELS, timeout=90_000, polling=100)
-    wait_boot(PREFIX + mine, booted)  # the fresh clone's guest
+    # the fresh clone's guest boots; the clerk moves the mouse meanwhile (on a loaded
+    # machine the boot outlasts the pool's idle limit, which would take it back again)
+    wait_boot(PREFIX + mine, booted, meanwhile=mouse_over_desktop(page))
     page.click("#screen canvas")
     shown = run_in_guest(page, mine, f"cat {NOTE}", PREFIX)
     assert marker not in shown and "No such file" in shown, shown

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import PREFIX, REPO, Broker
 from tests.e2e.test_clerk_desktop import serial_log, wait_for_text
+
+pytestmark = pytest.mark.real
 
 GROUP = "cn=it-ops,ou=groups,dc=district,dc=example"  # zhaoliu only
 USER = "zhaoliu"

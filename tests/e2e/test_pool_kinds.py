@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 
+import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.e2e.conftest import PREFIX, Broker
@@ -20,6 +21,8 @@ from tests.e2e.test_clerk_desktop import (
     type_shell_line,
     wait_for_text,
 )
+
+pytestmark = pytest.mark.e2e
 
 # zhaoliu (it-ops) is in no other e2e test: these pools show up for nobody else
 GROUP = "cn=it-ops,ou=groups,dc=district,dc=example"

@@ -16,14 +16,17 @@ pool on the shared images folder, serial logs on the shared logs folder, TCG gue
   reconciler removes its stale copies and leaves the moved desktops alone;
 * a host cut off the network (libvirtd and qemu keep running there): calls to it hang
   until the call's deadline or the adapter's keepalive; it is marked down, its floating
-  desktop is remade on B, and once its link is back its stale copy is removed.
+  desktop is remade on B, and once its link is back its stale copy is removed;
+* `vdi host-drain` as an admin types it, carried out by a worker running on its own
+  (its loop and the real clock, as in a broker): the drain's live migration again.
 
 Seen here (reported, not asserted): the failed host's libvirtd, when it comes back,
 restores the DAC owner (root:root 0600) of disks that the moved desktops' qemu on the
 healthy host still has open; a drain's source does the same after the migration.
 
-The job runner and host monitor take the ManualClock (leases, backoff, down detection);
-libvirt and the guests run in real time, so real state is polled with real deadlines.
+In 1.-4. the job runner and host monitor take the ManualClock (leases, backoff, down
+detection); libvirt and the guests run in real time, so real state is polled with real
+deadlines.
 Each test gets fresh hosts (they start in ~0.2 s); the module holds the machine-wide
 namespace-host lock. Timings go to test-artifacts/multihost-timings.json.
 """
@@ -68,6 +71,7 @@ from tests.nshost import (
 from tests.pools.test_nshost import rfb_hello, type_text, wait_for
 from tests.pools.test_worker import clerk, make_pool
 from vdi.catalog import Catalog
+from vdi.cli import main as vdi_main
 from vdi.domain import ConsoleEndpoint, Desktop, DesktopState, Pool, PoolKind
 from vdi.models import DesktopRow, JobRow
 
@@ -608,3 +612,85 @@ async def test_cut_off_host_is_noticed_through_keepalive_and_its_desktops_remade
     assert domains(healthy).get(gone.domain_name) is True  # the moved one keeps running
     assert rig.disk(gone).exists()
     console_greets(now.console)
+
+
+# --- 5. `vdi host-drain` to a running worker ------------------------------------------------
+
+
+async def test_host_drain_command_is_carried_out_by_the_running_worker(
+        rig: Rig, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The admin's command, not the monitor's method: `vdi host-drain` writes the
+    maintenance flag and the MIGRATE job to the database; the broker's worker, running
+    on its own (its loop, the real clock), picks the job up and live-migrates the clerk's
+    running desktop to the other host."""
+    rig.register(shared_storage=True)
+    rig.catalog.save_pool(dedicated(min_ready=1, max_size=1))  # one desktop: one to move
+    worker = PoolWorker(rig.db, rig.calls, rig.images, domain_prefix=PREFIX,
+                        interval_s=0.5, job_lease_s=30, host_check_interval_s=2,
+                        down_after_s=60, reconcile_every_s=60)
+    assigner = Assigner(rig.db)  # the real clock too: the idle policy runs in the worker
+    running = asyncio.create_task(worker.run())
+    try:
+        async def until(what: str, done: Callable[[], bool], bound_s: float) -> None:
+            deadline = time.monotonic() + bound_s
+            while not done():
+                if running.done() or time.monotonic() > deadline:
+                    pytest.fail(f"{what}: not within {bound_s:.0f} s\n{rig.state()}")
+                await asyncio.sleep(0.2)
+
+        await until("a ready desktop", lambda: any(
+            d.state is DesktopState.READY for d in rig.live("own")), BOOT_BOUND_S)
+        mine = assigner.assign("own", clerk(1))
+        src = rig.host(mine.host_uri)
+        dst = rig.other(src)
+        serial = rig.serial(mine)
+        await asyncio.to_thread(wait_for, serial, b"VDI-READY",
+                                src.qemu_log(mine.domain_name), BOOT_BOUND_S)
+        token = secrets.token_hex(4)
+        await asyncio.to_thread(type_until, src, mine.domain_name,
+                                f"m={token}\necho a$m >/dev/ttyS0\n", serial,
+                                f"a{token}".encode())
+        disk_inode = rig.disk(mine).stat().st_ino
+
+        for name in list(os.environ):  # the command reads only the file below
+            if name.startswith("VDI_"):
+                monkeypatch.delenv(name)
+        config = tmp_path / "vdi.toml"
+        config.write_text(f'state_dir = "{tmp_path}"\ndatabase_url = "{db_url}"\n',
+                          encoding="utf-8")
+        capsys.readouterr()
+        t0 = time.monotonic()
+        assert await asyncio.to_thread(
+            vdi_main, ["--config", str(config), "host-drain", f"h{src.index}"]) == 0
+        said = capsys.readouterr().out
+        assert f"host h{src.index}: maintenance on" in said, said
+        assert "1 dedicated desktop(s) to live-migrate" in said, said
+
+        def migrated() -> bool:
+            return any(j.kind == JobKind.MIGRATE.value and j.state in (
+                JobState.DONE.value, JobState.FAILED.value) for j in rig.jobs(mine.id))
+
+        await until("the MIGRATE job ends", migrated, 240)
+        TIMINGS["drain_command_to_migrated_s"] = round(time.monotonic() - t0, 2)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    [job] = [j for j in rig.jobs(mine.id) if j.kind == JobKind.MIGRATE.value]
+    assert job.state == JobState.DONE.value, (
+        f"{job.error}\n{rig.state()}\nsrc: {src.qemu_log(mine.domain_name)}\n"
+        f"dst: {dst.qemu_log(mine.domain_name)}")
+    moved = rig.catalog.desktop(mine.id)
+    assert moved is not None and moved.host_uri == dst.uri, rig.state()
+    assert (moved.state, moved.assigned_user) == (DesktopState.ASSIGNED, "clerk1")
+    assert moved.console is not None and moved.console.host == dst.address
+    console_greets(moved.console)
+    assert domains(dst).get(mine.domain_name) is True
+    assert mine.domain_name not in domains(src)
+    assert rig.disk(mine).stat().st_ino == disk_inode
+    # the same running guest: the variable set before the move is still in its shell
+    log = type_until(dst, mine.domain_name, "echo b$m >/dev/ttyS0\n", serial,
+                     f"b{token}".encode())
+    assert log.count(b"VDI-READY") == 1  # no second boot
+    assert rig.registry.host(src.uri).maintenance  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ SQLite database. The same behaviour against real libvirtd: tests/e2e/test_pool_k
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import HostUnavailable
 from pools.images import ImageStore, ReleaseError
-from pools.jobs.queue import JobKind, JobState, enqueue
+from pools.jobs.queue import JobKind, JobState
 from pools.worker import PoolWorker
 from tests.conftest import ManualClock
 from tests.pools.test_worker import PREFIX, clerk, make_pool
 from vdi.catalog import Catalog
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind
+from vdi.cli import main as vdi_main
+from vdi.domain import Desktop, DesktopState, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow, JobRow
 
 
@@ -287,16 +289,18 @@ def test_host_unavailable_is_what_the_fake_raises_when_down(rig: Rig) -> None:
 
 
 async def test_an_admin_removal_deletes_domain_and_disk_and_the_pool_refills(
-        rig: Rig) -> None:
+        rig: Rig, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rig.catalog.save_pool(pool(PoolKind.DEDICATED))
     await rig.settle()
     mine = rig.assigner.assign("window", clerk(1))
-    with rig.db.begin() as s:  # what `vdi desktop-remove --yes` does
-        row = s.get(DesktopRow, mine.id)
-        assert row is not None
-        row.state = DesktopState.RECLAIMING.value
-        row.assigned_user = None
-        enqueue(s, JobKind.REMOVE, mine.id, rig.clock())
+    for name in list(os.environ):  # the command reads only the file below
+        if name.startswith("VDI_"):
+            monkeypatch.delenv(name)
+    config = tmp_path / "vdi.toml"
+    config.write_text(f'state_dir = "{tmp_path}"\ndatabase_url = "{db_url}"\n',
+                      encoding="utf-8")
+    assert vdi_main(["--config", str(config), "desktop-remove", mine.id, "--yes"]) == 0
+    rig.clock.now = max(rig.clock.now, utc_now())  # the command's job is due on its clock
     await rig.settle()
     assert rig.row(mine.id).state == DesktopState.DELETED.value
     assert mine.domain_name not in rig.fake.domains and mine.domain_name not in rig.fake.disks

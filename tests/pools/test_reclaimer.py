@@ -233,19 +233,44 @@ async def test_a_dedicated_desktop_is_shut_down_keeping_its_disk_and_starts_on_c
 
 async def test_a_dedicated_desktop_is_never_reverted_whatever_the_policy_says(
         rig: Rig) -> None:
+    """A policy cannot ask for a revert (refused when set); the harshest one it can ask
+    for, shut down at once when idle or gone, acts: twice, and the disk stays."""
     with pytest.raises(PolicyError, match="dedicated"):
         parse_policy({"shifts": {"office": {"idle_action": "log_off"}}}, persistent=True,
                      max_size=3)
-    # a stored policy that would (written before the check, or by hand) is not obeyed
-    mine = await start(rig, PoolKind.DEDICATED, {"shifts": {"office": {
-        "idle_action": "log_off"}}})
-    disk = rig.fake.domains[rig.row(mine).domain_name].disk_serial
+    harsh = parse_policy({"shifts": {s.value: {
+        "disconnect_grace_s": 0, "idle_warn_after_s": 600, "idle_countdown_s": 60,
+        "idle_action": "shut_down", "logoff_action": "shut_down"} for s in Shift}},
+        persistent=True, max_size=3)
+    mine = await start(rig, PoolKind.DEDICATED, harsh.reclaim.to_json())
+    name = rig.row(mine).domain_name
+    disk = rig.fake.domains[name].disk_serial
+    # idle at the console: warned, then shut down when the countdown ends
     open_console(rig, mine)
-    await pass_time(rig, 4200, mine, connected=True)
+    await pass_time(rig, 630, mine, connected=True)
+    assert rig.row(mine).warned_at is not None
+    await pass_time(rig, 90, mine, connected=True)
     row = rig.row(mine)
-    assert (row.state, row.assigned_user) == (DesktopState.ASSIGNED.value, "clerk1")
-    assert rig.fake.domains[row.domain_name].disk_serial == disk
-    assert not [j for j in rig.jobs() if j.kind in (JobKind.REVERT, JobKind.REMOVE)]
+    assert (row.state, row.assigned_user, row.power) == (
+        DesktopState.ASSIGNED.value, "clerk1", Power.OFF.value)
+    assert not rig.fake.domains[name].running
+    # connecting starts it again; the clerk closes the console: shut down past the grace
+    with pytest.raises(DesktopNotReady):
+        rig.assigner.assign("window", clerk(1))
+    await rig.settle()
+    assert rig.assigner.assign("window", clerk(1)).id == mine
+    open_console(rig, mine)
+    close_console(rig, mine)
+    await pass_time(rig, 30, mine, connected=False)
+    row = rig.row(mine)
+    assert (row.state, row.assigned_user, row.power) == (
+        DesktopState.ASSIGNED.value, "clerk1", Power.OFF.value)
+    assert [(r.action, r.cause) for r in reclaims(rig)] == [
+        (Action.SHUT_DOWN.value, "idle"), (Action.SHUT_DOWN.value, "disconnected")]
+    # the same domain on the same disk throughout; never a revert or a removal
+    assert rig.fake.domains[name].disk_serial == disk
+    assert {j.kind for j in rig.jobs() if j.desktop_id == mine} == {
+        JobKind.PROVISION.value, JobKind.SHUT_DOWN.value, JobKind.RESTART.value}
 
 
 def test_the_policy_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hosts import HostStatus
 from pools.jobs.queue import JobKind
+from vdi import cli
 from vdi.cli import main
 from vdi.db import make_engine, session_factory
 from vdi.domain import DesktopState, utc_now
@@ -159,7 +161,8 @@ def test_pool_set_changes_only_what_it_is_told(
 
 
 def test_pool_policy_is_checked_whole_then_stored_and_shown(
-        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     assert vdi(config, "pool-set", "own", "--name", "Own", "--image", "demo", "--kind",
                "dedicated", "--max-size", "3") == 0
     policy = tmp_path / "own.toml"
@@ -190,8 +193,13 @@ def test_pool_policy_is_checked_whole_then_stored_and_shown(
     assert '"idle_action": "shut_down"' in shown and '"opens": "08:00"' in shown
     assert vdi(config, "reclaims", "--pool", "own") == 0
     assert capsys.readouterr().out == ""  # nothing taken back yet
+    # the level shown is the one of the moment the command runs: a Monday after 07:45
+    # in the pool's time zone (Asia/Shanghai, the default), then a Sunday
+    monkeypatch.setattr(cli, "utc_now", lambda: datetime(2026, 1, 5, 0, 0, tzinfo=UTC))
     assert vdi(config, "pools") == 0
-    listed = capsys.readouterr().out
-    # now (whatever the day) either the 07:45 level of working days or the pool's own
-    assert ("spares now: 3 (schedule: 3 from 07:45 on working days)" in listed
-            or "spares now: 1 (the pool's min_ready (1))" in listed), listed
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.endswith("\tspares now: 3 (schedule: 3 from 07:45 on working days)"), line
+    monkeypatch.setattr(cli, "utc_now", lambda: datetime(2026, 1, 4, 0, 0, tzinfo=UTC))
+    assert vdi(config, "pools") == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.endswith("\tspares now: 1 (the pool's min_ready (1))"), line

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from broker.auth.fake_directory import FakeDirectory
 from pools.fake_hypervisor import FakeHypervisor
@@ -29,6 +30,8 @@ CLERKS = 50
 # console is granted only to a user the directory confirms)
 CLERK_DIRECTORY = FakeDirectory({f"clerk{i:02d}": ("pw", f"Clerk {i}", (STAFF_GROUP,))
                                  for i in range(CLERKS)})
+
+pytestmark = pytest.mark.real
 
 
 def clerk_sessions(fake: FakeHostBroker, n: int) -> list[tuple[str, str]]:
