@@ -176,8 +176,8 @@ class Admin:
                               else None)
         except PolicyError as e:
             raise AdminRefused(f"pool {pool.id}: the stored policy is unusable ({e}); the "
-                               "broker leaves its desktops alone until a good one is set",
-                               1) from e
+                               "broker applies the defaults for its kind until a good one "
+                               "is set", 1) from e
 
     def set_pool_policy(self, pool_id: str, file: Path) -> None:
         """Replace the pool's policy from a file, checked whole first: a file with one

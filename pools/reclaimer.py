@@ -88,9 +88,13 @@ class Reclaimer:
                 try:
                     policies[prow.id] = ReclaimPolicy.from_json(prow.reclaim_policy,
                                                                 persistent=persistent)
-                except ValueError as e:  # a bad stored policy: leave that pool alone
-                    log.error("pool %s: idle policy unusable: %s", prow.id, e)
-                    continue
+                except ValueError as e:
+                    # a bad stored policy (stored by hand, or before a check existed):
+                    # the pool runs under the defaults for its kind rather than under
+                    # none at all, and the admin is told in the log each round
+                    log.error("pool %s: idle policy unusable (%s); the defaults apply",
+                              prow.id, e)
+                    policies[prow.id] = ReclaimPolicy.default(persistent=persistent)
             shift, policy = policies[prow.id].at(now)
             connected, since, gone = console_facts(row, now, self._stale)
             facts = Facts(desktop_id=row.id, persistent=persistent,

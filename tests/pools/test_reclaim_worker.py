@@ -128,10 +128,11 @@ async def test_a_dedicated_desktop_is_suspended_and_resumes_on_connect(rig: Rig)
 # --- a pool whose stored policy no longer parses ------------------------------------------
 
 
-async def test_a_pool_with_an_unusable_stored_policy_does_not_stop_the_others(
+async def test_a_pool_with_an_unusable_stored_policy_runs_under_the_defaults(
         rig: Rig) -> None:
     """A policy stored by hand (or before a check existed) that no longer parses: the
-    other pools' desktops are still handled, and the dedicated one is never reverted."""
+    other pools' desktops are still handled, and the dedicated pool runs under the
+    dedicated defaults (shut down 30 minutes after its console closed), never reverted."""
     rig.catalog.save_pool(pool(PoolKind.DEDICATED, pool_id="own"))
     with rig.db.begin() as s:
         s.execute(update(PoolRow).where(PoolRow.id == "own").values(
@@ -144,10 +145,12 @@ async def test_a_pool_with_an_unusable_stored_policy_does_not_stop_the_others(
         close_console(rig, desktop_id)
     await pass_time(rig, 4 * 3600, mine, connected=False)
     assert rig.row(mine).state == DesktopState.READY.value  # taken back and reverted
-    assert [(r.desktop_id, r.action) for r in reclaims(rig)] == [
-        (mine, Action.LOG_OFF.value)]
+    assert sorted((r.desktop_id, r.action, r.cause) for r in reclaims(rig)) == sorted([
+        (mine, Action.LOG_OFF.value, "disconnected"),
+        (own, Action.SHUT_DOWN.value, "disconnected")])
     row = rig.row(own)
-    assert (row.state, row.assigned_user) == (DesktopState.ASSIGNED.value, "clerk1")
+    assert (row.state, row.assigned_user, row.power) == (
+        DesktopState.ASSIGNED.value, "clerk1", Power.OFF.value)
     assert rig.fake.domains[row.domain_name].disk_serial == own_disk
     assert not [j for j in rig.jobs() if j.desktop_id == own
                 and j.kind in (JobKind.REVERT.value, JobKind.REMOVE.value)]
