@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from harness.pg_server import PgServer
 from pools.hypervisor import HostUnavailable, ImageFiles
 from pools.libvirt.host import LibvirtHost
 from vdi.db import make_engine, migrate, session_factory
@@ -74,6 +75,15 @@ class ManualClock:
     def advance(self, seconds: float) -> datetime:
         self.now += timedelta(seconds=seconds)
         return self.now
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the module, migrated to the newest schema; a
+    test that cannot have it fails with the start script's output."""
+    with PgServer() as server:
+        migrate(server.url)
+        yield server
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """LdapDirectory: the staff directory on an LDAP server. The only module of the product
 that imports ldap3; its errors are translated into broker.auth.directory's here.
 
-ldap3's defaults are unsafe (docs/security.md, "LDAP"); what this adapter does instead:
+ldap3's defaults are unsafe for a broker; what this adapter does instead:
 blank input is refused before any traffic (an empty password is an "unauthenticated
 bind" that servers report as success, RFC 4513 5.1.2); filter values are escaped and a
 search must match exactly one entry; the user's bind runs on a fresh connection of its

@@ -43,14 +43,6 @@ pytestmark = pytest.mark.real
 TABLES = ("console_tokens", "sessions", "audit", "desktops", "images", "pools")
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    """One throwaway server for this module, migrated to the newest schema."""
-    with PgServer() as server:
-        migrate(server.url)
-        yield server
-
-
 @pytest.fixture
 def pg_engine(pg: PgServer) -> Iterator[Engine]:
     """The broker's engine on the server, every table emptied first."""

@@ -88,7 +88,7 @@ def test_broker_killed_between_domain_start_and_commit(tmp_path: Path) -> None:
                 raise AssertionError(f"no failpoint fired\n{log.read_text()[-3000:]}") from None
             assert doomed.returncode == -signal.SIGKILL
             [left] = rows(env)
-            assert left[1] == "provisioning" and left[5] == "None:None"  # never recorded
+            assert left[1] == "provisioning" and left[5] == "-"  # no console recorded
             assert domains() == [PREFIX + left[0]]  # but libvirt runs it
 
             # 2. restarted: the job's lease runs out and the same desktop is finished
@@ -101,7 +101,8 @@ def test_broker_killed_between_domain_start_and_commit(tmp_path: Path) -> None:
                 [done] = rows(env)
                 assert done[0] == left[0]
                 assert domains() == [PREFIX + left[0]]  # no orphan, no second domain
-                port_recorded = int(done[5].split(":")[1])
+                assert done[5].startswith("vnc://127.0.0.1:")
+                port_recorded = int(done[5].rsplit(":", 1)[1])
                 host = LibvirtHost("qemu:///system", storage_pool="vdi-test",
                                    storage_dir=Path("/var/lib/libvirt/images/vdi-test"))
                 try:

@@ -36,13 +36,6 @@ LEASE_S = 30.0
 TABLES = ("jobs", "desktops", "images", "image_releases", "hosts", "pools")
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with PgServer() as server:
-        migrate(server.url)
-        yield server
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, migrated database of each kind (PostgreSQL: the module's server with

@@ -25,20 +25,13 @@ from pools.images import ImageStore
 from pools.worker import COUNTED, PoolWorker
 from vdi import desktops
 from vdi.catalog import Catalog
-from vdi.db import make_engine, migrate, session_factory
+from vdi.db import make_engine, session_factory
 from vdi.domain import ConsoleEndpoint, ConsoleKind, DesktopState, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow
 
 MAX_SIZE = 5
 ROUNDS = 300  # per worker
 LIVE = [st.value for st in COUNTED]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with PgServer() as server:
-        migrate(server.url)
-        yield server
 
 
 @pytest.fixture
