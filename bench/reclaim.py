@@ -49,7 +49,7 @@ from pools.worker import PoolWorker
 from vdi import desktops
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import ConsoleEndpoint, DesktopState, Pool, PoolKind, Principal, Role
+from vdi.domain import ConsoleEndpoint, ConsoleKind, DesktopState, Pool, PoolKind, Principal, Role
 from vdi.models import ClaimRow, DesktopRow, PoolRow, ReclaimRow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,7 +263,7 @@ async def _day(run: Run, clerks: list[ClerkState], clock: SimClock, assigner: As
             with db.begin() as s:
                 for c in opened:  # refused: the desktop was taken back meanwhile
                     assert c.console is not None
-                    if desktops.open_console(s, c.console, c.day.name, t) is None:
+                    if desktops.open_console(s, c.console, c.day.name, ConsoleKind.VNC, t) is None:
                         c.console = None
                     else:
                         desktops.record_input(s, c.console, t)

@@ -5,6 +5,7 @@ The web layer sees only this: no engine, no stores, no hypervisor, no worker.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -16,6 +17,8 @@ from broker.consoles import Consoles
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.signin import SignIn
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseDown(Exception):
@@ -36,8 +39,9 @@ class Health:
 
         try:
             await self._blocking.db(ping)
-        except SQLAlchemyError as e:
-            raise DatabaseDown(str(e)[:200]) from e
+        except SQLAlchemyError as e:  # the detail goes to the log, not to the caller
+            log.error("health check: the database does not answer: %s", e)
+            raise DatabaseDown("the database does not answer") from e
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from broker.assignment import (
 )
 from broker.blocking import Blocking
 from broker.idle import IdleNotices
+from broker.roles import entitled
 from broker.sessions import SessionStore, WebSession
 from broker.tokens import ConsoleGrant, TokenRejected, TokenStore
 from broker.tunnel import BrowserRefused, BrowserSocket, ConsoleTarget, TunnelError, run_tunnel
@@ -35,6 +36,7 @@ from pools.calls import HostCalls
 from pools.hypervisor import HypervisorError, new_vnc_password
 from vdi import desktops
 from vdi.audit import AuditLog
+from vdi.catalog import Catalog
 from vdi.domain import ConsoleKind, Desktop, utc_now
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class Consoles:
     def __init__(self, *, blocking: Blocking, db: sessionmaker[Session],
                  sessions: SessionStore, tokens: TokenStore, assigner: Assigner,
                  notices: IdleNotices, audit: AuditLog, tunnels: TunnelRegistry,
-                 calls: HostCalls, wake_worker: Callable[[], None],
+                 calls: HostCalls, catalog: Catalog, wake_worker: Callable[[], None],
                  vnc_password_valid_s: int, max_cut_text: int,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
@@ -107,6 +109,7 @@ class Consoles:
         self._audit = audit
         self._tunnels = tunnels
         self._calls = calls
+        self._catalog = catalog
         self._wake = wake_worker
         self._password_valid_s = vnc_password_valid_s
         self._max_cut_text = max_cut_text
@@ -120,6 +123,9 @@ class Consoles:
 
         def attempt() -> tuple[Desktop, ConsoleKind, str] | AssignmentError:
             # one trip to a database thread: assignment, news seen, token + its audit
+            pool = self._catalog.pool(pool_id)
+            if pool is not None and entitled(pool, who.groups) and pool.console not in RELAYS:
+                return ConsoleUnsupported(pool.console.value)  # before a spare is claimed
             try:
                 desktop = self._assigner.assign(pool_id, who)
             except AssignmentError as e:
@@ -176,14 +182,15 @@ class Consoles:
         # compare-and-set: the console opens only on a desktop still this clerk's and on
         # (a reclaim that won first makes this fail; one that comes later sees the console)
         desktop = await self._blocking.db(self._mark_console_open, grant)
-        if desktop is None or desktop.console is None \
-                or desktop.console.kind.value != grant.kind:
+        if desktop is None:
             await self._deny(grant.username, source, "desktop no longer assigned")
             raise ConsoleRefused("desktop no longer assigned")
         try:
             tunnel = self._tunnels.open(username=grant.username, session_hash=grant.session_hash,
                                         desktop_id=grant.desktop_id, close=close)
         except TooManyTunnels:
+            # marked open above: unless another console of this broker holds it, it is not
+            await self._blocking.db(self._mark_console_closed, grant)
             await self._deny(grant.username, source, "too many consoles open")
             raise ConsoleRefused("too many consoles open") from None
         return Admission(grant, desktop, tunnel, source)
@@ -238,12 +245,16 @@ class Consoles:
 
     def _mark_console_open(self, grant: ConsoleGrant) -> Desktop | None:
         with self._db.begin() as s:
-            return desktops.open_console(s, grant.desktop_id, grant.username, self._clock())
+            return desktops.open_console(s, grant.desktop_id, grant.username,
+                                         ConsoleKind(grant.kind), self._clock())
 
-    def _record_disconnect(self, grant: ConsoleGrant, reason: str, source: str) -> None:
+    def _mark_console_closed(self, grant: ConsoleGrant) -> None:
         if not self._tunnels.open_for(desktop_id=grant.desktop_id):  # its last console here
             with self._db.begin() as s:  # (another broker's heartbeat says if it has one)
                 desktops.close_console(s, grant.desktop_id, grant.username, self._clock())
+
+    def _record_disconnect(self, grant: ConsoleGrant, reason: str, source: str) -> None:
+        self._mark_console_closed(grant)
         self._audit.record(actor=grant.username, role="-", action="console",
                            target=grant.desktop_id, source=source, outcome="closed",
                            detail=reason[:300])

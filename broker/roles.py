@@ -40,4 +40,9 @@ def roles_for(groups: Iterable[str], role_map: RoleMap) -> frozenset[Role]:
 
 
 def entitled(pool: Pool, groups: Iterable[str]) -> bool:
-    return bool(_normalized(groups) & _normalized(pool.entitled_groups))
+    return groups_entitled(pool.entitled_groups, groups)
+
+
+def groups_entitled(pool_groups: Iterable[str], groups: Iterable[str]) -> bool:
+    """Whether a user of `groups` may use a pool entitled to `pool_groups`."""
+    return bool(_normalized(groups) & _normalized(pool_groups))

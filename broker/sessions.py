@@ -120,18 +120,20 @@ class SessionStore:
                 SessionRow.id_hash.in_(wanted), SessionRow.ended_at.is_(None),
                 SessionRow.checked_at < since))]
 
-    def live_among(self, id_hashes: Iterable[str]) -> set[str]:
-        """Those of the given sessions that are still live (one query): a broker's
-        heartbeat closes the consoles of sessions ended through another broker."""
+    def live_among(self, id_hashes: Iterable[str]) -> dict[str, frozenset[str]]:
+        """Those of the given sessions that are still live, each with its user's groups
+        as last confirmed (one query): a broker's heartbeat closes the consoles of
+        sessions ended through another broker, and of pools no longer the user's."""
         wanted = list(set(id_hashes))
         if not wanted:
-            return set()
+            return {}
         now = self._clock()
         with self._sessions() as s:
-            return set(s.scalars(select(SessionRow.id_hash).where(
-                SessionRow.id_hash.in_(wanted), SessionRow.ended_at.is_(None),
-                SessionRow.last_seen_at >= now - self._idle,
-                SessionRow.created_at >= now - self._absolute)))
+            return {h: frozenset(groups) for h, groups in s.execute(
+                select(SessionRow.id_hash, SessionRow.groups).where(
+                    SessionRow.id_hash.in_(wanted), SessionRow.ended_at.is_(None),
+                    SessionRow.last_seen_at >= now - self._idle,
+                    SessionRow.created_at >= now - self._absolute))}
 
     def end(self, id_hash: str) -> None:
         """End the session; idempotent."""

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.activity import Tunnel, TunnelRegistry
+from broker.roles import groups_entitled
 from broker.sessions import SessionStore
 from vdi import desktops
 from vdi.domain import DesktopState, utc_now
-from vdi.models import DesktopRow
+from vdi.models import DesktopRow, PoolRow
 
 log = logging.getLogger(__name__)
 SESSION_ENDED = ""  # a kick without a reason for the page: the session is gone
@@ -26,13 +27,11 @@ SESSION_ENDED = ""  # a kick without a reason for the page: the session is gone
 class ConsoleSignals:
     def __init__(self, db: sessionmaker[Session], tunnels: TunnelRegistry,
                  sessions: SessionStore, *, flush_s: float,
-                 after_round: Callable[[], Awaitable[None]] | None = None,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._db = db
         self._tunnels = tunnels
         self._sessions = sessions
         self._flush_s = flush_s
-        self._after_round = after_round  # e.g. re-check the users of open consoles
         self._clock = clock
 
     async def run(self) -> None:
@@ -49,11 +48,6 @@ class ConsoleSignals:
                     tunnel.close()
                 else:
                     self._tunnels.kick(tunnel, because)
-            if self._after_round is not None:
-                try:
-                    await self._after_round()
-                except Exception:  # the next round tries again
-                    log.exception("after the console signals round")
 
     def flush(self) -> list[tuple[Tunnel, str]]:
         """Write the consoles' input times and their heartbeat (still open, as of now);
@@ -79,17 +73,27 @@ class ConsoleSignals:
                 return []
             desktops.console_heartbeat(s, list(open_here), now)
             rows = list(s.execute(select(DesktopRow.id, DesktopRow.state,
-                                         DesktopRow.assigned_user, DesktopRow.kicked_at)
+                                         DesktopRow.assigned_user, DesktopRow.kicked_at,
+                                         DesktopRow.pool_id)
                                   .where(DesktopRow.id.in_(list(open_here)))))
+            pool_groups: dict[str, list[str]] = {
+                pool_id: groups for pool_id, groups in s.execute(
+                    select(PoolRow.id, PoolRow.entitled_groups).where(
+                        PoolRow.id.in_(list({r.pool_id for r in rows}))))}
         live = self._sessions.live_among(
             t.session_hash for tunnels in open_here.values() for t in tunnels)
         kicks = []
-        for desktop_id, state, user, kicked_at in rows:
+        for desktop_id, state, user, kicked_at, pool_id in rows:
             for tunnel in open_here.get(desktop_id, ()):
                 if state != DesktopState.ASSIGNED.value or user != tunnel.username:
                     kicks.append((tunnel, "reclaimed"))
                 elif kicked_at is not None and kicked_at >= tunnel.opened_at:
                     kicks.append((tunnel, "idle"))
                 elif tunnel.session_hash not in live:
+                    kicks.append((tunnel, SESSION_ENDED))
+                elif not groups_entitled(pool_groups.get(pool_id, ()),
+                                         live[tunnel.session_hash]):
+                    # the directory took the pool from the user (re-checked groups):
+                    # the session lives on for their other pools, this console does not
                     kicks.append((tunnel, SESSION_ENDED))
         return kicks

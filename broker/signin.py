@@ -6,6 +6,7 @@ directory returns, never the string as typed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from vdi.domain import Principal, utc_now
 from vdi.settings import RoleMap
 
 log = logging.getLogger(__name__)
+# after a failed re-check lookup the directory is left alone this long (sessions kept)
+RECHECK_BACKOFF = timedelta(seconds=30)
+RECHECKS_AT_ONCE = 4
 
 
 @dataclass(frozen=True)
@@ -52,48 +56,60 @@ class SignIn:
         self._deadline_s = directory_deadline_s
         self._recheck = timedelta(seconds=recheck_s)
         self._clock = clock
+        self._directory_down_until: datetime | None = None
 
-    async def session(self, cookie: str | None, *, fresh: bool = False) -> WebSession | None:
+    async def session(self, cookie: str | None) -> WebSession | None:
         """The live session behind a cookie value, or None. Its user is re-checked with
-        the directory when the last check is older than the re-check bound, or always
-        with `fresh` (a console grant): a user gone from the directory, or left with no
-        role and no pool, loses the session here."""
+        the directory when the last check is older than the re-check bound: a user gone
+        from the directory, or left with no role and no pool, loses the session here."""
         if not cookie:
             return None
         session = await self._blocking.db(self._sessions.get, cookie)
         if session is None:
             return None
-        if fresh or self._clock() - session.checked_at >= self._recheck:
+        if self._clock() - session.checked_at >= self._recheck:
             return await self.recheck(session)
         return session
 
     async def recheck(self, session: WebSession) -> WebSession | None:
         """Ask the directory about the session's user now: the session with the roles
-        and groups as they are, or None (ended: account gone or no access left). While
-        the directory does not answer, the session is kept as it was (a directory
-        outage must not throw every clerk out) and asked again next time."""
+        and groups as they are, or None (ended: account gone or no access left).
+
+        While the directory does not answer, the session is kept as it was: an outage
+        must not throw every clerk out. After a failed lookup the directory is left
+        alone for RECHECK_BACKOFF (sessions are kept meanwhile), so an outage cannot
+        stall every request, nor the broker's rounds, for a lookup's deadline each."""
         who = session.principal
+        now = self._clock()
+        if self._directory_down_until is not None and now < self._directory_down_until:
+            return session
         try:
             user = await self._blocking.directory(self._directory.lookup, who.username,
                                                   deadline_s=self._deadline_s)
         except (DirectoryUnavailable, TimeoutError) as e:
-            log.warning("re-check of %s postponed: %s", who.username, e or "no answer")
+            self._directory_down_until = self._clock() + RECHECK_BACKOFF
+            log.warning("re-checks postponed for %d s (%s): %s",
+                        RECHECK_BACKOFF.total_seconds(), who.username, e or "no answer")
             return session
+        self._directory_down_until = None
         principal = None
         if user is not None:
             roles = roles_for(user.groups, self._role_map)
             principal = Principal(username=user.username, display_name=user.display_name,
                                   roles=roles, groups=user.groups)
 
-        def confirm_or_end() -> WebSession | None:  # one trip to a database thread
+        def confirm_or_end() -> tuple[WebSession | None, bool]:  # one database trip
+            """(the session as confirmed or None, whether this re-check ended it)"""
             if principal is not None and (principal.roles or any(
                     entitled(p, principal.groups) for p in self._catalog.pools())):
-                return self._sessions.confirm(session, principal)
+                return self._sessions.confirm(session, principal), False
             self._sessions.end(session.id_hash)
             self._tokens.revoke_session(session.id_hash)
-            return None
+            return None, True
 
-        kept = await self._blocking.db(confirm_or_end)
+        kept, ended_here = await self._blocking.db(confirm_or_end)
+        if kept is None and not ended_here:  # signed out meanwhile: nothing to record
+            return None
         if kept is None:
             closed = self._tunnels.close_session(session.id_hash)
             why = "gone from the directory" if user is None else "no role or pool left"
@@ -109,15 +125,30 @@ class SignIn:
 
     async def recheck_consoles(self) -> None:
         """Re-check the users of the consoles open here whose check is older than the
-        bound: a clerk removed from the directory loses an open console within it even
-        if their page asks nothing."""
+        bound, a few at a time: a clerk removed from the directory loses an open console
+        within it even if their page asks nothing."""
         hashes = {t.session_hash for t in self._tunnels.open_for()}
         if not hashes:
             return
         due = await self._blocking.db(self._sessions.unchecked_among, hashes,
                                       self._clock() - self._recheck)
-        for session in due:
-            await self.recheck(session)
+        limit = asyncio.Semaphore(RECHECKS_AT_ONCE)
+
+        async def one(session: WebSession) -> None:
+            async with limit:
+                await self.recheck(session)
+
+        await asyncio.gather(*(one(s) for s in due))
+
+    async def run_console_rechecks(self, every_s: float) -> None:
+        """recheck_consoles every `every_s` until cancelled (its own task: a slow
+        directory never holds up the consoles' signals)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.recheck_consoles()
+            except Exception:  # the next round tries again
+                log.exception("re-checking the users of open consoles failed")
 
     async def sign_in(self, username: str, password: str, source: str) -> SignedIn:
         """Check the password with the directory and open a session. Raises Throttled,

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.sessions import hash_secret
-from vdi.db import rows_changed
 from vdi.domain import utc_now
 from vdi.models import AuditRow, ConsoleTokenRow
 
@@ -101,17 +100,19 @@ class TokenStore:
                 raise TokenRejected("token for another console kind")
             if session_hash is None or row.session_hash != session_hash:
                 raise TokenRejected("token bound to another session")
-            # compare-and-set on the count read: two websockets racing for the last
-            # channel cannot both have it
-            uses = row.uses
-            claimed = s.execute(update(ConsoleTokenRow)
+            # one statement takes a channel while one is left: websockets opening a
+            # grant's channels at once each get their own, never one too many
+            channel = s.execute(update(ConsoleTokenRow)
                                 .where(ConsoleTokenRow.token_hash == h,
-                                       ConsoleTokenRow.uses == uses)
-                                .values(uses=uses + 1, used_at=row.used_at or now))
-            if rows_changed(claimed) != 1:
+                                       ConsoleTokenRow.uses < ConsoleTokenRow.channels)
+                                .values(uses=ConsoleTokenRow.uses + 1,
+                                        used_at=func.coalesce(ConsoleTokenRow.used_at, now))
+                                .returning(ConsoleTokenRow.uses)
+                                .execution_options(synchronize_session=False)).scalar()
+            if channel is None:
                 raise TokenRejected("token already used")
             return ConsoleGrant(username=row.username, session_hash=row.session_hash,
-                                desktop_id=row.desktop_id, kind=row.kind, channel=uses + 1)
+                                desktop_id=row.desktop_id, kind=row.kind, channel=channel)
 
     def revoke_session(self, session_hash: str) -> None:
         """Tokens of an ended session die with it (also their channels not yet opened)."""

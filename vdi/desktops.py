@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, aliased
 
 from vdi.catalog import desktop_from_row
 from vdi.db import rows_changed
-from vdi.domain import ConsoleEndpoint, Desktop, DesktopState, Power
+from vdi.domain import ConsoleEndpoint, ConsoleKind, Desktop, DesktopState, Power
 from vdi.models import DesktopRow
 
 # desktops a job is making or remaking: only a job takes them to ready or error
@@ -324,12 +324,16 @@ def still_here(s: Session, pool_id: str, username: str, now: datetime) -> bool:
 # --- consoles ----------------------------------------------------------------------------
 
 
-def open_console(s: Session, desktop_id: str, username: str, now: datetime) -> Desktop | None:
-    """A console opens on a desktop still `username`'s and powered on: it is open since
-    now. None: a reclaim (or a power-down) won first, and the console must not open."""
+def open_console(s: Session, desktop_id: str, username: str, kind: ConsoleKind,
+                 now: datetime) -> Desktop | None:
+    """A console of `kind` opens on a desktop still `username`'s, powered on and serving
+    that kind: it is open since now. None: a reclaim (or a power-down) won first, or the
+    desktop has no such console, and the console must not open."""
     row = s.scalars(_update(
         DesktopRow.id == desktop_id, DesktopRow.state == DesktopState.ASSIGNED.value,
-        DesktopRow.assigned_user == username, DesktopRow.power == Power.ON.value)
+        DesktopRow.assigned_user == username, DesktopRow.power == Power.ON.value,
+        DesktopRow.console_kind == kind.value, DesktopRow.console_host.is_not(None),
+        DesktopRow.console_port.is_not(None))
         .values(console_since=now, console_seen_at=now)
         .returning(DesktopRow)).first()
     return desktop_from_row(row) if row is not None else None

@@ -68,7 +68,7 @@ class Runtime:
     engine: Engine
     db: sessionmaker[Session]
     blocking: Blocking
-    directory: Directory
+    directory: Directory | None  # None in a worker process: it signs nobody in
     calls: HostCalls
     sessions: SessionStore
     tokens: TokenStore
@@ -78,7 +78,7 @@ class Runtime:
     tunnels: TunnelRegistry
     worker: PoolWorker
     signals: ConsoleSignals
-    api: BrokerApi
+    api: BrokerApi | None  # None in a worker process: it serves no request
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, role: Role) -> None:
@@ -86,7 +86,10 @@ class Runtime:
         if role in (Role.WORKER, Role.BOTH):
             self.background.append(asyncio.create_task(self.worker.run()))
         if role in (Role.WEB, Role.BOTH):
+            assert self.api is not None, "built for the worker role only"
             self.background.append(asyncio.create_task(self.signals.run()))
+            self.background.append(asyncio.create_task(
+                self.api.signin.run_console_rechecks(self.settings.input_flush_s)))
 
     async def stop(self) -> None:
         for task in self.background:
@@ -103,8 +106,10 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, *, directory: Directory | None = None,
-                  hosts: dict[str, Hypervisor] | None = None) -> Runtime:
-    """Migrate the schema and build everything (nothing runs until start())."""
+                  hosts: dict[str, Hypervisor] | None = None, role: Role = Role.BOTH
+                  ) -> Runtime:
+    """Migrate the schema and build what `role` runs (nothing runs until start()); a
+    worker process gets no directory and no use cases: it needs no LDAP account."""
     url = settings.effective_database_url
     migrate(url)
     engine = make_engine(url)
@@ -122,7 +127,8 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                     max_provisioning=settings.max_provisioning_per_host)
     images = ImageStore(db)
     blocking = Blocking()
-    directory = directory or LdapDirectory(settings)
+    if directory is None and role is not Role.WORKER:
+        directory = LdapDirectory(settings)
     sessions = SessionStore(db, idle_s=settings.session_idle_s,
                             absolute_s=settings.session_absolute_s)
     tokens = TokenStore(db, ttl_s=settings.console_token_ttl_s)
@@ -146,7 +152,7 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                         shutdown_grace_s=settings.shutdown_grace_s,
                         failpoint=failpoint_from_environment(os.environ))
     wake = worker.wake.set  # a worker in another process polls every worker_interval_s
-    api = BrokerApi(
+    api = None if directory is None else BrokerApi(
         signin=SignIn(blocking=blocking, directory=directory, throttle=LoginThrottle(db),
                       sessions=sessions, tokens=tokens, catalog=catalog, audit=audit,
                       tunnels=tunnels, role_map=settings.role_map,
@@ -156,7 +162,7 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                       audit=audit, tunnels=tunnels, wake_worker=wake),
         consoles=Consoles(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                           assigner=assigner, notices=notices, audit=audit, tunnels=tunnels,
-                          calls=calls, wake_worker=wake,
+                          calls=calls, catalog=catalog, wake_worker=wake,
                           vnc_password_valid_s=settings.vnc_password_valid_s,
                           max_cut_text=settings.max_ws_frame_bytes),
         reclaims=ReclaimLog(blocking=blocking, db=db, audit=audit),
@@ -165,8 +171,7 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                    directory=directory, calls=calls, sessions=sessions, tokens=tokens,
                    catalog=catalog, images=images, audit=audit, tunnels=tunnels,
                    worker=worker,
-                   signals=ConsoleSignals(db, tunnels, sessions, flush_s=settings.input_flush_s,
-                                          after_round=api.signin.recheck_consoles),
+                   signals=ConsoleSignals(db, tunnels, sessions, flush_s=settings.input_flush_s),
                    api=api)
 
 
@@ -177,7 +182,10 @@ def build_app(settings: Settings, *, directory: Directory | None = None,
 
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[BrokerApi]:
-        runtime = build_runtime(settings, directory=directory, hosts=hosts)
+        if role is Role.WORKER:
+            raise ValueError("the web app runs with the web or both roles")
+        runtime = build_runtime(settings, directory=directory, hosts=hosts, role=role)
+        assert runtime.api is not None
         app.state.runtime = runtime
         await runtime.start(role)
         log.info("broker ready at %s (%s)", settings.public_url, role.value)
@@ -192,7 +200,7 @@ def build_app(settings: Settings, *, directory: Directory | None = None,
 
 async def run_worker(settings: Settings) -> None:
     """The worker alone (`vdi serve --role worker`), until cancelled."""
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, role=Role.WORKER)
     await runtime.start(Role.WORKER)
     log.info("worker running")
     try:

@@ -1,7 +1,8 @@
 """The one access seam: every route declares what it needs next to its definition, and
 this module checks it once per request -- the session cookie becomes a principal, the
-permission is checked against broker.access, CSRF and Origin are verified here and
-nowhere else -- then maps the use case's refusals through web.errors."""
+permission is checked against broker.access, CSRF and Origin are verified by the
+functions here (the websocket route calls origin_allowed itself, before it accepts) --
+then maps the use case's refusals through web.errors."""
 
 from __future__ import annotations
 
@@ -100,14 +101,19 @@ async def admit(request: Request, access: Access) -> Call:
         raise BadOrigin()
     session = None
     if access.permission is not None:
-        session = await api.signin.session(request.cookies.get(cookie_name(settings)),
-                                           fresh=access.fresh)
+        session = await api.signin.session(request.cookies.get(cookie_name(settings)))
         if session is None:
             raise NotSignedIn()
         if not allows(session.principal, access.permission):
             raise Forbidden(access.permission.value)
         if access.csrf and not csrf_ok(request, session):
             raise CsrfFailed()
+        if access.fresh:  # only for a request that passed every other check
+            session = await api.signin.recheck(session)
+            if session is None:
+                raise NotSignedIn()
+            if not allows(session.principal, access.permission):
+                raise Forbidden(access.permission.value)
     return Call(request, api, settings, session, client_address(request))
 
 

@@ -1,5 +1,7 @@
 """The websocket console route: /console/{token}. The token is the credential (bound to
-the session cookie, checked by broker.consoles); Origin is checked by the access seam."""
+the session cookie, checked by broker.consoles). The route declares its access like every
+other (CONSOLE: Origin on the allow-list), and checks it with web.access's own check
+before anything else, as a websocket is not a Starlette Route."""
 
 from __future__ import annotations
 
