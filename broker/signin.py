@@ -42,7 +42,7 @@ class SignIn:
     def __init__(self, *, blocking: Blocking, directory: Directory, throttle: LoginThrottle,
                  sessions: SessionStore, tokens: TokenStore, catalog: Catalog,
                  audit: AuditLog, tunnels: TunnelRegistry, role_map: RoleMap,
-                 directory_deadline_s: float, recheck_s: float,
+                 directory_deadline_s: float, recheck_s: float, grant_confirm_s: float,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
         self._directory = directory
@@ -55,6 +55,7 @@ class SignIn:
         self._role_map = role_map
         self._deadline_s = directory_deadline_s
         self._recheck = timedelta(seconds=recheck_s)
+        self._grant_confirm = timedelta(seconds=grant_confirm_s)
         self._clock = clock
         self._directory_down_until: datetime | None = None
 
@@ -70,6 +71,14 @@ class SignIn:
         if self._clock() - session.checked_at >= self._recheck:
             return await self.recheck(session)
         return session
+
+    async def confirmed(self, session: WebSession) -> WebSession | None:
+        """The session as the directory confirms it now, for a console grant: asked
+        unless it confirmed the user within `grant_confirm_s` (the sign-in a moment ago
+        was such a confirmation: a clerk's sign-in and first connect ask it once)."""
+        if self._clock() - session.checked_at <= self._grant_confirm:
+            return session
+        return await self.recheck(session)
 
     async def recheck(self, session: WebSession) -> WebSession | None:
         """Ask the directory about the session's user now: the session with the roles

@@ -67,6 +67,9 @@ class Settings:
     # how long a session's roles and groups are trusted before the directory is asked
     # again (also asked at every console grant); a user gone from it loses the session
     session_recheck_s: int = 300
+    # a console grant asks the directory unless it confirmed the user this recently (the
+    # sign-in a moment before is a confirmation: sign-in and first connect ask it once)
+    console_grant_confirm_s: int = 10
     console_token_ttl_s: int = 60
     max_tunnels_per_user: int = 4
     max_ws_frame_bytes: int = 1 << 20

@@ -42,7 +42,8 @@ class Access:
     session). `csrf`: a state change, the session's token must come in X-CSRF-Token.
     `origin`: the Origin header must be on the allow-list (sign-in, websockets).
     `redirect`: a page sends the signed-out browser there instead of a JSON 401.
-    `fresh`: the directory is asked about the user now, not only every few minutes."""
+    `fresh`: the directory confirms the user now (or did seconds ago), not only every
+    few minutes."""
 
     permission: Permission | None
     csrf: bool = False
@@ -109,7 +110,7 @@ async def admit(request: Request, access: Access) -> Call:
         if access.csrf and not csrf_ok(request, session):
             raise CsrfFailed()
         if access.fresh:  # only for a request that passed every other check
-            session = await api.signin.recheck(session)
+            session = await api.signin.confirmed(session)
             if session is None:
                 raise NotSignedIn()
             if not allows(session.principal, access.permission):

@@ -37,7 +37,8 @@ def own_slapd() -> Iterator[SlapdServer]:
 def broker(tmp_path: Path, own_slapd: SlapdServer) -> Iterator[FakeHostBroker]:
     host = FakeHypervisor("fake:///directory-tests")
     b = start_broker(tmp_path / "broker", own_slapd, hosts={host.uri: host},
-                     libvirt_uri=host.uri, session_recheck_s=RECHECK_S)
+                     libvirt_uri=host.uri, session_recheck_s=RECHECK_S,
+                     console_grant_confirm_s=0)
     try:
         b.publish_image(host, "guest", write_fake_image(tmp_path / "image"))
         b.save_pool(window_pool(min_ready=1, max_size=2))
