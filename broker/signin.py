@@ -182,9 +182,6 @@ class SignIn:
             log.warning("login: directory unavailable: %s", e or "no answer in time")
             await self._record(typed, "-", source, "directory_unavailable")
             raise DirectoryUnavailable(str(e) or "directory did not answer in time") from e
-        # the password was right: the account's failures are forgiven even if it turns
-        # out to have no access
-        await self._blocking.db(attempt.succeeded, user.username)
         roles = roles_for(user.groups, self._role_map)
         principal = Principal(username=user.username, display_name=user.display_name,
                               roles=roles, groups=user.groups)
@@ -192,7 +189,10 @@ class SignIn:
                                 action="login", target="-", source=source, outcome="ok")
 
         def open_session() -> tuple[str, WebSession] | None:
-            # one trip to a database thread: the access check and the new session
+            # one trip to a database thread: the throttle told, the access check and the
+            # new session. The password was right: the account's failures are forgiven
+            # even if it turns out to have no access.
+            attempt.succeeded(user.username)
             if not roles and not any(entitled(p, user.groups) for p in self._catalog.pools()):
                 return None
             return self._sessions.create(principal, source, audit=entry)
