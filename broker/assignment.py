@@ -8,7 +8,7 @@ stops one user from holding two desktops of a pool even when two of their reques
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +22,7 @@ from pools.hosts import Limits, fits, host_from_row, host_loads
 from pools.jobs.queue import ACTIVE, JobKind, enqueue
 from vdi import desktops
 from vdi.catalog import desktop_from_row, pool_from_row
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind, Power, Principal, utc_now
+from vdi.domain import ConsoleKind, Desktop, DesktopState, Pool, PoolKind, Power, Principal, utc_now
 from vdi.models import ClaimRow, DesktopRow, HostRow, JobRow, PoolRow
 
 # states that still count against a pool's max_size
@@ -69,6 +69,12 @@ class DesktopNotReady(AssignmentError):
     code = "desktop_starting"
 
 
+class ConsoleUnsupported(AssignmentError):
+    """The pool's (or the desktop's) console kind has no relay in this broker."""
+
+    code = "console_unsupported"
+
+
 class NothingToLogOff(AssignmentError):
     """The user holds no desktop in that pool."""
 
@@ -88,16 +94,21 @@ class Assigner:
         self._clock = clock
         self._limits = limits or Limits()
 
-    def assign(self, pool_id: str, who: Principal) -> Desktop:
+    def assign(self, pool_id: str, who: Principal,
+               consoles: Collection[ConsoleKind] | None = None) -> Desktop:
         """The user's desktop in this pool: their existing one, else a claimed spare.
         Raises PoolNotFound, NotEntitled (same outward answer as not found), PoolFull,
-        DesktopNotReady. Blocks on the database."""
+        DesktopNotReady; ConsoleUnsupported, before anything is claimed, when the pool's
+        console kind is not among `consoles` (None: any). Blocks on the database."""
         with self._sessions() as s:
             prow = s.get(PoolRow, pool_id)
             if prow is None:
                 raise PoolNotFound(pool_id)
-            if not entitled(pool_from_row(prow), who.groups):
+            pool = pool_from_row(prow)
+            if not entitled(pool, who.groups):
                 raise NotEntitled(pool_id)
+            if consoles is not None and pool.console not in consoles:
+                raise ConsoleUnsupported(pool.console.value)
             mine = self._current(s, pool_id, who.username)
         if mine is not None:
             if mine.power is not Power.ON:  # shut down or suspended while unused

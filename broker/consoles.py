@@ -21,6 +21,7 @@ from broker.activity import TooManyTunnels, Tunnel, TunnelRegistry
 from broker.assignment import (
     Assigner,
     AssignmentError,
+    ConsoleUnsupported,
     DesktopNotReady,
     HostsUnavailable,
     NotEntitled,
@@ -28,7 +29,6 @@ from broker.assignment import (
 )
 from broker.blocking import Blocking
 from broker.idle import IdleNotices
-from broker.roles import entitled
 from broker.sessions import SessionStore, WebSession
 from broker.tokens import ConsoleGrant, TokenRejected, TokenStore
 from broker.tunnel import BrowserRefused, BrowserSocket, ConsoleTarget, TunnelError, run_tunnel
@@ -36,7 +36,6 @@ from pools.calls import HostCalls
 from pools.hypervisor import HypervisorError, new_vnc_password
 from vdi import desktops
 from vdi.audit import AuditLog
-from vdi.catalog import Catalog
 from vdi.domain import ConsoleKind, Desktop, utc_now
 
 log = logging.getLogger(__name__)
@@ -55,12 +54,6 @@ CHANNELS: dict[ConsoleKind, int] = {ConsoleKind.VNC: 1}
 # is refused at the grant: its desktops cannot be reached through the broker yet.
 Relay = Callable[..., Awaitable[str]]
 RELAYS: dict[ConsoleKind, Relay] = {ConsoleKind.VNC: run_tunnel}
-
-
-class ConsoleUnsupported(AssignmentError):
-    """The desktop's console kind has no relay in this broker."""
-
-    code = "console_unsupported"
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,7 @@ class Consoles:
     def __init__(self, *, blocking: Blocking, db: sessionmaker[Session],
                  sessions: SessionStore, tokens: TokenStore, assigner: Assigner,
                  notices: IdleNotices, audit: AuditLog, tunnels: TunnelRegistry,
-                 calls: HostCalls, catalog: Catalog, wake_worker: Callable[[], None],
+                 calls: HostCalls, wake_worker: Callable[[], None],
                  vnc_password_valid_s: int, max_cut_text: int,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
@@ -109,7 +102,6 @@ class Consoles:
         self._audit = audit
         self._tunnels = tunnels
         self._calls = calls
-        self._catalog = catalog
         self._wake = wake_worker
         self._password_valid_s = vnc_password_valid_s
         self._max_cut_text = max_cut_text
@@ -123,15 +115,12 @@ class Consoles:
 
         def attempt() -> tuple[Desktop, ConsoleKind, str] | AssignmentError:
             # one trip to a database thread: assignment, news seen, token + its audit
-            pool = self._catalog.pool(pool_id)
-            if pool is not None and entitled(pool, who.groups) and pool.console not in RELAYS:
-                return ConsoleUnsupported(pool.console.value)  # before a spare is claimed
-            try:
-                desktop = self._assigner.assign(pool_id, who)
+            try:  # a pool of a kind without a relay is refused before a spare is claimed
+                desktop = self._assigner.assign(pool_id, who, consoles=RELAYS.keys())
             except AssignmentError as e:
                 return e
             kind = desktop.console.kind if desktop.console else ConsoleKind.VNC
-            if kind not in RELAYS:
+            if kind not in RELAYS:  # made before its pool changed kind
                 return ConsoleUnsupported(kind.value)
             if self._notices.notices(who.username, [pool_id]):
                 with self._db.begin() as s:  # the clerk is back: the reclaim is old news

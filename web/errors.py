@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from broker.assignment import (
     AssignmentError,
+    ConsoleUnsupported,
     DesktopNotReady,
     HostsUnavailable,
     NoCapacity,
@@ -19,7 +20,6 @@ from broker.assignment import (
 )
 from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
 from broker.auth.throttle import Throttled
-from broker.consoles import ConsoleUnsupported
 from broker.errors import BadRequest, Forbidden, NoAccess, NoDesktop, NotSignedIn
 from web.i18n import gettext_for
 

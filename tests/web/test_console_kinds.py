@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from tests.web.conftest import BrokerFactory, start_with_fake_host, window_pool
-from vdi.domain import ConsoleKind
+from vdi.domain import ConsoleKind, DesktopState
 
 
 def test_a_pool_of_a_console_kind_without_a_relay_is_refused_clearly(
@@ -29,6 +29,8 @@ def test_a_pool_of_a_console_kind_without_a_relay_is_refused_clearly(
     assert refused.json() == {
         "error": "console_unsupported",
         "message": "This desktop's console type cannot be opened here yet. Call the helpdesk."}
+    [after] = fake.broker.desktops("spice")  # refused before the spare was claimed
+    assert after.state is DesktopState.READY and after.assigned_user is None
     with fake.broker.runtime.db() as s:
         from vdi.models import ConsoleTokenRow
 
