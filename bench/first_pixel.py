@@ -227,7 +227,7 @@ def running_broker(ldap: dict[str, object], spares: int) -> Iterator[Broker]:
     proc: subprocess.Popen[bytes] | None = None
     try:
         vdi(env, "migrate")
-        vdi(env, "image-publish", IMAGE_ID, str(GUEST_DIR))
+        vdi(env, "image-import", IMAGE_ID, str(GUEST_DIR / "bios.qcow2"))
         set_spares(env, min(spares, BOOT_BATCH))
         with b.log.open("w") as out:
             proc = subprocess.Popen([str(VDI), "serve"], env=env, stdout=out,

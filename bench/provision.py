@@ -47,13 +47,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.common import Plot, Section, Table, percentile
-from pools.hypervisor import DesktopSpec, HypervisorError, ImageFiles, qcow2_virtual_size
+from harness.guest import disk_of, guest_disk
+from pools import image_file
+from pools.hypervisor import DesktopSpec, HypervisorError, ImageFiles
+from vdi.domain import Firmware
 
 if TYPE_CHECKING:
     from pools.libvirt.host import LibvirtHost  # imports libvirt: only where a host is used
 
 REPO = Path(__file__).resolve().parent.parent
-GUEST_DIR = REPO / "var" / "guest"
 LIBVIRT_URI = "qemu:///system"
 STORAGE_POOL = "vdi-bench"
 STORAGE_DIR = Path("/var/lib/libvirt/images/vdi-bench")
@@ -620,13 +622,12 @@ def measure_case(host: LibvirtHost, case: str, image: ImageFiles, per_mode: int,
 # -- the large image ----------------------------------------------------------------------
 
 
-def make_large_source(out: Path, data_mib: int) -> None:
-    """The guest image's files in `out`, its disk grown by `data_mib` MiB of 0x5a bytes
-    after the file system, which stays as it is (the guest mounts it as before)."""
-    for fname in ("vmlinuz", "initrd.img", "cmdline", "disk.qcow2"):
-        shutil.copyfile(GUEST_DIR / fname, out / fname)
+def make_large_source(out: Path, data_mib: int) -> Path:
+    """The guest disk copied into `out`, grown by `data_mib` MiB of 0x5a bytes after its
+    partitions, which stay as they are (the guest boots and mounts them as before)."""
     disk = out / "disk.qcow2"
-    fs_bytes = qcow2_virtual_size(disk)
+    shutil.copyfile(guest_disk().path, disk)
+    fs_bytes = image_file.inspect(disk).disk_bytes
     subprocess.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(disk),
                     str(fs_bytes + data_mib * 2**20)], check=True, capture_output=True,
                    timeout=60)
@@ -636,6 +637,7 @@ def make_large_source(out: Path, data_mib: int) -> None:
                          f"{min(64, data_mib - mib)}M"]
     subprocess.run(["qemu-io", "-f", "qcow2", *writes, str(disk)], check=True,
                    capture_output=True, timeout=300)
+    return disk
 
 
 def disk_free_bytes() -> int:
@@ -653,11 +655,12 @@ def publish_large(host: LibvirtHost, data_mib: int) -> tuple[ImageFiles, float]:
     (computing its digest, uploading, converting: not making the source)."""
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}large-") as tmp:
         made = time.monotonic()
-        make_large_source(Path(tmp), data_mib)
+        disk = make_large_source(Path(tmp), data_mib)
         log(f"large image source ({data_mib} MiB of data) made in "
             f"{time.monotonic() - made:.1f} s")
         published = time.monotonic()
-        image = host.publish_image(LARGE_IMAGE_ID, IMAGE_VERSION, Path(tmp))
+        image = host.publish_image(LARGE_IMAGE_ID, IMAGE_VERSION,
+                                   disk_of(disk, Firmware.BIOS))
         return image, time.monotonic() - published
 
 
@@ -732,13 +735,12 @@ def run(quick: bool) -> Section:
     started = time.monotonic()
     end = started + budget
     check_memory(max(count, large_count))
-    subprocess.run([str(REPO / "deploy/guest/build-image.sh"), str(GUEST_DIR)], check=True,
-                   capture_output=True, timeout=600)
+    guest = guest_disk()
     cases: list[Case] = []
     skipped: list[str] = []
     with bench_host() as host:
         published = time.monotonic()
-        image = host.publish_image(IMAGE_ID, IMAGE_VERSION, GUEST_DIR)
+        image = host.publish_image(IMAGE_ID, IMAGE_VERSION, guest)
         publish_s = time.monotonic() - published
         log(f"image published in {publish_s:.1f} s: {image.disk_path}")
         linked, full, longest = measure_case(host, MAIN, image, count, ready_bound_s,

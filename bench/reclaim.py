@@ -41,6 +41,7 @@ from sqlalchemy import select, update
 from bench.common import Plot, Section, Table, percentile
 from bench.office_day import ClerkDay, DayModel, Ending, Mode, generate_day, requests
 from broker.assignment import Assigner, AssignmentError, NothingToLogOff
+from harness.guest import guest_disk
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hypervisor import DesktopSpec, HostUnavailable
@@ -53,7 +54,6 @@ from vdi.domain import ConsoleEndpoint, ConsoleKind, DesktopState, Pool, PoolKin
 from vdi.models import ClaimRow, DesktopRow, PoolRow, ReclaimRow
 
 REPO = Path(__file__).resolve().parents[1]
-GUEST_DIR = REPO / "var" / "guest"
 TZ = ZoneInfo("Asia/Shanghai")
 DAY = date(2027, 3, 1)  # a Monday
 STEP_S = 30
@@ -163,7 +163,7 @@ def simulate(scenario: str, model: DayModel, step_s: int, work: Path) -> Run:
                        cpus=64)
     calls = HostCalls({host.uri: host}, timeout_s=30)
     images = ImageStore(db)
-    version, _ = images.publish(host, "demo", GUEST_DIR)
+    version, _ = images.publish(host, "demo", guest_disk())
     images.release("demo", version, by="bench")
     Catalog(db).save_pool(Pool(id="window", display_name="window", kind=PoolKind.FLOATING,
                                image="demo", vcpus=1, memory_mib=2048, min_ready=MIN_READY,
@@ -292,8 +292,6 @@ def run(quick: bool) -> Section:
     logging.getLogger("pools").setLevel(logging.ERROR)  # "still booting" retries: noise
     model = DayModel(clerks=12) if quick else DayModel()
     step_s = QUICK_STEP_S if quick else STEP_S
-    if not (GUEST_DIR / "disk.qcow2").exists():
-        raise RuntimeError(f"{GUEST_DIR} has no guest image: run `make setup` first")
     runs = []
     with tempfile.TemporaryDirectory(prefix="vdi-bench-reclaim-") as tmp:
         for scenario in SCENARIOS:

@@ -23,10 +23,11 @@ from typing import Any
 import uvicorn
 
 from pools.fake_hypervisor import FakeHypervisor
+from pools.hypervisor import ImageDisk, file_digest
 from pools.images import ImageStore
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import Pool, PoolKind
+from vdi.domain import Firmware, ImageTraits, OsFamily, Pool, PoolKind
 from vdi.serve import server_options
 from vdi.settings import Settings, load_settings
 from vdi.wiring import build_app
@@ -71,18 +72,16 @@ def bench_settings(workdir: Path, port: int, ldap: dict[str, Any], staff_group: 
 
 def prepare(settings: Settings, host: BenchHost, workdir: Path, staff_group: str) -> None:
     """Publish the (fake) image and save the pool, before the app starts."""
-    image_dir = workdir / "image"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    (image_dir / "vmlinuz").write_bytes(b"kernel")
-    (image_dir / "initrd.img").write_bytes(b"initrd")
-    header = b"QFI\xfb" + (3).to_bytes(4, "big") + bytes(16) + (1 << 30).to_bytes(8, "big")
-    (image_dir / "disk.qcow2").write_bytes(header)
+    disk = workdir / "image.qcow2"  # the fake host reads no more than that it exists
+    disk.write_bytes(b"QFI\xfb" + (3).to_bytes(4, "big") + bytes(16) + (1 << 30).to_bytes(8, "big"))
+    fake_image = ImageDisk(path=disk, digest=file_digest(disk), disk_bytes=1 << 30,
+                           traits=ImageTraits(Firmware.BIOS, OsFamily.LINUX))
     url = settings.effective_database_url
     migrate(url)
     engine = make_engine(url)
     try:
         db = session_factory(engine)
-        ImageStore(db).publish(host, IMAGE_ID, image_dir)
+        ImageStore(db).publish(host, IMAGE_ID, fake_image)
         Catalog(db).save_pool(Pool(id=POOL_ID, display_name="Bench", kind=PoolKind.FLOATING,
                                    image=IMAGE_ID, vcpus=1, memory_mib=256, min_ready=1,
                                    max_size=1, entitled_groups=(staff_group,)))

@@ -5,7 +5,7 @@ audits; refusals are AdminRefused with a message for the admin."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pools.failover import Moves, evacuate
 from pools.hosts import Host, HostError, HostRegistry
-from pools.hypervisor import Hypervisor, HypervisorError, ImageFiles, image_digest
+from pools.hypervisor import Hypervisor, HypervisorError
+from pools.image_file import ImageRefused
 from pools.images import ImageStore, ReleaseError
+from pools.imports import HostCopy, ImageImporter, ImportOptions, Prepared, Progress, host_facts
 from pools.jobs.queue import JobKind, active_job_desktops, enqueue
 from pools.policy_file import PoolPolicy, read_policy_file
 from pools.reclaim import PolicyError
@@ -27,7 +29,7 @@ from pools.worker import pool_spare_level
 from vdi import desktops
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
-from vdi.domain import DesktopState, Pool, PoolKind, utc_now
+from vdi.domain import DesktopState, Firmware, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow, PoolRow
 
 
@@ -55,13 +57,15 @@ class PoolChanges:
     hosts: tuple[str, ...] | None = None  # () : any host
     image_version: int | None = None
     follow_released: bool = False  # image_version back to the released one
+    boot_timeout_s: int | None = None
+    secure_boot: bool | None = None
 
 
 @dataclass(frozen=True)
-class Published:
-    host: Host
+class Imported:
     version: int
-    files: ImageFiles
+    prepared: Prepared
+    copies: tuple[HostCopy, ...]
 
 
 class Admin:
@@ -77,10 +81,10 @@ class Admin:
         self.images = ImageStore(db)
         self.hosts = HostRegistry(db)
 
-    def _audit(self, action: str, target: str, detail: str) -> None:
+    def _audit(self, action: str, target: str, detail: str, outcome: str = "ok") -> None:
         AuditLog(self._db, self._clock).record(
             actor=self._actor, role=self._role, action=action, target=target,
-            source=self._source, outcome="ok", detail=detail)
+            source=self._source, outcome=outcome, detail=detail)
 
     def _pool(self, pool_id: str) -> Pool:
         pool = self.catalog.pool(pool_id)
@@ -90,24 +94,32 @@ class Admin:
 
     # -- images ------------------------------------------------------------------------
 
-    def publish_image(self, image_id: str, source_dir: Path,
-                      targets: list[tuple[Host, Hypervisor]],
-                      starting: Callable[[Host, int], None] = lambda host, version: None
-                      ) -> Iterator[Published]:
-        """Upload a build to every host as one version (the same number everywhere):
-        `starting` is told before each upload, each host is yielded when done. Raises
-        AdminRefused on the first failure."""
+    def import_image(self, image_id: str, source: Path, options: ImportOptions,
+                     targets: list[tuple[Host, Hypervisor]], library: Path,
+                     progress: Progress = lambda stage, pct: None) -> Imported:
+        """Check, convert and describe a golden image file, and upload it to every host
+        that runs it (pools.imports). Audited, refusals too. Raises AdminRefused: status 2
+        when the file or options are refused, 1 when a host failed."""
+        importer = ImageImporter(self.images, library)
         try:
-            version = self.images.version_for(image_id, image_digest(source_dir))
-        except FileNotFoundError as e:
-            raise AdminRefused(f"{e} (build the image first)", 1) from e
-        for record, host in targets:
-            starting(record, version)
-            try:
-                version, files = self.images.publish(host, image_id, source_dir, version)
-            except (HypervisorError, FileNotFoundError, ReleaseError) as e:
-                raise AdminRefused(f"{record.name}: {e}", 1) from e
-            yield Published(record, version, files)
+            prepared = importer.prepare(image_id, source, options, progress)
+            facts = host_facts(targets)
+            if not facts:
+                raise AdminRefused("no host answers: the image was not imported", 1)
+            version, able = importer.admit(prepared, facts, self._actor)
+            copies = list(importer.publish(prepared, version, able, progress))
+        except ImageRefused as e:
+            self._audit("image-import", image_id, f"refused: {e}", "refused")
+            raise AdminRefused(str(e)) from e
+        except (HypervisorError, ReleaseError, OSError) as e:
+            self._audit("image-import", image_id, f"failed: {e}", "failed")
+            raise AdminRefused(str(e), 1) from e
+        t = prepared.disk.traits
+        self._audit("image-import", image_id,
+                    f"v{version} sha256:{prepared.disk.digest[:16]} from {source} "
+                    f"({prepared.source_format}; {t.firmware.value}, {t.os_family.value}, "
+                    f"{t.arch.value}) on {', '.join(c.host.name for c in copies)}")
+        return Imported(version=version, prepared=prepared, copies=tuple(copies))
 
     def pin_pool(self, pool_id: str, image_id: str, version: int) -> None:
         """A trial: the pool runs this version whatever is released."""
@@ -150,6 +162,8 @@ class Admin:
         if changes.follow_released:
             given["image_version"] = None
         pool = dataclasses.replace(base, **given)
+        if pool.secure_boot:
+            self._check_secure_boot(pool)
         if before is not None and pool.kind != before.kind:
             held = [d for d in self.catalog.desktops(pool.id)
                     if d.state is not DesktopState.DELETED]
@@ -162,6 +176,18 @@ class Admin:
         self._audit("pool-set", pool.id, "created" if before is None else "changed: "
                     + ", ".join(sorted(given)))
         return pool, before is None
+
+    def _check_secure_boot(self, pool: Pool) -> None:
+        """Secure boot only for an image whose imported builds can do it."""
+        builds = self.images.versions(pool.image)
+        if pool.image_version is not None:
+            builds = [b for b in builds if b.version == pool.image_version]
+        unable = [f"v{b.version}" for b in builds if not (
+            b.traits.secure_boot and b.traits.firmware is Firmware.UEFI)]
+        if unable:
+            raise AdminRefused(f"pool {pool.id}: secure boot needs a UEFI image imported "
+                               f"with --secure-boot; image {pool.image} "
+                               f"{', '.join(unable)} is not")
 
     def pool_policy(self, pool_id: str) -> PoolPolicy:
         """The pool's idle policy and spare levels as stored, defaults filled in."""

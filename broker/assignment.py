@@ -216,9 +216,14 @@ class Assigner:
         with self._sessions() as s:
             prow = s.get(PoolRow, pool_id)
             assert prow is not None
+            # a desktop in error that a job is removing (its guest never came up) is
+            # going: its place is the pool's again
+            going = select(JobRow.desktop_id).where(JobRow.state.in_(ACTIVE))
             live = s.scalar(select(func.count()).select_from(DesktopRow).where(
                 DesktopRow.pool_id == pool_id,
-                DesktopRow.state.in_([st.value for st in LIVE_STATES]))) or 0
+                DesktopRow.state.in_([st.value for st in LIVE_STATES]),
+                ~((DesktopRow.state == DesktopState.ERROR.value)
+                  & DesktopRow.id.in_(going)))) or 0
             # being made, or (floating) being reverted: a desktop is on its way
             coming = [DesktopState.PROVISIONING.value] + (
                 [] if prow.kind == PoolKind.DEDICATED.value else [DesktopState.RECLAIMING.value])

@@ -10,6 +10,11 @@ packages=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils
   dnsmasq-base slapd ldap-utils postgresql chromium fonts-noto-cjk busybox-static cpio e2fsprogs
   xz-utils gettext
+  # the guest image builder: bootable disks (MBR + syslinux, GPT + systemd-boot), the
+  # guest agent put in the image, depmod for the kernel's module dependencies; OVMF is
+  # the UEFI firmware libvirt boots UEFI desktops with
+  syslinux syslinux-common mtools dosfstools fdisk systemd-boot-efi qemu-guest-agent kmod
+  ovmf
   # xmllint: virt-xml-validate (libvirt-clients, schemas from libvirt0) runs it to check
   # the domain documents in tests/pools/test_domain_xml.py; Debian does not pull it in
   libxml2-utils

@@ -7,7 +7,11 @@ names, ValueError for a password VNC cannot carry. It never imports libvirt.
 
 Switches for tests:
 * `down = True`: every call raises HostUnavailable (a host that does not answer);
-* `create_error = HypervisorError(...)`: create_desktop raises it and creates nothing.
+* `create_error = HypervisorError(...)`: create_desktop raises it and creates nothing;
+* `never_up = {name, ...}` (or `all_never_up = True`): those guests never come up
+  (wait_until_up raises GuestNotUp at once: the fake does not sleep out the timeout);
+  `late_up = {name: n}`: that guest comes up only at the (n+1)th wait;
+* `arches`, `uefi_arches`, `storage_free_bytes`: what host_info reports.
 
 Thread-safe: the broker calls hypervisors from worker threads (`pools.calls`).
 """
@@ -16,22 +20,22 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pools.hypervisor import (
-    IMAGE_FILES,
     DesktopSpec,
     DomainInfo,
     DomainNotFound,
+    GuestNotUp,
     HostInfo,
     HostUnavailable,
     HypervisorError,
+    ImageDisk,
     ImageFiles,
-    image_cmdline,
-    qcow2_virtual_size,
 )
-from vdi.domain import ConsoleEndpoint
+from vdi.domain import Arch, ConsoleEndpoint, Firmware, ImageTraits, OsFamily
 
 FIRST_VNC_PORT = 5900
 # every fake host by URI, so one can migrate a domain to another
@@ -72,6 +76,14 @@ class FakeHypervisor:
         self.log_dir = log_dir
         self.down = False
         self.create_error: HypervisorError | None = None
+        self.never_up: set[str] = set()
+        self.all_never_up = False
+        self.late_up: dict[str, int] = {}
+        self.up_waits: list[str] = []  # the names wait_until_up was asked of, in order
+        self.resets: list[str] = []  # the names reset_desktop was asked of
+        self.arches = frozenset({Arch.X86_64})
+        self.uefi_arches = frozenset({Arch.X86_64})
+        self.storage_free_bytes: int | None = None
         # (image_id, version) -> files, as publish_image recorded them
         self.images: dict[tuple[str, int], ImageFiles] = {}
         self.domains: dict[str, FakeDomain] = {}
@@ -92,25 +104,43 @@ class FakeHypervisor:
         except KeyError:
             raise DomainNotFound(f"host {self.uri}: {name}: no such domain") from None
 
-    def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
-        """Records the version; the files must exist (and the disk be qcow2), as for the
-        real host. Idempotent: a version already recorded is returned as it was."""
+    def publish_image(self, image_id: str, version: int, disk: ImageDisk,
+                      progress: Callable[[int], None] | None = None) -> ImageFiles:
+        """Records the version; the disk file must exist, as for the real host, and fit
+        in `storage_free_bytes` when set. Idempotent: a version already recorded is
+        returned as it was."""
         with self._lock:
             self._answer()
             known = self.images.get((image_id, version))
             if known is not None:
                 return known
-            for fname in IMAGE_FILES:
-                src = source_dir / fname
-                if not src.is_file():
-                    raise HypervisorError(f"image file {src} is missing (build the image first)")
-            disk_bytes = qcow2_virtual_size(source_dir / "disk.qcow2")
-            prefix = self.storage_dir / f"{image_id}-v{version}-"
-            files = ImageFiles(disk_path=f"{prefix}disk.qcow2", kernel_path=f"{prefix}vmlinuz",
-                               initrd_path=f"{prefix}initrd.img", cmdline=image_cmdline(source_dir),
-                               disk_bytes=disk_bytes)
+            if not disk.path.is_file():
+                raise HypervisorError(f"image file {disk.path} is missing")
+            size = disk.path.stat().st_size
+            if self.storage_free_bytes is not None and size > self.storage_free_bytes:
+                raise HypervisorError(f"host {self.uri}: image {image_id} needs {size} bytes "
+                                      f"and the storage has {self.storage_free_bytes} left")
+            if progress is not None:
+                progress(size)
+            files = ImageFiles(
+                disk_path=str(self.storage_dir / f"{image_id}-v{version}-{disk.digest[:12]}.qcow2"),
+                disk_bytes=disk.disk_bytes, traits=disk.traits)
             self.images[(image_id, version)] = files
             return files
+
+    def wait_until_up(self, name: str, traits: ImageTraits, timeout_s: float) -> None:
+        with self._lock:
+            self._answer()
+            dom = self._domain(name)
+            self.up_waits.append(name)
+            if not dom.running:
+                raise DomainNotFound(f"desktop {name} stopped while it booted")
+            late = self.late_up.get(name, 0)
+            if late > 0:
+                self.late_up[name] = late - 1
+            if self.all_never_up or name in self.never_up or late > 0:
+                raise GuestNotUp(f"desktop {name}: its guest agent did not answer within "
+                                 f"{timeout_s:.0f} s of its start")
 
     def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         """Defines and starts the domain; an existing one is started and reused.
@@ -150,6 +180,14 @@ class FakeHypervisor:
         with self._lock:
             self._answer()
             self._domain(name).running = False
+
+    def reset_desktop(self, name: str) -> None:
+        with self._lock:
+            self._answer()
+            dom = self._domain(name)
+            if not dom.running:
+                raise DomainNotFound(f"desktop {name} is not running")
+            self.resets.append(name)
 
     def suspend_desktop(self, name: str) -> None:
         with self._lock:
@@ -196,7 +234,9 @@ class FakeHypervisor:
     def host_info(self) -> HostInfo:
         with self._lock:
             self._answer()
-            return HostInfo(hostname=self.uri, memory_mib=self.memory_mib, cpus=self.cpus)
+            return HostInfo(hostname=self.uri, memory_mib=self.memory_mib, cpus=self.cpus,
+                            arches=self.arches, uefi_arches=self.uefi_arches,
+                            storage_free_bytes=self.storage_free_bytes)
 
     def migrate_desktop(self, name: str, dest_uri: str, dest_listen: str) -> None:
         with self._lock:
@@ -234,7 +274,7 @@ class FakeHypervisor:
         """A running domain this host has already (made before this fake existed, as a
         benchmark's seeded desktops are)."""
         image = ImageFiles(disk_path=str(self.storage_dir / "seeded-disk.qcow2"),
-                           kernel_path="", initrd_path="", cmdline="", disk_bytes=0)
+                           disk_bytes=0, traits=ImageTraits(Firmware.BIOS, OsFamily.LINUX))
         spec = DesktopSpec(name=name, desktop_id=desktop_id, pool_id=pool_id, vcpus=1,
                            memory_mib=128, image=image)
         with self._lock:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from vdi.domain import ConsoleEndpoint, ConsoleKind
+from vdi.domain import Arch, ConsoleEndpoint, ConsoleKind, ImageTraits
 
 
 class HypervisorError(Exception):
@@ -28,15 +29,29 @@ class DomainNotFound(HypervisorError):
     """The host answered and has no such domain."""
 
 
+class GuestNotUp(HypervisorError):
+    """The domain runs but its guest did not come up in time (its agent never answered)."""
+
+
+@dataclass(frozen=True)
+class ImageDisk:
+    """A golden image build ready to publish: one qcow2 file standing alone (no backing
+    or data file: checked on import, pools.image_file), its SHA-256, the disk size its
+    guest sees and what it declares of itself."""
+
+    path: Path
+    digest: str
+    disk_bytes: int
+    traits: ImageTraits
+
+
 @dataclass(frozen=True)
 class ImageFiles:
-    """A published golden image version as paths on one host."""
+    """A published golden image version as one host holds it: its disk volume there."""
 
     disk_path: str
-    kernel_path: str
-    initrd_path: str
-    cmdline: str
     disk_bytes: int
+    traits: ImageTraits
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,14 @@ class DesktopSpec:
     # if it is gone, fail instead of giving its owner a blank clone
     disk_must_exist: bool = False
     console: ConsoleKind = ConsoleKind.VNC  # the graphics its domain serves
+    secure_boot: bool = False  # UEFI secure boot (the pool's option)
+    # its network card: 'user' (QEMU user-mode networking, nothing on the host's
+    # interfaces), 'network:NAME' (a libvirt network), 'bridge:NAME', or 'none'
+    network: str = "user"
+    # its identity, given through a NoCloud seed ("": no seed) and the pool's
+    # customisation data for cloud-init / cloudbase-init
+    hostname: str = ""
+    user_data: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,10 @@ class HostInfo:
     hostname: str
     memory_mib: int
     cpus: int
+    # the guest architectures it runs, and those it can boot through UEFI firmware
+    arches: frozenset[Arch] = frozenset({Arch.X86_64})
+    uefi_arches: frozenset[Arch] = frozenset({Arch.X86_64})
+    storage_free_bytes: int | None = None  # room left in its storage pool, if known
 
 
 @dataclass(frozen=True)
@@ -73,55 +100,36 @@ class DomainInfo:
     running: bool
 
 
-IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.qcow2")
-# no_timer_check: under TCG on a busy host the kernel's IO-APIC timer check can fail
-# and panic the guest ("IO-APIC + timer doesn't work!"); the check proves nothing here.
-DEFAULT_CMDLINE = "console=tty0 console=ttyS0 quiet no_timer_check"
-
-
-def image_cmdline(source_dir: Path) -> str:
-    """The kernel command line a built image asks for (its `cmdline` file), else the
-    default."""
-    path = source_dir / "cmdline"
-    if path.is_file():
-        text = path.read_text(encoding="utf-8").strip()
-        if text:
-            return text
-    return DEFAULT_CMDLINE
-
-
-def qcow2_virtual_size(path: Path) -> int:
-    """The disk size a qcow2 image gives its guest, read from its header (bytes 24..32,
-    big endian). Raises HypervisorError for a file that is not qcow2, OSError if
-    unreadable."""
-    with path.open("rb") as f:
-        header = f.read(32)
-    if header[:4] != b"QFI\xfb":
-        raise HypervisorError(f"{path} is not a qcow2 image")
-    return int.from_bytes(header[24:32], "big")
-
-
-def image_digest(source_dir: Path) -> str:
-    """SHA-256 over a built image's files: its identity, whatever version it is given.
-    Raises FileNotFoundError naming a missing file."""
+def file_digest(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """SHA-256 of a file, read in chunks (`progress` is told the bytes read so far).
+    Raises OSError if unreadable."""
     h = hashlib.sha256()
-    h.update(b"cmdline\0" + image_cmdline(source_dir).encode() + b"\0")
-    for name in IMAGE_FILES:
-        path = source_dir / name
-        h.update(name.encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+    done = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done)
     return h.hexdigest()
 
 
 class Hypervisor(Protocol):
     uri: str
 
-    def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
-        """Copy vmlinuz, initrd.img and disk.qcow2 from source_dir into the host's storage.
-        Idempotent: the same version with the same content is reused; other content gets
-        other volumes (their names carry the content digest)."""
+    def publish_image(self, image_id: str, version: int, disk: ImageDisk,
+                      progress: Callable[[int], None] | None = None) -> ImageFiles:
+        """Upload the image's disk into the host's storage (`progress` is told the bytes
+        sent so far), read it back there and check its digest. Idempotent: the same
+        version with the same content is reused; other content gets other volumes (their
+        names carry the content digest). Raises HypervisorError when the storage has no
+        room for it or the copy there does not match."""
+        ...
+
+    def wait_until_up(self, name: str, traits: ImageTraits, timeout_s: float) -> None:
+        """Block until the running domain's guest is up: its QEMU guest agent answers,
+        or for an image without one, `traits.boot_delay_s` after it was started. Raises
+        GuestNotUp after timeout_s, DomainNotFound when it is gone or stopped."""
         ...
 
     def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
@@ -142,6 +150,11 @@ class Hypervisor(Protocol):
     def destroy_desktop(self, name: str, keep_disk: bool = False) -> None:
         """Stop and undefine the domain and delete its disk (unless keep_disk: the disk
         lives on shared storage and the desktop runs on another host now). Idempotent."""
+        ...
+
+    def reset_desktop(self, name: str) -> None:
+        """Reset the running domain at once (the reset button: the guest boots again, its
+        disk kept). Raises DomainNotFound."""
         ...
 
     def shut_down_desktop(self, name: str, grace_s: float) -> None:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pools.hypervisor import Hypervisor, ImageFiles, image_digest
-from vdi.domain import Pool, utc_now
-from vdi.models import ImageReleaseRow, ImageRow
+from pools.hypervisor import Hypervisor, ImageDisk, ImageFiles
+from vdi.domain import Arch, Firmware, ImageTraits, OsFamily, Pool, utc_now
+from vdi.models import ImageReleaseRow, ImageRow, ImageVersionRow
+
+
+@dataclass(frozen=True)
+class ImageVersion:
+    """One imported build of an image."""
+
+    image_id: str
+    version: int
+    digest: str
+    traits: ImageTraits
+    disk_bytes: int
+    source: str
+    imported_by: str
+    imported_at: datetime
+
+
+def traits_of(row: ImageVersionRow) -> ImageTraits:
+    return ImageTraits(firmware=Firmware(row.firmware), os_family=OsFamily(row.os_family),
+                       arch=Arch(row.arch), virtio=row.virtio, agent=row.agent,
+                       boot_delay_s=row.boot_delay_s, secure_boot=row.secure_boot)
 
 
 class ImageNotPublished(LookupError):
@@ -25,42 +46,72 @@ class ImageStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def publish(self, host: Hypervisor, image_id: str, source_dir: Path,
-                version: int | None = None) -> tuple[int, ImageFiles]:
-        """Upload the image files to the host and record them. Without a version: the
-        version that already has this build on any host, else a new one above every
-        host's (so one version number means one build everywhere). Idempotent. Raises
-        ReleaseError when `version` holds another build on this host. Blocks (hashes and
-        uploads the files)."""
-        digest = image_digest(source_dir)
+    def record_version(self, image_id: str, disk: ImageDisk, source: str, source_format: str,
+                       by: str, file_bytes: int) -> int:
+        """The version number of this build (the digest), recorded with its traits: the
+        one it has already, else a new one above every other. Idempotent."""
+        with self._sessions.begin() as s:
+            same = s.scalars(select(ImageVersionRow).where(
+                ImageVersionRow.image_id == image_id,
+                ImageVersionRow.digest == disk.digest)).first()
+            if same is not None:
+                return same.version
+            version = self._next_version(s, image_id)
+            t = disk.traits
+            s.add(ImageVersionRow(
+                image_id=image_id, version=version, digest=disk.digest,
+                firmware=t.firmware.value, os_family=t.os_family.value, arch=t.arch.value,
+                virtio=t.virtio, agent=t.agent, boot_delay_s=t.boot_delay_s,
+                secure_boot=t.secure_boot, disk_bytes=disk.disk_bytes, file_bytes=file_bytes,
+                source=source[:1024], source_format=source_format, imported_by=by,
+                imported_at=utc_now()))
+            return version
+
+    @staticmethod
+    def _next_version(s: Session, image_id: str) -> int:
+        newest = max(int(s.scalar(select(func.max(ImageVersionRow.version)).where(
+            ImageVersionRow.image_id == image_id)) or 0), int(s.scalar(
+                select(func.max(ImageRow.version)).where(ImageRow.id == image_id)) or 0))
+        return newest + 1
+
+    def traits(self, image_id: str, version: int) -> ImageTraits | None:
+        with self._sessions() as s:
+            row = s.get(ImageVersionRow, (image_id, version))
+            return traits_of(row) if row else None
+
+    def versions(self, image_id: str | None = None) -> list[ImageVersion]:
+        """Every imported build (of one image), oldest first."""
+        q = select(ImageVersionRow).order_by(ImageVersionRow.image_id, ImageVersionRow.version)
+        if image_id is not None:
+            q = q.where(ImageVersionRow.image_id == image_id)
+        with self._sessions() as s:
+            return [ImageVersion(r.image_id, r.version, r.digest, traits_of(r), r.disk_bytes,
+                                 r.source, r.imported_by, r.imported_at) for r in s.scalars(q)]
+
+    def publish(self, host: Hypervisor, image_id: str, disk: ImageDisk,
+                version: int | None = None,
+                progress: Callable[[int], None] | None = None) -> tuple[int, ImageFiles]:
+        """Upload the image's disk to the host (the host reads it back and checks the
+        digest) and record it there. Without a version: the one this build has (recorded
+        if new). Idempotent. Raises ReleaseError when `version` holds another build.
+        Blocks (uploads the disk)."""
         if version is None:
-            version = self.version_for(image_id, digest)
+            version = self.record_version(image_id, disk, str(disk.path), "qcow2", "system",
+                                          disk.path.stat().st_size)
         known = self._digest(host.uri, image_id, version)
-        if known is not None and known != digest:
+        if known is not None and known != disk.digest:
             raise ReleaseError(f"image {image_id!r} v{version} on {host.uri} is another "
-                               "build; publish this one as a new version")
-        if known == digest:
+                               "build; import this one as a new version")
+        if known == disk.digest:
             return self.files(host.uri, image_id, version)
-        files = host.publish_image(image_id, version, source_dir)
+        files = host.publish_image(image_id, version, disk, progress)
         with self._sessions.begin() as s:
             row = s.get(ImageRow, (image_id, host.uri, version))
             if row is None:
                 s.add(ImageRow(id=image_id, host_uri=host.uri, version=version,
-                               disk_path=files.disk_path, kernel_path=files.kernel_path,
-                               initrd_path=files.initrd_path, cmdline=files.cmdline,
-                               disk_bytes=files.disk_bytes, digest=digest,
-                               published_at=utc_now()))
+                               disk_path=files.disk_path, disk_bytes=files.disk_bytes,
+                               digest=disk.digest, published_at=utc_now()))
         return version, files
-
-    def version_for(self, image_id: str, digest: str) -> int:
-        """The version number of this build: the one it has on some host, else the next."""
-        with self._sessions() as s:
-            same = s.scalar(select(func.max(ImageRow.version)).where(
-                ImageRow.id == image_id, ImageRow.digest == digest))
-            if same:
-                return int(same)
-            return int(s.scalar(select(func.max(ImageRow.version)).where(
-                ImageRow.id == image_id)) or 0) + 1
 
     def _digest(self, host_uri: str, image_id: str, version: int) -> str | None:
         with self._sessions() as s:
@@ -82,9 +133,12 @@ class ImageStore:
             row = s.scalars(q.order_by(ImageRow.version.desc())).first()
             if row is None:
                 raise ImageNotPublished(f"image {image_id!r} is not published on {host_uri}")
-            return row.version, ImageFiles(disk_path=row.disk_path, kernel_path=row.kernel_path,
-                                           initrd_path=row.initrd_path, cmdline=row.cmdline,
-                                           disk_bytes=row.disk_bytes)
+            meta = s.get(ImageVersionRow, (image_id, row.version))
+            if meta is None:
+                raise ImageNotPublished(f"image {image_id!r} v{row.version} was never "
+                                        "imported (import it with vdi image-import)")
+            return row.version, ImageFiles(disk_path=row.disk_path, disk_bytes=row.disk_bytes,
+                                           traits=traits_of(meta))
 
     def listing(self) -> list[tuple[str, int, str, datetime]]:
         """(image, version, host, published at) of every published version."""

@@ -6,7 +6,9 @@ Fast, no real parts:
   `clock`        a ManualClock (aware UTC) to inject wherever code takes `clock=`
 
 Real parts (session-scoped, shared; they FAIL with the reason when the part cannot start):
-  `guest_image`    Path of the built guest image dir (var/guest; built if missing)
+  `guest_image`    the built BIOS guest disk (var/guest/bios.qcow2; built if missing) as
+                   an ImageDisk, checked as an import checks a file
+  `uefi_guest_image` the same guest on a GPT disk booting through UEFI
   `domain_names`   unique names `vdit-<session>-<label>-<n>` for anything created on the
                    real host; everything carrying this session's prefix is removed at the
                    end of the session (domains, volumes, their logs), nothing else
@@ -30,10 +32,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from harness.guest import GuestBuildFailed, guest_disk
 from harness.pg_server import PgServer
-from pools.hypervisor import HostUnavailable, ImageFiles
+from pools.hypervisor import HostUnavailable, ImageDisk, ImageFiles
 from pools.libvirt.host import LibvirtHost
 from vdi.db import make_engine, migrate, session_factory
+from vdi.domain import Firmware
 
 REPO = Path(__file__).resolve().parent.parent
 LIBVIRT_URI = "qemu:///system"
@@ -106,16 +110,23 @@ def _virsh(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str
     return _run(["virsh", "-q", "-c", LIBVIRT_URI, *args], timeout_s)
 
 
+def _guest(firmware: Firmware) -> ImageDisk:
+    try:
+        return guest_disk(firmware, GUEST_IMAGE_DIR)
+    except GuestBuildFailed as e:
+        pytest.fail(f"guest image could not be built: {e}")
+
+
 @pytest.fixture(scope="session")
-def guest_image() -> Path:
-    """The built guest image dir (vmlinuz, initrd.img, disk.qcow2). The builder is
-    idempotent: it returns at once when the image is there, else builds it."""
-    script = REPO / "deploy" / "guest" / "build-image.sh"
-    result = _run([str(script), str(GUEST_IMAGE_DIR)], timeout_s=900)
-    if result.returncode != 0:
-        pytest.fail(f"guest image could not be built ({script}, exit {result.returncode}):\n"
-                    f"{result.stdout}{result.stderr}")
-    return GUEST_IMAGE_DIR
+def guest_image() -> ImageDisk:
+    """The built BIOS guest disk. The builder is idempotent: it returns at once when the
+    image is there, else builds it."""
+    return _guest(Firmware.BIOS)
+
+
+@pytest.fixture(scope="session")
+def uefi_guest_image() -> ImageDisk:
+    return _guest(Firmware.UEFI)
 
 
 class DomainNames:
@@ -199,7 +210,7 @@ def libvirt_host(domain_names: DomainNames) -> Iterator[LibvirtHost]:
 
 
 @pytest.fixture(scope="session")
-def libvirt_image(libvirt_host: LibvirtHost, guest_image: Path,
+def libvirt_image(libvirt_host: LibvirtHost, guest_image: ImageDisk,
                   domain_names: DomainNames) -> ImageFiles:
     """The guest image published on the real host as `<prefix>img` version 1."""
     return libvirt_host.publish_image(f"{domain_names.prefix}img", 1, guest_image)

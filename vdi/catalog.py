@@ -29,7 +29,8 @@ def pool_from_row(row: PoolRow) -> Pool:
                 image=row.image, vcpus=row.vcpus, memory_mib=row.memory_mib,
                 min_ready=row.min_ready, max_size=row.max_size,
                 entitled_groups=tuple(row.entitled_groups), image_version=row.image_version,
-                hosts=tuple(row.hosts or ()), console=ConsoleKind(row.console_kind))
+                hosts=tuple(row.hosts or ()), console=ConsoleKind(row.console_kind),
+                boot_timeout_s=row.boot_timeout_s, secure_boot=row.secure_boot)
 
 
 def desktop_from_row(row: DesktopRow) -> Desktop:
@@ -79,6 +80,8 @@ class Catalog:
             row.image_version = pool.image_version
             row.hosts = list(pool.hosts)
             row.console_kind = pool.console.value
+            row.boot_timeout_s = pool.boot_timeout_s
+            row.secure_boot = pool.secure_boot
 
     def desktops(self, pool_id: str | None = None,
                  states: Sequence[DesktopState] | None = None) -> list[Desktop]:
@@ -105,5 +108,7 @@ def validate_pool(pool: Pool) -> None:
         raise CatalogError("pool sizes: 0 <= min_ready <= max_size, max_size >= 1")
     if not pool.image:
         raise CatalogError("pool needs an image")
+    if not 10 <= pool.boot_timeout_s <= 3600:
+        raise CatalogError("pool boot timeout: 10 to 3600 seconds")
     if pool.image_version is not None and pool.image_version < 1:
         raise CatalogError("pool image version: 1 or more, or none for the released one")

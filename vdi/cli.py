@@ -13,13 +13,16 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from broker.admin import Admin, AdminRefused, PoolChanges
 from broker.reclaims import MAX_HOURS, read_reclaims
 from pools.hosts import Host
+from pools.image_file import FORMATS
+from pools.imports import ImportOptions
 from vdi.catalog import CatalogError
 from vdi.db import make_engine, migrate, session_factory
-from vdi.domain import Desktop, PoolKind, utc_now
+from vdi.domain import Arch, Desktop, Firmware, OsFamily, PoolKind, utc_now
 from vdi.settings import Settings, SettingsError, load_settings
 
 
@@ -33,14 +36,32 @@ def main(argv: list[str] | None = None) -> int:
                        help="web: the broker's pages, API and consoles only; worker: the pool "
                             "worker only (several web processes can share one worker); "
                             "both (default)")
-    pub = sub.add_parser("image-publish", help="publish a built guest image as a new version")
-    pub.add_argument("image_id")
-    pub.add_argument("source_dir", type=Path)
+    pub = sub.add_parser("image-import", help="import a golden image (a whole bootable disk: "
+                                              "qcow2, raw, vmdk or vhdx) as a new version")
+    pub.add_argument("image_id", help="the image's name (lower-case letters, digits, '-')")
+    pub.add_argument("file", type=Path, help="the disk image file")
+    pub.add_argument("--format", choices=list(FORMATS),
+                     help="the file's format (default: from its name, checked against its "
+                          "content)")
+    pub.add_argument("--firmware", choices=[f.value for f in Firmware],
+                     help="how it boots (default: from its partition table: GPT with an EFI "
+                          "partition is uefi, MBR is bios)")
+    pub.add_argument("--os", choices=[o.value for o in OsFamily], dest="os_family",
+                     help="its OS family (default: windows if it has Microsoft partitions)")
+    pub.add_argument("--arch", choices=[a.value for a in Arch], default=Arch.X86_64.value)
+    pub.add_argument("--no-virtio", action="store_true",
+                     help="it has no virtio drivers: SATA disk and e1000 network card")
+    pub.add_argument("--no-agent", action="store_true",
+                     help="it runs no QEMU guest agent: it counts as up --boot-delay seconds "
+                          "after its start")
+    pub.add_argument("--boot-delay", type=int, default=0, metavar="SECONDS")
+    pub.add_argument("--secure-boot", action="store_true",
+                     help="its bootloader is signed for UEFI secure boot")
     pub.add_argument("--pool", action="append", default=[],
                      help="try the new version on this pool only (repeat); the pools that "
                           "follow the image keep the released version")
     pub.add_argument("--no-release", action="store_true",
-                     help="publish without rolling it out")
+                     help="import without rolling it out")
     rel = sub.add_parser("image-release",
                          help="roll an image version out to the pools that follow the image")
     rel.add_argument("image_id")
@@ -64,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--image-version",
                     help="pin the pool to this image version, or 'released' to follow the "
                          "image's released version (the default)")
+    ps.add_argument("--boot-timeout", type=int, metavar="SECONDS",
+                    help="a desktop whose guest is not up this long after its start is "
+                         "reset once, then replaced (default 300)")
+    ps.add_argument("--secure-boot", action=argparse.BooleanOptionalAction, default=None,
+                    help="UEFI secure boot (for images imported with --secure-boot)")
     ps.add_argument("--host", action="append",
                     help="host URI the pool may use (repeat; replaces the list; 'any': all)")
     pp = sub.add_parser("pool-policy", help="set a pool's idle policy per shift and its spare "
@@ -137,7 +163,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return e.status
 
 
-def _image_publish(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+def _image_import(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
     from vdi.wiring import libvirt_factory  # the real hosts, only for this command
 
     for pool_id in args.pool:
@@ -145,14 +171,24 @@ def _image_publish(args: argparse.Namespace, settings: Settings, admin: Admin) -
             raise AdminRefused(f"no such pool: {pool_id}")
     records = admin.hosts.hosts() or [_default_host(settings)]
     make = libvirt_factory(settings)
-    version = 0
-    for done in admin.publish_image(
-            args.image_id, args.source_dir, [(r, make(r)) for r in records],
-            starting=lambda r, v: print(f"publishing {args.image_id} v{v} on {r.name} "
-                                        f"({r.uri})...", flush=True)):
-        version = done.version
-        print(f"image {args.image_id} v{version} published on {done.host.name}: "
-              f"{done.files.disk_path}", flush=True)
+    options = ImportOptions(
+        format=args.format, firmware=Firmware(args.firmware) if args.firmware else None,
+        os_family=OsFamily(args.os_family) if args.os_family else None, arch=Arch(args.arch),
+        virtio=not args.no_virtio, agent=not args.no_agent, boot_delay_s=args.boot_delay,
+        secure_boot=args.secure_boot)
+    bar = ProgressBar(sys.stderr)
+    try:
+        done = admin.import_image(args.image_id, args.file, options,
+                                  [(r, make(r)) for r in records],
+                                  Path(settings.state_dir) / "images", bar.show)
+    finally:
+        bar.close()
+    version, t = done.version, done.prepared.disk.traits
+    print(f"image {args.image_id} v{version}: {t.firmware.value}, {t.os_family.value}, "
+          f"{t.arch.value}, {done.prepared.disk.disk_bytes / (1 << 30):.2f} GiB disk, "
+          f"sha256 {done.prepared.disk.digest[:16]}")
+    for copy in done.copies:
+        print(f"  on {copy.host.name} ({copy.host.uri}): {copy.files.disk_path} (checked)")
     for pool_id in args.pool:
         admin.pin_pool(pool_id, args.image_id, version)
         print(f"pool {pool_id} now runs {args.image_id} v{version} (a trial)")
@@ -164,6 +200,37 @@ def _image_publish(args: argparse.Namespace, settings: Settings, admin: Admin) -
             print(f"image {args.image_id} v{version} released"
                   + (f" (was v{before})" if before and before != version else ""))
     return 0
+
+
+class ProgressBar:
+    """One line on a terminal (`stage [####    ]  45%`), redrawn as work goes on; one
+    line per stage when the output is not a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._last: tuple[str, int] | None = None
+
+    def show(self, stage: str, percent: float) -> None:
+        pct = max(0, min(100, int(percent)))
+        if self._last == (stage, pct):
+            return
+        label = stage.replace("upload:", "upload to ")
+        if self._tty:
+            filled = self.WIDTH * pct // 100
+            self._out.write(f"\r{label:<24} [{'#' * filled}{' ' * (self.WIDTH - filled)}] "
+                            f"{pct:3d}%")
+        elif self._last is None or self._last[0] != stage or pct == 100:
+            self._out.write(f"{label}: {pct}%\n")
+        self._out.flush()
+        self._last = (stage, pct)
+
+    def close(self) -> None:
+        if self._tty and self._last is not None:
+            self._out.write("\n")
+            self._out.flush()
 
 
 def _image_release(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
@@ -180,9 +247,13 @@ def _image_rollback(args: argparse.Namespace, settings: Settings, admin: Admin) 
 
 
 def _images(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    traits = {(v.image_id, v.version): v.traits for v in admin.images.versions()}
     for image_id, version, host_uri, published in admin.images.listing():
         mark = "released" if admin.images.released_version(image_id) == version else ""
-        print(f"{image_id}\tv{version}\t{host_uri}\t{published:%Y-%m-%d %H:%M}\t{mark}")
+        t = traits.get((image_id, version))
+        what = f"{t.firmware.value}/{t.os_family.value}/{t.arch.value}" if t else "?"
+        print(f"{image_id}\tv{version}\t{what}\t{host_uri}\t{published:%Y-%m-%d %H:%M}"
+              f"\t{mark}")
     return 0
 
 
@@ -202,7 +273,8 @@ def _pool_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int
         memory_mib=args.memory_mib, min_ready=args.min_ready, max_size=args.max_size,
         entitled_groups=tuple(args.group) if args.group is not None else None,
         hosts=(() if args.host == ["any"] else tuple(args.host)) if args.host is not None
-        else None, image_version=version, follow_released=follow)
+        else None, image_version=version, follow_released=follow,
+        boot_timeout_s=args.boot_timeout, secure_boot=args.secure_boot)
     _, created = admin.set_pool(args.pool_id, changes)
     print(f"pool {args.pool_id} {'created' if created else 'saved'}")
     return 0
@@ -233,7 +305,7 @@ def _host_add(args: argparse.Namespace, settings: Settings, admin: Admin) -> int
                         storage_pool=args.storage_pool, storage_dir=args.storage_dir,
                         log_dir=args.log_dir, shared_storage=args.shared_storage))
     print(f"host {args.name} saved; the broker asks it for its capacity within seconds "
-          "(publish the images on it with image-publish)")
+          "(import the images again to put them on it: vdi image-import)")
     return 0
 
 
@@ -296,7 +368,7 @@ def _default_host(settings: Settings) -> Host:
 
 Command = Callable[[argparse.Namespace, Settings, Admin], int]
 _COMMANDS: dict[str, Command] = {
-    "image-publish": _image_publish, "image-release": _image_release,
+    "image-import": _image_import, "image-release": _image_release,
     "image-rollback": _image_rollback, "images": _images, "pool-set": _pool_set,
     "pool-policy": _pool_policy, "reclaims": _reclaims, "host-add": _host_add,
     "hosts": _hosts, "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,

@@ -174,11 +174,22 @@ def start_removal(s: Session, desktop_id: str, *, state: DesktopState, owner: st
 
 
 def mark_deleted(s: Session, desktop_id: str, now: datetime) -> bool:
-    """reclaiming -> deleted: its domain and disk are gone; the row stays for history."""
+    """reclaiming | error (one that never came up) -> deleted: its domain and disk are
+    gone; the row stays for history, with the last problem noted (why it was removed)."""
     return _cas(s, DesktopRow.id == desktop_id,
-                DesktopRow.state == DesktopState.RECLAIMING.value,
-                state=DesktopState.DELETED.value, **_endpoint(None), error=None,
+                DesktopRow.state.in_((DesktopState.RECLAIMING.value, DesktopState.ERROR.value)),
+                state=DesktopState.DELETED.value, **_endpoint(None),
                 updated_at=now, **_NO_CLERK)
+
+
+def boot_failed(s: Session, desktop_id: str, message: str, now: datetime) -> bool:
+    """provisioning -> error, with the reason: its guest never came up; the caller adds
+    the remove job (which ends it as deleted), and the pool makes another. No clerk ever
+    had it, and none is told one is coming from it."""
+    return _cas(s, DesktopRow.id == desktop_id,
+                DesktopRow.state == DesktopState.PROVISIONING.value,
+                state=DesktopState.ERROR.value, error=message[:NOTE_MAX],
+                updated_at=now, **_NO_CONSOLE)
 
 
 def mark_error(s: Session, desktop_id: str, message: str, now: datetime) -> bool:

@@ -59,6 +59,41 @@ class ConsoleKind(enum.StrEnum):
     SPICE = "spice"
 
 
+class Firmware(enum.StrEnum):
+    """How a golden image's disk boots: an MBR disk through SeaBIOS, or a GPT disk with
+    an EFI system partition through OVMF/AAVMF."""
+
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
+class OsFamily(enum.StrEnum):
+    """The guest's operating system family: decides the device profile (pools.libvirt.profiles)."""
+
+    LINUX = "linux"
+    WINDOWS = "windows"
+
+
+class Arch(enum.StrEnum):
+    """The CPU architecture an image is built for; a host runs some (its capabilities)."""
+
+    X86_64 = "x86_64"
+    AARCH64 = "aarch64"
+
+
+@dataclass(frozen=True)
+class ImageTraits:
+    """What an imported image declares of itself (detected at import, overridable)."""
+
+    firmware: Firmware
+    os_family: OsFamily
+    arch: Arch = Arch.X86_64
+    virtio: bool = True  # has virtio disk and network drivers (else SATA and e1000)
+    agent: bool = True  # runs the QEMU guest agent: "up" is when it answers
+    boot_delay_s: int = 0  # without an agent: seconds from start until it counts as up
+    secure_boot: bool = False  # its bootloader is signed for UEFI secure boot
+
+
 @dataclass(frozen=True)
 class ConsoleEndpoint:
     """Where a desktop's console listens, as its host reports it (never from a client)."""
@@ -82,6 +117,9 @@ class Pool:
     image_version: int | None = None  # None: the image's released version
     hosts: tuple[str, ...] = ()  # host URIs the pool may use; empty: any
     console: ConsoleKind = ConsoleKind.VNC  # the console its desktops are made with
+    # a desktop whose guest is not up this long after its start is failed and replaced
+    boot_timeout_s: int = 300
+    secure_boot: bool = False  # UEFI secure boot, for images that support it
 
     @property
     def persistent(self) -> bool:

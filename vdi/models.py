@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -67,6 +69,9 @@ class PoolRow(Base):
     spare_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # the console its desktops get (vdi.domain.ConsoleKind)
     console_kind: Mapped[str] = mapped_column(String(16), default="vnc", server_default="vnc")
+    # seconds a desktop's guest may take to come up before it is failed and replaced
+    boot_timeout_s: Mapped[int] = mapped_column(Integer, default=300, server_default="300")
+    secure_boot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ImageReleaseRow(Base):
@@ -127,20 +132,40 @@ class HostRow(Base):
 
 
 class ImageRow(Base):
-    """A golden image version as published into a host's storage pool."""
+    """A golden image version as published into a host's storage pool: its disk volume
+    there, whose content was read back and matched `digest` when it was published."""
 
     __tablename__ = "images"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     host_uri: Mapped[str] = mapped_column(String(255), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     disk_path: Mapped[str] = mapped_column(String(1024))
-    kernel_path: Mapped[str] = mapped_column(String(1024))
-    initrd_path: Mapped[str] = mapped_column(String(1024))
-    cmdline: Mapped[str] = mapped_column(String(1024))
-    disk_bytes: Mapped[int] = mapped_column(Integer)
-    # SHA-256 of the built files: publishing the same build again reuses the version
+    disk_bytes: Mapped[int] = mapped_column(BigInteger)  # the size the guest sees
+    # SHA-256 of the image's qcow2 file: publishing the same build again reuses the version
     digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     published_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ImageVersionRow(Base):
+    """One imported build of a golden image: what it is, whichever hosts hold it."""
+
+    __tablename__ = "image_versions"
+    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    firmware: Mapped[str] = mapped_column(String(8))  # vdi.domain.Firmware
+    os_family: Mapped[str] = mapped_column(String(16))  # vdi.domain.OsFamily
+    arch: Mapped[str] = mapped_column(String(16))  # vdi.domain.Arch
+    virtio: Mapped[bool] = mapped_column(Boolean)
+    agent: Mapped[bool] = mapped_column(Boolean)
+    boot_delay_s: Mapped[int] = mapped_column(Integer)
+    secure_boot: Mapped[bool] = mapped_column(Boolean)
+    disk_bytes: Mapped[int] = mapped_column(BigInteger)  # the size the guest sees
+    file_bytes: Mapped[int] = mapped_column(BigInteger)  # the qcow2 file's size
+    source: Mapped[str] = mapped_column(String(1024))  # the file it was imported from
+    source_format: Mapped[str] = mapped_column(String(16))
+    imported_by: Mapped[str] = mapped_column(String(128))
+    imported_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class DesktopRow(Base):

@@ -9,7 +9,7 @@ mkdir -p "$state"
 vdi=.venv/bin/vdi
 deploy/ldap/start-slapd.sh "$state/ldap" 3890 deploy/ldap/demo.ldif
 $vdi migrate
-$vdi image-publish demo var/guest
+$vdi image-import demo var/guest/bios.qcow2
 $vdi pool-set window --name "东街/西街街道办窗口桌面 (Street office window desktop)" \
   --image demo --kind floating --min-ready 2 --max-size 6 --memory-mib 256 \
   --group "cn=window-staff,ou=groups,dc=district,dc=example" >/dev/null

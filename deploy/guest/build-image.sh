@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# Builds the demo desktop image from Debian packages only (no other download):
-#   OUT/vmlinuz      the Debian kernel (linux-image-amd64's versioned package)
-#   OUT/initrd.img   busybox-static + the modules needed to mount the disk
-#   OUT/disk.qcow2   an ext4 filesystem holding the desktop's files (the golden image)
-#   OUT/cmdline      the kernel command line to boot it with
-# The guest boots to a shell on the VGA console (tty1) in about 2 s under TCG, mounts its
-# disk at /desk and prints "VDI-READY" to the serial port.
+# Builds the demo and test desktop images from Debian packages only (no other download):
+# whole disks that boot through firmware, as a district's golden image does.
+#   OUT/bios.qcow2   MBR partition table, syslinux (SeaBIOS boots it)
+#   OUT/uefi.qcow2   GPT with an EFI system partition holding systemd-boot (OVMF boots it)
+# Both carry the same Debian kernel and a busybox initramfs that loads the virtio, SATA,
+# e1000, FAT and ISO 9660 drivers, starts the QEMU guest agent (the broker's "the desktop
+# is up" signal), asks DHCP for an address on every network card, takes its hostname from
+# a cloud-init NoCloud seed (a volume labelled `cidata`) when one is attached, mounts the
+# desktop's files (the ext4 partition labelled `desk`) at /desk and keeps a shell on the
+# screen (tty1). "VDI-READY" goes to the serial port once the agent runs.
+# About 10 s from power-on to the agent answering under TCG.
 # Idempotent: an existing, complete OUT is kept (delete it to rebuild).
 set -euo pipefail
 out=${1:?usage: build-image.sh OUT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-# Bump when /init or the disk layout changes, so existing builds are redone.
-INIT_REVISION=3
-if [[ -s $out/vmlinuz && -s $out/initrd.img && -s $out/disk.qcow2 && -s $out/cmdline &&
-      -s $out/VERSION ]] &&
-   grep -q "init-$INIT_REVISION\$" "$out/VERSION"; then
+# Bump when the guest's init or the disk layout changes, so existing builds are redone.
+REVISION=disk-1
+if [[ -s $out/bios.qcow2 && -s $out/uefi.qcow2 && -s $out/VERSION ]] &&
+   grep -q " $REVISION\$" "$out/VERSION"; then
   echo "guest image: up to date in $out"
   exit 0
 fi
-for tool in apt-get dpkg-deb cpio mkfs.ext4 qemu-img gzip; do
+for tool in apt-get dpkg-deb cpio mkfs.ext4 mkfs.vfat mcopy mmd syslinux sfdisk qemu-img \
+            gzip ldd depmod; do
   command -v "$tool" >/dev/null || { echo "build-image: '$tool' is missing (run deploy/bootstrap.sh)" >&2; exit 1; }
+done
+QGA=/usr/sbin/qemu-ga
+MBR=/usr/lib/syslinux/mbr/mbr.bin
+SDBOOT=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
+for f in "$QGA" "$MBR" "$SDBOOT"; do
+  [[ -f $f ]] || { echo "build-image: $f is missing (run deploy/bootstrap.sh)" >&2; exit 1; }
 done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -33,23 +43,71 @@ apt-get download -o APT::Sandbox::User=root "$kpkg" busybox-static >/dev/null
 dpkg-deb -x "$(ls "$kpkg"_*.deb)" kernel
 dpkg-deb -x "$(ls busybox-static_*.deb)" bb
 kver=${kpkg#linux-image-}
-mods=kernel/lib/modules/$kver/kernel
+moddir=kernel/lib/modules/$kver
+depmod -b "$PWD/kernel" "$kver"  # the package leaves modules.dep to its install script
 
 root=initramfs
-mkdir -p $root/{bin,dev,proc,sys,desk,lib/modules,tmp}
+mkdir -p $root/{bin,sbin,dev,proc,sys,run,tmp,desk,seed,lib/modules,usr/share/udhcpc}
 cp bb/bin/busybox $root/bin/busybox
-# Load order matters: dependencies first. Some may be built in; insmod failing on those is fine.
-order=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
-       crc16 mbcache jbd2 crc32c_generic libcrc32c ext4)
-for m in "${order[@]}"; do
-  f=$(find "$mods" -name "$m.ko" -o -name "$m.ko.xz" | head -n1)
-  [[ -n $f ]] || { echo "build-image: module $m not in $kpkg" >&2; exit 1; }
-  case $f in
-    *.xz) xz -dc "$f" > "$root/lib/modules/$m.ko" ;;
-    *) cp "$f" "$root/lib/modules/$m.ko" ;;
+
+# --- drivers, with what each needs, in load order (from the kernel's modules.dep) ---
+# crc32c_generic first: ext4 asks the crypto API for crc32c, which modules.dep does not say
+wanted=(crc32c_generic virtio_pci virtio_blk virtio_net virtio_console ext4 ahci sd_mod sr_mod e1000
+        vfat nls_cp437 nls_ascii nls_utf8 isofs)
+declare -A seen=()
+order=()
+add_module() {  # add $1 after its dependencies (modules.dep lists them, last loads first)
+  local name=$1 line path deps d
+  line=$(grep -E "(^|/)$name\.ko(\.xz)?:" "$moddir/modules.dep" || true)
+  if [[ -z $line ]]; then
+    grep -qE "(^|/)$name\.ko$" "$moddir/modules.builtin" && return 0
+    echo "build-image: module $name is not in $kpkg" >&2; exit 1
+  fi
+  path=${line%%:*}
+  [[ -n ${seen[$path]:-} ]] && return 0
+  deps=(${line#*:})
+  for (( d=${#deps[@]}-1; d>=0; d-- )); do
+    local dep=${deps[$d]##*/}; dep=${dep%.xz}; add_module "${dep%.ko}"
+  done
+  seen[$path]=1
+  order+=("$path")
+}
+for m in "${wanted[@]}"; do add_module "$m"; done
+: > $root/lib/modules/order
+for path in "${order[@]}"; do
+  base=${path##*/}; base=${base%.xz}
+  case $path in
+    *.xz) xz -dc "$moddir/$path" > "$root/lib/modules/$base" ;;
+    *) cp "$moddir/$path" "$root/lib/modules/$base" ;;
   esac
+  echo "$base" >> $root/lib/modules/order
 done
-printf '%s\n' "${order[@]}" > $root/lib/modules/order
+
+# --- the QEMU guest agent, with the shared libraries it links ---
+cp "$QGA" $root/sbin/qemu-ga
+for lib in $(ldd "$QGA" | awk '/=> \// {print $3} /^[ \t]*\// {print $1}'); do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+# qemu-ga powers off and sets the clock through these commands
+printf '#!/bin/sh\nsync\nexec /bin/poweroff -f\n' > $root/sbin/shutdown
+chmod +x $root/sbin/shutdown
+ln -s /bin/busybox $root/sbin/hwclock
+
+cat > $root/usr/share/udhcpc/default.script <<'DHCP'
+#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    echo "VDI-ADDRESS $interface $ip" > /dev/ttyS0 ;;
+esac
+exit 0
+DHCP
+chmod +x $root/usr/share/udhcpc/default.script
+
 cat > $root/init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -57,52 +115,118 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /lib/modules/order); do
-  insmod /lib/modules/$m.ko 2>/dev/null || grep -q "^$m " /proc/modules || echo "VDI: module $m not loaded" > /dev/ttyS0
+  insmod /lib/modules/$m 2>/dev/null || grep -q "^${m%.ko} " /proc/modules ||
+    echo "VDI: module $m not loaded" > /dev/ttyS0
 done
+# the desktop's files: the partition labelled desk (virtio or SATA); ext4 needs crc32c,
+# whose self-test may still run on a busy host: retry a while
 i=0
-while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-# ext4 needs crc32c, whose self-test may still be running on a busy host: retry a while.
-i=0
-until mount -t ext4 /dev/vda /desk 2>/dev/null; do
-  i=$((i+1))
-  [ $i -ge 40 ] && break
-  sleep 0.25
+until dev=$(findfs LABEL=desk 2>/dev/null) && mount -t ext4 "$dev" /desk 2>/dev/null; do
+  i=$((i+1)); [ $i -ge 80 ] && break; sleep 0.25
 done
-if grep -q " /desk " /proc/mounts; then
-  echo "VDI-DISK-OK" > /dev/ttyS0
-else
-  mount -t ext4 /dev/vda /desk 2>&1 | sed 's/^/VDI: /' > /dev/ttyS0
-  echo "VDI-DISK-MISSING" > /dev/ttyS0
+if grep -q " /desk " /proc/mounts; then echo "VDI-DISK-OK" > /dev/ttyS0
+else echo "VDI-DISK-MISSING" > /dev/ttyS0; fi
+# identity: a NoCloud seed (label cidata) names the desktop; else the image's name
+name=$(cat /desk/etc/hostname 2>/dev/null || echo desktop)
+seed=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null || true)
+if [ -n "$seed" ] && { mount -r -t iso9660 "$seed" /seed 2>/dev/null ||
+                       mount -r -t vfat "$seed" /seed 2>/dev/null; }; then
+  given=$(sed -n 's/^local-hostname:[ "]*\([^ "]*\).*/\1/p' /seed/meta-data 2>/dev/null)
+  [ -n "$given" ] && name=$given
 fi
-hostname "$(cat /desk/etc/hostname 2>/dev/null || echo desktop)"
-export HOME=/desk/home/clerk PS1='desktop:\w# ' PATH=/bin
+hostname "$name"
+echo "VDI-HOSTNAME $name" > /dev/ttyS0
+for n in /sys/class/net/*; do
+  i=${n##*/}; [ "$i" = lo ] && continue
+  ip link set "$i" up
+  udhcpc -b -q -t 20 -i "$i" -s /usr/share/udhcpc/default.script >/dev/null 2>&1 &
+done
+ip link set lo up
+# the guest agent on its virtio port (found by name), the broker's readiness signal
+for p in /sys/class/virtio-ports/*; do
+  if [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+    /sbin/qemu-ga -m virtio-serial -p "/dev/${p##*/}" -d -t /run -f /run/qemu-ga.pid
+  fi
+done
+export HOME=/desk/home/clerk PS1='desktop:\w# ' PATH=/bin:/sbin
 [ -d "$HOME" ] && cd "$HOME"
 echo "VDI-READY" > /dev/ttyS0
 while true; do
   clear > /dev/tty1
   cat /desk/etc/motd > /dev/tty1 2>/dev/null
+  echo " $(hostname)" > /dev/tty1
   setsid sh -c 'exec sh -i </dev/tty1 >/dev/tty1 2>&1'
 done
 INIT
 chmod +x $root/init
-(cd $root && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initrd.img.tmp"
-cp "kernel/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
+(cd $root && find . | cpio -o -H newc --quiet | gzip -9) > initrd.img
+cp "kernel/boot/vmlinuz-$kver" vmlinuz
+# no_timer_check: a busy TCG host can fail the kernel's IO-APIC timer check and panic it.
+cmdline="console=tty0 console=ttyS0 quiet no_timer_check"
 
-disk=diskroot
-mkdir -p $disk/etc $disk/home/clerk
-echo desktop > $disk/etc/hostname
-cat > $disk/etc/motd <<'MOTD'
+# --- the desktop's files: an ext4 partition ---
+files=diskroot
+mkdir -p $files/etc $files/home/clerk
+echo desktop > $files/etc/hostname
+cat > $files/etc/motd <<'MOTD'
  VDI demo desktop -- street office service window
  Your files live in /desk/home/clerk and survive a reconnect.
 MOTD
-echo "Welcome. This file came with the golden image." > $disk/home/clerk/README.txt
-truncate -s 64M disk.raw
-mkfs.ext4 -q -F -L desk -d $disk disk.raw
-qemu-img convert -f raw -O qcow2 disk.raw "$out/disk.qcow2.tmp"
-# no_timer_check: a busy TCG host can fail the kernel's IO-APIC timer check and panic it.
-echo "console=tty0 console=ttyS0 quiet no_timer_check" > "$out/cmdline"
-mv "$out/vmlinuz.tmp" "$out/vmlinuz"
-mv "$out/initrd.img.tmp" "$out/initrd.img"
-mv "$out/disk.qcow2.tmp" "$out/disk.qcow2"
-echo "$kver busybox $(dpkg-deb -f busybox-static_*.deb Version) init-$INIT_REVISION" > "$out/VERSION"
+echo "Welcome. This file came with the golden image." > $files/home/clerk/README.txt
+truncate -s 32M desk.ext4
+mkfs.ext4 -q -F -L desk -d $files desk.ext4
+
+boot_mib=40  # kernel + initramfs, with room to spare
+desk_start=$(( (1 + boot_mib) * 2048 ))  # sectors of 512 bytes; 1 MiB aligned
+total_mib=$(( 1 + boot_mib + 32 + 1 ))   # the last MiB keeps GPT's backup header
+
+# BIOS: MBR, a bootable FAT partition with syslinux, then the desk partition
+truncate -s ${boot_mib}M boot-bios.fat
+mkfs.vfat -n VDIBOOT boot-bios.fat >/dev/null
+mcopy -i boot-bios.fat vmlinuz initrd.img ::/
+cat > syslinux.cfg <<CFG
+DEFAULT desk
+TIMEOUT 0
+PROMPT 0
+LABEL desk
+  KERNEL /vmlinuz
+  APPEND initrd=/initrd.img $cmdline
+CFG
+mcopy -i boot-bios.fat syslinux.cfg ::/
+syslinux --install boot-bios.fat
+truncate -s ${total_mib}M bios.raw
+sfdisk -q bios.raw <<PART
+label: dos
+start=2048, size=$((boot_mib * 2048)), type=c, bootable
+start=$desk_start, size=$((32 * 2048)), type=83
+PART
+dd if=boot-bios.fat of=bios.raw bs=512 seek=2048 conv=notrunc status=none
+dd if=desk.ext4 of=bios.raw bs=512 seek=$desk_start conv=notrunc status=none
+dd if="$MBR" of=bios.raw bs=440 count=1 conv=notrunc status=none
+
+# UEFI: GPT, an EFI system partition with systemd-boot, then the desk partition
+truncate -s ${boot_mib}M esp.fat
+mkfs.vfat -n VDIESP esp.fat >/dev/null
+mmd -i esp.fat ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+mcopy -i esp.fat "$SDBOOT" ::/EFI/BOOT/BOOTX64.EFI
+mcopy -i esp.fat vmlinuz initrd.img ::/
+printf 'default desk\ntimeout 0\n' > loader.conf
+printf 'title VDI desktop\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' "$cmdline" > desk.conf
+mcopy -i esp.fat loader.conf ::/loader/loader.conf
+mcopy -i esp.fat desk.conf ::/loader/entries/desk.conf
+truncate -s ${total_mib}M uefi.raw
+sfdisk -q uefi.raw <<PART
+label: gpt
+start=2048, size=$((boot_mib * 2048)), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
+start=$desk_start, size=$((32 * 2048)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4
+PART
+dd if=esp.fat of=uefi.raw bs=512 seek=2048 conv=notrunc status=none
+dd if=desk.ext4 of=uefi.raw bs=512 seek=$desk_start conv=notrunc status=none
+
+qemu-img convert -f raw -O qcow2 bios.raw "$out/bios.qcow2.tmp"
+qemu-img convert -f raw -O qcow2 uefi.raw "$out/uefi.qcow2.tmp"
+mv "$out/bios.qcow2.tmp" "$out/bios.qcow2"
+mv "$out/uefi.qcow2.tmp" "$out/uefi.qcow2"
+rm -f "$out/vmlinuz" "$out/initrd.img" "$out/disk.qcow2" "$out/cmdline"  # older layout
+echo "$kver busybox $(dpkg-deb -f busybox-static_*.deb Version) $REVISION" > "$out/VERSION"
 echo "guest image: built in $out ($(cat "$out/VERSION"))"

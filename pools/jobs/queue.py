@@ -55,11 +55,11 @@ class JobState(enum.StrEnum):
 # an older broker name these: renaming one needs a migration). pools.jobs.steps holds
 # what each name does.
 STEP_NAMES: dict[JobKind, tuple[str, ...]] = {
-    JobKind.PROVISION: ("create", "ready"),
-    JobKind.REVERT: ("destroy", "place", "create", "ready"),
+    JobKind.PROVISION: ("create", "boot", "ready"),
+    JobKind.REVERT: ("destroy", "place", "create", "boot", "ready"),
     JobKind.REMOVE: ("destroy", "forget"),
-    JobKind.RELOCATE: ("release", "place", "wipe", "create", "ready"),
-    JobKind.RESTART: ("place", "create", "resume"),
+    JobKind.RELOCATE: ("release", "place", "wipe", "create", "boot", "ready"),
+    JobKind.RESTART: ("place", "create", "boot", "resume"),
     JobKind.MIGRATE: ("place", "migrate", "resume"),
     JobKind.SHUT_DOWN: ("power_off",),
     JobKind.SUSPEND: ("suspend",),

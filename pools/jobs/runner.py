@@ -22,9 +22,19 @@ from pools.calls import HostCalls
 from pools.hosts import HostRegistry, Limits
 from pools.hypervisor import HostUnavailable, HypervisorError
 from pools.images import ImageStore
-from pools.jobs.queue import Job, JobQueue, LeaseLost
-from pools.jobs.steps import POWERS_DOWN, REGISTRY, NoRoom, Payload, StepContext, StepFailed, Work
+from pools.jobs.queue import Job, JobKind, JobQueue, LeaseLost, enqueue
+from pools.jobs.steps import (
+    POWERS_DOWN,
+    REGISTRY,
+    NoRoom,
+    Payload,
+    Replace,
+    StepContext,
+    StepFailed,
+    Work,
+)
 from vdi import desktops
+from vdi.audit import AuditLog
 from vdi.catalog import desktop_from_row, pool_from_row
 from vdi.domain import utc_now
 from vdi.models import DesktopRow, PoolRow
@@ -121,6 +131,9 @@ class JobRunner:
             except StepFailed as e:
                 await asyncio.to_thread(self._fail, job, name, str(e))
                 return
+            except Replace as e:
+                await asyncio.to_thread(self._replace, job, name, str(e))
+                return
             except HypervisorError as e:
                 if DISK_IN_USE in str(e):
                     # QEMU's lock on the disk: the copy on a host that lost contact still
@@ -176,6 +189,23 @@ class JobRunner:
             desktops.note(s, job.desktop_id, message)
         log.warning("job %d: %s %s, step %s: %s; again in %.0f s", job.id, job.kind,
                     job.desktop_id, step, message, delay)
+
+    def _replace(self, job: Job, step: str, message: str) -> None:
+        """The job gives up on its new desktop: removed, with the reason kept in the job
+        and the audit log; the worker plans another in its place."""
+        log.error("job %d: %s %s: %s; removing it (the pool makes another)", job.id,
+                  job.kind, job.desktop_id, message)
+        with self._sessions.begin() as s:
+            if not self.queue.fail(s, job, step, message):
+                return
+            if desktops.boot_failed(s, job.desktop_id, message, self._clock()):
+                enqueue(s, JobKind.REMOVE, job.desktop_id, self._clock())
+                s.add(AuditLog(self._sessions, self._clock).row(
+                    actor="worker", role="system", action="desktop-replace",
+                    target=job.desktop_id, source="worker", outcome="failed",
+                    detail=message))
+            else:
+                desktops.note(s, job.desktop_id, message)
 
     def _fail(self, job: Job, step: str, message: str) -> None:
         log.error("job %d: %s %s failed at step %s: %s", job.id, job.kind, job.desktop_id,

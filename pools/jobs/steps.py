@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pools.calls import HostCalls
 from pools.hosts import HostRegistry, Limits, host_loads, place
-from pools.hypervisor import DesktopSpec, DomainNotFound, HostUnavailable
+from pools.hypervisor import DesktopSpec, DomainNotFound, GuestNotUp, HostUnavailable
 from pools.images import ImageNotPublished, ImageStore
 from pools.jobs.queue import STEP_NAMES, Job, JobKind, JobQueue
+from pools.seed import desktop_hostname
 from vdi import desktops
 from vdi.domain import ConsoleEndpoint, ConsoleKind, Desktop, Pool
 
@@ -42,6 +43,16 @@ class StepFailed(Exception):
 
 class NoRoom(Exception):
     """No host can take the desktop now; the step is tried again later."""
+
+
+class Replace(Exception):
+    """The new desktop cannot be used (its guest never came up): the job ends failed,
+    the desktop is removed with the reason, and the pool makes another."""
+
+
+# a guest that does not come up is reset and given its boot timeout again this many
+# times in all, then given up on
+BOOT_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,8 @@ async def create(ctx: StepContext, w: Work) -> Payload:
                        vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files,
                        # a clerk's dedicated desktop restarted: its disk or nothing
                        disk_must_exist=w.job.kind is JobKind.RESTART
-                       and desktop.assigned_user is not None, console=pool.console)
+                       and desktop.assigned_user is not None, console=pool.console,
+                       secure_boot=pool.secure_boot, hostname=desktop_hostname(desktop.id))
     async with ctx.slot(target):
         endpoint = await ctx.calls.run(
             target, lambda h: h.create_desktop(spec),
@@ -113,6 +125,37 @@ def _endpoint(payload: Payload) -> ConsoleEndpoint | None:
     if not isinstance(host, str) or not isinstance(port, int):
         return None
     return ConsoleEndpoint(ConsoleKind(payload.get("console_kind", "vnc")), host, port)
+
+
+async def boot(ctx: StepContext, w: Work) -> Payload:
+    """Wait until the guest is up (its agent answers, or its image's boot delay has
+    passed): until then the desktop is not offered. A guest not up within the pool's
+    boot timeout is reset and waited for again, up to BOOT_ATTEMPTS in all; then a new
+    desktop is replaced (Replace), and a clerk's restarted one fails with the reason."""
+    desktop, pool, payload = w.desktop, w.pool, w.payload
+    host = payload.get("host", desktop.host_uri)
+    version = int(payload.get("version") or desktop.image_version or 0)
+    traits = await asyncio.to_thread(ctx.images.traits, pool.image, version)
+    if traits is None:
+        raise StepFailed(f"image {pool.image} v{version} has no record of how it boots "
+                         "(import it again)")
+    name, timeout = desktop.domain_name, float(pool.boot_timeout_s)
+    attempts = int(payload.get("boot_attempts", 0))
+    while True:
+        try:
+            await ctx.calls.run(host, lambda h: h.wait_until_up(name, traits, timeout),
+                                timeout_s=timeout + ctx.calls.timeout_s)
+            return {**payload, "boot_attempts": attempts + 1}
+        except GuestNotUp as e:
+            attempts += 1
+            if attempts >= BOOT_ATTEMPTS:
+                reason = f"{e} (tried {attempts} times)"
+                if w.job.kind is JobKind.RESTART:
+                    raise StepFailed(reason) from e
+                raise Replace(reason) from e
+            payload = {**payload, "boot_attempts": attempts}
+            await asyncio.to_thread(ctx.queue.save_payload, w.job, payload)
+            await ctx.calls.run(host, lambda h: h.reset_desktop(name))
 
 
 async def ready(ctx: StepContext, w: Work) -> Payload:
@@ -246,7 +289,7 @@ async def forget(ctx: StepContext, w: Work) -> Payload:
 
 Step = Callable[[StepContext, Work], Awaitable[Payload]]
 BY_NAME: dict[str, Step] = {
-    "destroy": destroy, "create": create, "ready": ready, "place": choose_host,
+    "destroy": destroy, "create": create, "boot": boot, "ready": ready, "place": choose_host,
     "release": release, "wipe": wipe, "migrate": migrate, "resume": resume,
     "power_off": power_off, "suspend": suspend, "forget": forget,
 }

@@ -37,8 +37,9 @@ _CONNECTION_ERRORS = {
 
 
 def ensure_event_loop() -> None:
-    """libvirt's keepalive needs its event loop running in this process (once); it must
-    run before the connections that use keepalive are opened, and keep running."""
+    """libvirt's keepalive and its domain events (a guest agent connecting) need its
+    event loop running in this process (once); it must run before the connections that
+    use them are opened, and keep running."""
     global _event_loop_started
     with _event_loop_lock:
         if _event_loop_started:
@@ -86,8 +87,7 @@ class HostConnection:
                         return conn
             self.drop()
         remote = not self.is_local
-        if remote:
-            ensure_event_loop()
+        ensure_event_loop()  # before the open: events reach only connections opened after
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:

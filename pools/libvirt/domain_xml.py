@@ -16,7 +16,8 @@ from xml.etree import ElementTree as ET
 
 from defusedxml.ElementTree import fromstring as parse_xml
 
-from vdi.domain import ConsoleKind
+from pools.libvirt.profiles import DeviceProfile
+from vdi.domain import Arch, ConsoleKind, Firmware
 
 # The broker's mark on its domains: `list_desktops` knows a desktop by this element.
 METADATA_NS = "urn:vdi-broker:desktop:1"
@@ -28,10 +29,25 @@ _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 @dataclass(frozen=True)
+class Nic:
+    """The desktop's network card: QEMU user-mode networking (`user`, nothing on the
+    host's interfaces), a libvirt network (`network`) or a host bridge (`bridge`)."""
+
+    kind: str
+    source: str  # the network's or bridge's name; "" for user
+    mac: str
+
+
+NIC_KINDS = ("user", "network", "bridge")
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+@dataclass(frozen=True)
 class DomainSpec:
-    """One domain as the broker defines it: a guest booted from the image's kernel and
-    initrd, with (optionally) its own qcow2 disk, its serial console in a file and one
-    remote console of `console` kind listening on `listen`."""
+    """One domain as the broker defines it: the devices of its profile, booting its own
+    qcow2 disk through firmware, its serial console in a file, its network card, an
+    optional NoCloud seed (its identity) and one remote console of `console` kind
+    listening on `listen`."""
 
     name: str
     domain_type: str  # one of DOMAIN_TYPES: "kvm", or "qemu" for TCG
@@ -39,22 +55,24 @@ class DomainSpec:
     pool_id: str
     vcpus: int
     memory_mib: int
-    kernel_path: str
-    initrd_path: str
-    cmdline: str
-    disk_path: str | None  # None: no disk (the KVM probe guest)
+    profile: DeviceProfile
+    disk_path: str
     serial_log_path: str
     console: ConsoleKind
     listen: str
     # The console's initial password; it goes to libvirt only (who shows it only with
     # VIR_DOMAIN_XML_SECURE), so the console is closed until the broker sets its own.
     console_password: str
+    nic: Nic | None = None
+    seed_path: str | None = None  # a cloud-init `cidata` ISO, attached as a CD-ROM
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
     """The domain document for `spec`. Raises ValueError for a domain type other than
-    kvm/qemu, a vcpu or memory count below 1, or a value with a character XML cannot hold."""
+    kvm/qemu, a vcpu or memory count below 1, an unknown NIC kind, or a value with a
+    character XML cannot hold."""
     _check(spec)
+    p = spec.profile
     domain = ET.Element("domain", type=spec.domain_type)
     _child(domain, "name", spec.name)
     # Written as a literal prefix and xmlns attribute: ElementTree would name a namespace
@@ -64,27 +82,85 @@ def build_domain_xml(spec: DomainSpec) -> str:
                    "pool": spec.pool_id})
     _child(domain, "memory", str(spec.memory_mib), unit="MiB")
     _child(domain, "vcpu", str(spec.vcpus))
-    os_ = ET.SubElement(domain, "os")
-    _child(os_, "type", "hvm", arch="x86_64", machine="pc")
-    _child(os_, "kernel", spec.kernel_path)
-    _child(os_, "initrd", spec.initrd_path)
-    _child(os_, "cmdline", spec.cmdline)
+    _os(domain, p)
+    _features(domain, p)
+    if p.cpu_mode is not None:
+        cpu = ET.SubElement(domain, "cpu", mode=p.cpu_mode)
+        if p.cpu_model is not None:
+            _child(cpu, "model", p.cpu_model)
+    clock = ET.SubElement(domain, "clock", offset="localtime" if p.clock_localtime else "utc")
+    if p.hyperv:
+        ET.SubElement(clock, "timer", name="hypervclock", present="yes")
     _child(domain, "on_poweroff", "destroy")
     _child(domain, "on_reboot", "restart")
     _child(domain, "on_crash", "destroy")
     devices = ET.SubElement(domain, "devices")
-    if spec.disk_path is not None:
-        disk = ET.SubElement(devices, "disk", type="file", device="disk")
-        ET.SubElement(disk, "driver", name="qemu", type="qcow2")
-        ET.SubElement(disk, "source", file=spec.disk_path)
-        ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    disk = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+    ET.SubElement(disk, "source", file=spec.disk_path)
+    ET.SubElement(disk, "target", dev="vda" if p.disk_bus == "virtio" else "sda",
+                  bus=p.disk_bus)
+    ET.SubElement(disk, "boot", order="1")
+    if spec.seed_path is not None:
+        seed = ET.SubElement(devices, "disk", type="file", device="cdrom")
+        ET.SubElement(seed, "driver", name="qemu", type="raw")
+        ET.SubElement(seed, "source", file=spec.seed_path)
+        ET.SubElement(seed, "target", dev="sdb" if p.arch is Arch.X86_64 else "sdz",
+                      bus="sata" if p.arch is Arch.X86_64 else "scsi")
+        ET.SubElement(seed, "readonly")
+    if spec.nic is not None:
+        nic = ET.SubElement(devices, "interface", type=spec.nic.kind)
+        ET.SubElement(nic, "mac", address=spec.nic.mac)
+        if spec.nic.kind != "user":
+            ET.SubElement(nic, "source", {spec.nic.kind: spec.nic.source})
+        ET.SubElement(nic, "model", type=p.nic_model)
+    if p.usb_controller is not None:
+        ET.SubElement(devices, "controller", type="usb", model=p.usb_controller)
+    if p.disk_bus == "scsi" or (spec.seed_path is not None and p.arch is not Arch.X86_64):
+        ET.SubElement(devices, "controller", type="scsi", model="virtio-scsi")
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=spec.serial_log_path, append="on")
     ET.SubElement(serial, "target", port="0")
+    agent = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(agent, "target", type="virtio", name=AGENT_CHANNEL)
+    ET.SubElement(devices, "input", type="tablet", bus="usb")
+    if p.usb_keyboard:
+        ET.SubElement(devices, "input", type="keyboard", bus="usb")
     _console(devices, spec)
     ET.SubElement(devices, "memballoon", model="none")
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
+
+
+def _os(domain: ET.Element, p: DeviceProfile) -> None:
+    uefi = p.firmware is Firmware.UEFI
+    os_ = ET.SubElement(domain, "os", firmware="efi") if uefi else ET.SubElement(domain, "os")
+    _child(os_, "type", "hvm", arch=p.arch.value, machine=p.machine)
+    if uefi:
+        # libvirt picks the firmware file (OVMF, AAVMF) from the descriptors the firmware
+        # packages install, and makes the desktop's NVRAM file itself
+        fw = ET.SubElement(os_, "firmware")
+        ET.SubElement(fw, "feature", enabled="yes" if p.secure_boot else "no",
+                      name="secure-boot")
+        if p.secure_boot:
+            ET.SubElement(fw, "feature", enabled="yes", name="enrolled-keys")
+
+
+def _features(domain: ET.Element, p: DeviceProfile) -> None:
+    features = ET.SubElement(domain, "features")
+    if p.acpi:
+        ET.SubElement(features, "acpi")  # UEFI needs it; the power button is ACPI
+    if p.arch is Arch.X86_64:
+        ET.SubElement(features, "apic")
+    else:
+        ET.SubElement(features, "gic", version="3")
+    if p.hyperv:
+        hv = ET.SubElement(features, "hyperv", mode="custom")
+        ET.SubElement(hv, "relaxed", state="on")
+        ET.SubElement(hv, "vapic", state="on")
+        ET.SubElement(hv, "spinlocks", state="on", retries="8191")
+    if p.secure_boot:
+        ET.SubElement(features, "smm", state="on")  # q35 secure boot needs SMM
 
 
 def _console(devices: ET.Element, spec: DomainSpec) -> None:
@@ -92,7 +168,7 @@ def _console(devices: ET.Element, spec: DomainSpec) -> None:
     if spec.console is ConsoleKind.VNC:
         ET.SubElement(devices, "graphics", type="vnc", autoport="yes", listen=spec.listen,
                       passwd=spec.console_password)
-        ET.SubElement(ET.SubElement(devices, "video"), "model", type="vga")
+        ET.SubElement(ET.SubElement(devices, "video"), "model", type=spec.profile.video)
     elif spec.console is ConsoleKind.SPICE:
         # Password set as for VNC: a SPICE server without one lets anyone who reaches
         # the listen address in (the listen address is the host's own on multi-host).
@@ -102,8 +178,8 @@ def _console(devices: ET.Element, spec: DomainSpec) -> None:
         # the virtio-serial controller it sits on
         channel = ET.SubElement(devices, "channel", type="spicevmc")
         ET.SubElement(channel, "target", type="virtio", name="com.redhat.spice.0")
-        # QXL: the display device SPICE's own 2D commands are made for
-        ET.SubElement(ET.SubElement(devices, "video"), "model", type="qxl")
+        # QXL on x86: the display device SPICE's own 2D commands are made for
+        ET.SubElement(ET.SubElement(devices, "video"), "model", type=spec.profile.video)
     else:
         assert_never(spec.console)
 
@@ -114,9 +190,12 @@ def _check(spec: DomainSpec) -> None:
     if spec.vcpus < 1 or spec.memory_mib < 1:
         raise ValueError(f"a domain needs at least 1 vcpu and 1 MiB "
                          f"(got {spec.vcpus}, {spec.memory_mib})")
-    texts = [spec.name, spec.desktop_id, spec.pool_id, spec.kernel_path, spec.initrd_path,
-             spec.cmdline, spec.disk_path or "", spec.serial_log_path, spec.listen,
-             spec.console_password]
+    if spec.nic is not None and spec.nic.kind not in NIC_KINDS:
+        raise ValueError(f"network card kind must be one of {NIC_KINDS}, not {spec.nic.kind!r}")
+    texts = [spec.name, spec.desktop_id, spec.pool_id, spec.disk_path, spec.serial_log_path,
+             spec.listen, spec.console_password, spec.seed_path or ""]
+    if spec.nic is not None:
+        texts += [spec.nic.source, spec.nic.mac]
     for text in texts:
         if _NOT_XML.search(text):
             raise ValueError(f"{text!r} holds a character XML cannot carry")

@@ -16,35 +16,44 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import libvirt
+from defusedxml.ElementTree import fromstring as parse_xml
 
 from pools.hosts import Host
 from pools.hypervisor import (
     DesktopSpec,
     DomainInfo,
+    DomainNotFound,
+    GuestNotUp,
     HostInfo,
+    HostUnavailable,
     HypervisorError,
+    ImageDisk,
     ImageFiles,
     new_vnc_password,
 )
+from pools.libvirt.agent import wait_for_agent
 from pools.libvirt.connection import HostConnection
 from pools.libvirt.domain_xml import (
     METADATA_NS,
     DomainSpec,
+    Nic,
     build_domain_xml,
     console_listen,
     console_password_device,
     desktop_metadata,
     with_graphics_listen,
 )
+from pools.libvirt.profiles import ProfileError, desktop_mac, profile_for
 from pools.libvirt.storage import HostStorage
-from vdi.domain import ConsoleEndpoint, ConsoleKind
+from pools.seed import nocloud_seed
+from vdi.domain import Arch, ConsoleEndpoint, ConsoleKind, ImageTraits
 from vdi.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How long a probe guest under KVM may take to reach its init before KVM counts as not
 # working here (a nested or broken KVM hangs instead of failing).
-KVM_PROBE_BOUND_S = 15
+KVM_PROBE_BOUND_S = 30
 
 
 class LibvirtHost:
@@ -67,8 +76,9 @@ class LibvirtHost:
         """Close this adapter's connections; a later call opens a new one."""
         self._conn.close()
 
-    def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
-        return self._storage.publish_image(image_id, version, source_dir)
+    def publish_image(self, image_id: str, version: int, disk: ImageDisk,
+                      progress: Callable[[int], None] | None = None) -> ImageFiles:
+        return self._storage.publish_image(image_id, version, disk, progress)
 
     # -- domain type ------------------------------------------------------------------
 
@@ -88,43 +98,61 @@ class LibvirtHost:
         return self._domain_type
 
     def _detect_domain_type(self, image: ImageFiles) -> str:
+        """KVM when the host offers it and a guest comes up under it: a linked clone of
+        the image started under KVM whose agent connects within a bound (on these
+        machines a Linux guest under KVM hangs after its firmware). An image without an
+        agent cannot tell: the host's word is taken."""
         conn = self._conn.get()
         with self._conn.errors("capabilities"):
             caps = conn.getCapabilities()
         if "<domain type='kvm'" not in caps and '<domain type="kvm"' not in caps:
             return "qemu"
-        if not self._conn.is_local:
-            return "qemu"  # cannot read a remote serial log; the setting can force kvm
+        if not image.traits.agent:
+            return "kvm"
         name = f"vdi-probe-kvm-{secrets.token_hex(3)}"
-        serial = self.log_dir / f"{name}.serial.log"
-        xml = self._domain_xml(name, "kvm", "probe", "probe", 1, 128, image, None)
-        with self._conn.errors("probe kvm"):
-            dom = conn.createXML(xml, 0)
+        spec = DesktopSpec(name=name, desktop_id="probe", pool_id="probe", vcpus=1,
+                           memory_mib=512, image=image, network="none")
+        disk = self._storage.desktop_disk(spec, domain_defined=False)
         try:
-            deadline = time.monotonic() + KVM_PROBE_BOUND_S
-            while time.monotonic() < deadline:
-                if serial.exists() and b"VDI-READY" in serial.read_bytes():
-                    return "kvm"
-                time.sleep(0.2)
+            with self._conn.errors("probe kvm"):
+                dom = conn.createXML(self._domain_xml(spec, "kvm", disk), 0)
+        except HostUnavailable:
+            self._storage.delete_desktop_disk(name)
+            raise
+        except HypervisorError as e:  # QEMU refused to start under KVM at all
+            log.info("host %s: a guest does not start under KVM: %s", self.uri, e)
+            self._storage.delete_desktop_disk(name)
+            return "qemu"
+        try:
+            self.wait_until_up(name, image.traits, KVM_PROBE_BOUND_S)
+            return "kvm"
+        except HypervisorError:
             return "qemu"
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
-            serial.unlink(missing_ok=True)
+            self._storage.delete_desktop_disk(name)
+            if self._conn.is_local:
+                Path(self.serial_log_path(name)).unlink(missing_ok=True)
 
     # -- desktops ---------------------------------------------------------------------
 
-    def _domain_xml(self, name: str, dtype: str, desktop_id: str, pool_id: str, vcpus: int,
-                    memory_mib: int, image: ImageFiles, disk: str | None,
-                    console: ConsoleKind = ConsoleKind.VNC) -> str:
+    def _domain_xml(self, spec: DesktopSpec, dtype: str, disk: str,
+                    seed: str | None = None) -> str:
+        """The domain document of `spec` on this host. Raises HypervisorError for a pool
+        option the image cannot do (secure boot)."""
+        try:
+            profile = profile_for(spec.image.traits, spec.console, dtype, spec.secure_boot)
+        except ProfileError as e:
+            raise HypervisorError(f"desktop {spec.name}: {e}") from e
         # The initial password is random and never stored: the console is unusable until
         # the broker sets a per-connection one.
         return build_domain_xml(DomainSpec(
-            name=name, domain_type=dtype, desktop_id=desktop_id, pool_id=pool_id,
-            vcpus=vcpus, memory_mib=memory_mib, kernel_path=image.kernel_path,
-            initrd_path=image.initrd_path, cmdline=image.cmdline, disk_path=disk,
-            serial_log_path=self.serial_log_path(name), console=console,
-            listen=self.graphics_listen, console_password=new_vnc_password()))
+            name=spec.name, domain_type=dtype, desktop_id=spec.desktop_id,
+            pool_id=spec.pool_id, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+            profile=profile, disk_path=disk, serial_log_path=self.serial_log_path(spec.name),
+            console=spec.console, listen=self.graphics_listen,
+            console_password=new_vnc_password(), nic=_nic(spec), seed_path=seed))
 
     def create_desktop(self, spec: DesktopSpec) -> ConsoleEndpoint:
         dtype = self.domain_type(spec.image)
@@ -132,13 +160,37 @@ class LibvirtHost:
         with self._conn.errors(f"create desktop {spec.name}"):
             dom = _domain_or_none(conn, spec.name)
             disk = self._storage.desktop_disk(spec, domain_defined=dom is not None)
+            seed = None
+            if spec.hostname:  # written again on every start: a revert keeps the name
+                seed = self._storage.desktop_seed(spec.name, nocloud_seed(
+                    spec.desktop_id, spec.hostname, spec.user_data))
             if dom is None:
-                dom = conn.defineXML(self._domain_xml(
-                    spec.name, dtype, spec.desktop_id, spec.pool_id, spec.vcpus,
-                    spec.memory_mib, spec.image, disk, spec.console))
+                dom = conn.defineXML(self._domain_xml(spec, dtype, disk, seed))
             if not dom.isActive():
                 dom.create()
         return self.console_endpoint(spec.name)
+
+    def wait_until_up(self, name: str, traits: ImageTraits, timeout_s: float) -> None:
+        if not traits.agent:
+            self._wait_running(name, min(float(traits.boot_delay_s), timeout_s))
+            if traits.boot_delay_s > timeout_s:
+                raise GuestNotUp(f"desktop {name}: its boot delay ({traits.boot_delay_s} s) "
+                                 f"is longer than the boot timeout ({timeout_s:.0f} s)")
+            return
+        wait_for_agent(self._conn, name, timeout_s)
+
+    def _wait_running(self, name: str, seconds: float) -> None:
+        """Sleep `seconds` while the domain keeps running; DomainNotFound if it stops."""
+        deadline = time.monotonic() + seconds
+        dom = self._lookup(name)
+        while True:
+            with self._conn.errors(f"wait for {name}"):
+                if not dom.isActive():
+                    raise DomainNotFound(f"desktop {name} stopped while it booted")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 1.0))
 
     def _lookup(self, name: str) -> Any:
         conn = self._conn.get()
@@ -174,6 +226,13 @@ class LibvirtHost:
                      grace_s)
             _ignore_gone(dom.destroy)
 
+    def reset_desktop(self, name: str) -> None:
+        dom = self._lookup(name)
+        with self._conn.errors(f"reset {name}"):
+            if not dom.isActive():
+                raise DomainNotFound(f"desktop {name} is not running")
+            dom.reset(0)
+
     def suspend_desktop(self, name: str) -> None:
         dom = self._lookup(name)
         with self._conn.errors(f"suspend {name}"):
@@ -195,8 +254,11 @@ class LibvirtHost:
         conn = self._conn.get()
         with self._conn.errors("host info"):
             info = conn.getInfo()  # [model, memory MiB, cpus, MHz, nodes, sockets, ...]
+            arches = guest_arches(conn.getCapabilities())
+            uefi = frozenset(a for a in arches if _boots_uefi(conn, a))
             return HostInfo(hostname=conn.getHostname(), memory_mib=int(info[1]),
-                            cpus=int(info[2]))
+                            cpus=int(info[2]), arches=arches, uefi_arches=uefi,
+                            storage_free_bytes=self._storage.free_bytes())
 
     def migrate_desktop(self, name: str, dest_uri: str, dest_listen: str) -> None:
         dom = self._lookup(name)
@@ -271,6 +333,35 @@ def _ignore_gone(fn: Callable[[], T]) -> None:
     except libvirt.libvirtError as e:
         if e.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
             raise
+
+
+def _nic(spec: DesktopSpec) -> Nic | None:
+    """The network card of `spec.network`: 'user', 'network:NAME', 'bridge:NAME', 'none'."""
+    if spec.network == "none":
+        return None
+    kind, _, source = spec.network.partition(":")
+    return Nic(kind=kind, source=source, mac=desktop_mac(spec.desktop_id))
+
+
+def guest_arches(capabilities_xml: str) -> frozenset[Arch]:
+    """The architectures a host's capabilities say it runs guests of (that we know)."""
+    known = {a.value: a for a in Arch}
+    root = parse_xml(capabilities_xml)
+    return frozenset(known[el.get("name", "")] for el in root.findall("./guest/arch")
+                     if el.get("name", "") in known)
+
+
+def _boots_uefi(conn: Any, arch: Arch) -> bool:
+    """The host has UEFI firmware for `arch` (its domain capabilities list 'efi')."""
+    machine = "virt" if arch is Arch.AARCH64 else "q35"
+    for virt_type in ("kvm", "qemu"):
+        try:
+            caps = conn.getDomainCapabilities(None, arch.value, machine, virt_type, 0)
+        except libvirt.libvirtError:
+            continue
+        values = parse_xml(caps).findall("./os/enum[@name='firmware']/value")
+        return any(v.text == "efi" for v in values)
+    return False
 
 
 def adapter_for(host: Host, settings: Settings) -> LibvirtHost:

@@ -5,7 +5,10 @@ Methods block and raise only `pools.hypervisor` errors (through `HostConnection.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -13,15 +16,7 @@ from xml.etree import ElementTree as ET
 import libvirt
 from defusedxml.ElementTree import fromstring as parse_xml
 
-from pools.hypervisor import (
-    IMAGE_FILES,
-    DesktopSpec,
-    HypervisorError,
-    ImageFiles,
-    image_cmdline,
-    image_digest,
-    qcow2_virtual_size,
-)
+from pools.hypervisor import DesktopSpec, HypervisorError, ImageDisk, ImageFiles
 from pools.libvirt.connection import HostConnection
 
 
@@ -50,60 +45,93 @@ class HostStorage:
                 pool.create(0)
             return pool
 
-    def publish_image(self, image_id: str, version: int, source_dir: Path) -> ImageFiles:
-        """See `Hypervisor.publish_image`: the volumes are named by image, version and
-        content digest; one whose disk does not show the image's size is made again."""
+    def publish_image(self, image_id: str, version: int, disk: ImageDisk,
+                      progress: Callable[[int], None] | None = None) -> ImageFiles:
+        """See `Hypervisor.publish_image`: the volume is named by image, version and
+        content digest, and read back after the upload; a volume of that name whose
+        content does not match (an upload cut short) is made again."""
         pool = self.pool()
-        paths: dict[str, str] = {}
-        for fname in IMAGE_FILES:
-            if not (source_dir / fname).is_file():
-                raise HypervisorError(f"image file {source_dir / fname} is missing "
-                                      "(build the image first)")
-        digest = image_digest(source_dir)[:12]
-        disk_bytes = qcow2_virtual_size(source_dir / "disk.qcow2")
+        vol_name = f"{image_id}-v{version}-{disk.digest[:12]}.qcow2"
+        where = f"host {self._conn.uri}"
         with self._conn.errors(f"publish image {image_id} v{version}"):
             refresh_pool(pool)
-            for fname in IMAGE_FILES:
-                src = source_dir / fname
-                vol_name = f"{image_id}-v{version}-{digest}-{fname}"
-                vol = _volume(pool, vol_name)
-                if vol is not None and fname == "disk.qcow2" and vol.info()[1] != disk_bytes:
-                    vol.delete(0)  # a copy that does not show the image's disk: redo it
-                    vol = None
-                if vol is None:
-                    vol = self._upload(pool, vol_name, src)
-                paths[fname] = vol.path()
-        return ImageFiles(disk_path=paths["disk.qcow2"], kernel_path=paths["vmlinuz"],
-                          initrd_path=paths["initrd.img"], cmdline=image_cmdline(source_dir),
-                          disk_bytes=disk_bytes)
+            vol = _volume(pool, vol_name)
+            if vol is not None and self._digest(vol) != disk.digest:
+                vol.delete(0)  # torn or altered: never used, made again
+                vol = None
+            if vol is None:
+                size = disk.path.stat().st_size
+                free = int(pool.info()[3])
+                if size > free:
+                    raise HypervisorError(
+                        f"{where}: image {image_id} needs {_gib(size)} and storage pool "
+                        f"{self.pool_name} has {_gib(free)} left")
+                vol = self._upload(pool, vol_name, disk.path, progress)
+                if self._digest(vol) != disk.digest:
+                    vol.delete(0)
+                    raise HypervisorError(f"{where}: the copy of image {image_id} there "
+                                          "does not match the imported file")
+            return ImageFiles(disk_path=str(vol.path()), disk_bytes=disk.disk_bytes,
+                              traits=disk.traits)
 
-    def _upload(self, pool: Any, vol_name: str, src: Path) -> Any:
-        """Upload into a temporary volume, then make it visible under its final name only
-        by creating it complete: a crash mid-upload leaves a '.part' volume, never a torn one."""
+    def _upload(self, pool: Any, vol_name: str, src: Path,
+                progress: Callable[[int], None] | None) -> Any:
+        """Send the file's bytes as they are into a new volume (a torn upload is found
+        by the digest check that follows, and made again)."""
         size = src.stat().st_size
-        part = _volume(pool, vol_name + ".part")
-        if part is not None:
-            part.delete(0)
-        vol = pool.createXML(_volume_xml(vol_name + ".part", size, "raw"), 0)
+        vol = pool.createXML(_volume_xml(vol_name, size, "raw"), 0)
         stream = self._conn.get().newStream(0)
         vol.upload(stream, 0, size, 0)
-        with src.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                stream.send(chunk)
-        stream.finish()
-        fmt = "qcow2" if vol_name.endswith(".qcow2") else "raw"
-        # The copy below converts from the source volume's format, which libvirt knows
-        # only after probing the uploaded bytes: without the refresh, a qcow2 file
-        # uploaded into a 'raw' volume would be wrapped as the *contents* of a new disk.
+        sent = 0
+        try:
+            with src.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    stream.send(chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent)
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            with contextlib.suppress(libvirt.libvirtError):
+                vol.delete(0)
+            raise
+        # libvirt knows the volume holds qcow2 only after probing the uploaded bytes
         refresh_pool(pool)
-        vol = pool.storageVolLookupByName(vol_name + ".part")
+        vol = pool.storageVolLookupByName(vol_name)
         probed = parse_xml(vol.XMLDesc(0)).find("./target/format")
-        if probed is None or probed.get("type") != fmt:
+        if probed is None or probed.get("type") != "qcow2":
             vol.delete(0)
-            raise HypervisorError(f"uploaded {src.name} is not a {fmt} file")
-        final = pool.createXMLFrom(_volume_xml(vol_name, size, fmt), vol, 0)
-        vol.delete(0)
-        return final
+            raise HypervisorError(f"uploaded {src.name} is not a qcow2 file")
+        return vol
+
+    def _digest(self, vol: Any) -> str:
+        """SHA-256 of the volume's bytes as the host stores them, read back through libvirt."""
+        h = hashlib.sha256()
+        stream = self._conn.get().newStream(0)
+        vol.download(stream, 0, 0, 0)
+        try:
+            while True:
+                chunk = stream.recv(1 << 20)
+                if not chunk:
+                    break
+                if isinstance(chunk, int):  # -2: would block (not on a blocking stream)
+                    continue
+                h.update(chunk)
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
+        return h.hexdigest()
+
+    def free_bytes(self) -> int:
+        """The room left in the storage pool."""
+        pool = self.pool()
+        with self._conn.errors("storage pool room"):
+            refresh_pool(pool)
+            return int(pool.info()[3])
 
     def desktop_disk(self, spec: DesktopSpec, domain_defined: bool) -> str:
         """The path of the desktop's disk volume `<name>.qcow2`, made if missing: a linked
@@ -137,14 +165,39 @@ class HostStorage:
                                          image_vol, 0)
             return str(vol.path())
 
+    def desktop_seed(self, name: str, data: bytes) -> str:
+        """The path of the desktop's NoCloud seed volume `<name>-seed.iso`, written with
+        `data` (made again when its content differs: a revert keeps the name)."""
+        pool = self.pool()
+        vol_name = f"{name}-seed.iso"
+        with self._conn.errors(f"seed of desktop {name}"):
+            vol = _volume(pool, vol_name)
+            if vol is not None and int(vol.info()[1]) != len(data):
+                vol.delete(0)
+                vol = None
+            if vol is None:
+                vol = pool.createXML(_volume_xml(vol_name, len(data), "raw"), 0)
+            stream = self._conn.get().newStream(0)
+            vol.upload(stream, 0, len(data), 0)
+            try:
+                for start in range(0, len(data), 1 << 20):
+                    stream.send(data[start:start + (1 << 20)])
+                stream.finish()
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                raise
+            return str(vol.path())
+
     def delete_desktop_disk(self, name: str) -> None:
-        """Delete the disk volume of desktop `name`. Idempotent."""
+        """Delete the disk and seed volumes of desktop `name`. Idempotent."""
         pool = self.pool()
         with self._conn.errors(f"destroy desktop {name}"):
             refresh_pool(pool)  # on shared storage another host may have made it
-            vol = _volume(pool, f"{name}.qcow2")
-            if vol is not None:
-                vol.delete(0)
+            for vol_name in (f"{name}.qcow2", f"{name}-seed.iso"):
+                vol = _volume(pool, vol_name)
+                if vol is not None:
+                    vol.delete(0)
 
 
 def refresh_pool(pool: Any, bound_s: float = 10) -> None:
@@ -162,6 +215,10 @@ def refresh_pool(pool: Any, bound_s: float = 10) -> None:
                     or time.monotonic() > deadline):
                 raise
         time.sleep(0.1)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
 
 
 def _volume(pool: Any, name: str) -> Any | None:

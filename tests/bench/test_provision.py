@@ -27,13 +27,13 @@ from bench.report import Results, SectionEntry, render
 from pools.hypervisor import ImageFiles
 from pools.jobs.runner import JobRunner
 from pools.worker import PoolWorker
+from vdi.domain import Firmware, ImageTraits, OsFamily
 
+TRAITS = ImageTraits(Firmware.BIOS, OsFamily.LINUX)
 IMAGE = ImageFiles(disk_path="/var/lib/libvirt/images/vdi-bench/img-disk.qcow2",
-                   kernel_path="/k", initrd_path="/i", cmdline="console=ttyS0",
-                   disk_bytes=64 * 2**20)
+                   disk_bytes=64 * 2**20, traits=TRAITS)
 LARGE_IMAGE = ImageFiles(disk_path="/var/lib/libvirt/images/vdi-bench/big-disk.qcow2",
-                         kernel_path="/k", initrd_path="/i", cmdline="console=ttyS0",
-                         disk_bytes=576 * 2**20)
+                         disk_bytes=576 * 2**20, traits=TRAITS)
 
 
 def half(mode: str, pair: int, position: int, *, count: int = 2, create_s: float = 0.5,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from bench.office_day import DayModel, Ending, Mode, generate_day, requests
 from bench.reclaim import BootingHost, Run, SimClock, build_section, static_schedule
-from pools.hypervisor import DesktopSpec, HostUnavailable
+from pools.hypervisor import DesktopSpec, HostUnavailable, ImageDisk
 from pools.spares import SpareSchedule
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -50,7 +49,7 @@ def test_a_day_is_the_same_for_the_same_seed_and_well_formed() -> None:
     assert len(requests(day)) == 40 + closed_returns
 
 
-def test_the_booting_host_answers_once_the_boot_time_passed(guest_image: Path) -> None:
+def test_the_booting_host_answers_once_the_boot_time_passed(guest_image: ImageDisk) -> None:
     clock = SimClock(datetime(2027, 3, 1, tzinfo=UTC))
     host = BootingHost(clock, 60, uri="fake://booting/system")
     image = host.publish_image("demo", 1, guest_image)

@@ -135,7 +135,7 @@ def run_broker(state: Path, prefix: str, *, env: dict[str, str] | None = None,
                    env={**_broker_env(slapd, state, port, proxy.port, prefix), **(env or {})},
                    log=state / "broker.log", proxy=proxy)
         b.vdi("migrate")
-        b.vdi("image-publish", "demo", str(guest))
+        b.vdi("image-import", "demo", str(guest / "bios.qcow2"))
         if setup is not None:
             setup(b)
         with b.log.open("w") as log:

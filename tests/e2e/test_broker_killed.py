@@ -72,7 +72,7 @@ def test_broker_killed_between_domain_start_and_commit(tmp_path: Path) -> None:
         env.update({"VDI_DOMAIN_PREFIX": PREFIX, "VDI_JOB_LEASE_S": "3"})
         try:
             vdi(env, "migrate")
-            vdi(env, "image-publish", "demo", str(guest))
+            vdi(env, "image-import", "demo", str(guest / "bios.qcow2"))
             vdi(env, "pool-set", "window", "--name", "窗口", "--image", "demo",
                 "--min-ready", "1", "--max-size", "1", "--group", STAFF_GROUP)
 

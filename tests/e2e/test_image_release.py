@@ -1,16 +1,18 @@
 """Publishing a new image version and rolling it back with a desktop in use, on real
 libvirtd guests and the running broker: spares move at once, the desktop in use when its
-clerk logs off; each guest really runs the version it is recorded with (the variant's
-kernel command line carries a marker, seen in the guest's QEMU process)."""
+clerk logs off; each guest really runs the version it is recorded with (its running
+domain's disk is a clone of that build's volume, whose name carries the build's digest)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from defusedxml.ElementTree import fromstring as parse_xml
 
 from tests.e2e.conftest import PREFIX, REPO, Broker
 from tests.e2e.test_clerk_desktop import serial_log, wait_for_text
@@ -37,24 +39,33 @@ def wait_rows(broker: Broker, what: str, check: object, timeout_s: float = 150) 
 
 
 def build_variant(tmp: Path, marker: str) -> Path:
-    """The guest image with one more word on its kernel command line: another build."""
-    out = tmp / marker
-    shutil.copytree(REPO / "var" / "guest", out)
-    cmdline = (out / "cmdline").read_text().strip()
-    (out / "cmdline").write_text(f"{cmdline} vdi.build={marker}\n")
+    """The guest disk grown by 1 MiB holding `marker` after its partitions: another build
+    (another digest) that boots as before."""
+    out = tmp / f"{marker}.qcow2"
+    shutil.copyfile(REPO / "var" / "guest" / "bios.qcow2", out)
+    info = subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(out)],
+                          check=True, capture_output=True, text=True).stdout
+    size = int(info.split('"virtual-size":', 1)[1].split(",", 1)[0])
+    subprocess.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(out), str(size + 2**20)],
+                   check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -q -P 0x5a {size} 64k", str(out)],
+                   check=True, capture_output=True)
     return out
 
 
-def booted_with(desktop_id: str, marker: str) -> bool:
-    """The guest booted (VDI-READY on its serial log) with this word on its kernel command
-    line (QEMU gets the image's command line as `-append`, visible in its argv)."""
+def backing_volume(desktop_id: str) -> str:
+    """The image volume the running desktop's disk is a clone of."""
+    live = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", PREFIX + desktop_id],
+                          check=True, capture_output=True, text=True).stdout
+    source = parse_xml(live).find("./devices/disk[@device='disk']/backingStore/source")
+    assert source is not None, live
+    return Path(source.get("file", "")).name
+
+
+def booted_with(desktop_id: str, version: str) -> bool:
+    """The guest booted (VDI-READY on its serial log) from that version's volume."""
     return wait_for_text(serial_log(PREFIX + desktop_id), "VDI-READY", 90) and (
-        marker in Path(f"/proc/{_qemu_pid(desktop_id)}/cmdline").read_text(errors="replace"))
-
-
-def _qemu_pid(desktop_id: str) -> int:
-    pid_file = Path("/run/libvirt/qemu") / f"{PREFIX}{desktop_id}.pid"
-    return int(pid_file.read_text().strip())
+        backing_volume(desktop_id).startswith(f"demo-{version}-"))
 
 
 def test_release_and_rollback_with_a_desktop_in_use(broker: Broker, tmp_path: Path) -> None:
@@ -74,30 +85,28 @@ def test_release_and_rollback_with_a_desktop_in_use(broker: Broker, tmp_path: Pa
                   lambda r: any(v[1] == "ready" for k, v in r.items() if k != in_use))
 
         # a new build is published and released: the spares are replaced at once
-        out = broker.vdi("image-publish", "demo", str(build_variant(tmp_path, "b2")))
-        v2 = "v" + out.split(" v", 1)[1].split(" ", 1)[0]
+        out = broker.vdi("image-import", "demo", str(build_variant(tmp_path, "b2")))
+        v2 = "v" + out.split(" v", 1)[1].split(":", 1)[0]
         assert v2 != v1 and f"image demo {v2} released" in out
         wait_rows(broker, f"spares on {v2}", lambda r: all(
             v[4] == v2 and v[1] == "ready" for k, v in r.items() if k != in_use))
         spares = [k for k in rows(broker) if k != in_use]
-        assert spares and all(booted_with(k, "vdi.build=b2") for k in spares)
+        assert spares and all(booted_with(k, v2) for k in spares)
         # the clerk's desktop is left alone while in use
         assert rows(broker)[in_use][1:3] == ["assigned", USER]
         assert rows(broker)[in_use][4] == v1
-        assert "vdi.build=b2" not in Path(f"/proc/{_qemu_pid(in_use)}/cmdline").read_text(
-            errors="replace")
+        assert backing_volume(in_use).startswith(f"demo-{v1}-")
 
         # the clerk logs off: their desktop comes back on the new version
         assert c.post(f"/api/pools/{POOL}/logoff", headers={"X-CSRF-Token": csrf}).json()[
             "reverted"] is True
         wait_rows(broker, f"the logged-off desktop on {v2}",
                   lambda r: r[in_use][1] == "ready" and r[in_use][4] == v2)
-        assert booted_with(in_use, "vdi.build=b2")
+        assert booted_with(in_use, v2)
 
         # rolled back: everything returns to the version before
         out = broker.vdi("image-rollback", "demo")
         assert f"from {v2} to {v1}" in out
         wait_rows(broker, f"all on {v1} again", lambda r: all(
             v[4] == v1 and v[1] == "ready" for v in r.values()))
-        assert not any("vdi.build=b2" in Path(f"/proc/{_qemu_pid(k)}/cmdline").read_text(
-            errors="replace") for k in rows(broker))
+        assert all(booted_with(k, v1) for k in rows(broker))

@@ -48,7 +48,7 @@ def test_the_web_and_the_worker_run_as_processes_of_their_own(tmp_path: Path) ->
         env = _broker_env(slapd, tmp_path, port, port, PREFIX)
         try:
             vdi(env, "migrate")
-            vdi(env, "image-publish", "demo", str(guest))
+            vdi(env, "image-import", "demo", str(guest / "bios.qcow2"))
             vdi(env, "pool-set", "window", "--name", "窗口", "--image", "demo",
                 "--min-ready", "1", "--max-size", "1", "--group", STAFF_GROUP)
             procs.append(serve(env, "web", log))

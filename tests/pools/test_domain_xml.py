@@ -18,123 +18,118 @@ from defusedxml.ElementTree import fromstring as parse_xml
 from pools.libvirt.domain_xml import (
     METADATA_NS,
     DomainSpec,
+    Nic,
     build_domain_xml,
     console_listen,
     console_password_device,
     desktop_metadata,
     with_graphics_listen,
 )
-from vdi.domain import ConsoleKind
+from pools.libvirt.profiles import profile_for
+from vdi.domain import Arch, ConsoleKind, Firmware, ImageTraits, OsFamily
+
+BIOS_LINUX = ImageTraits(Firmware.BIOS, OsFamily.LINUX)
+UEFI_WINDOWS = ImageTraits(Firmware.UEFI, OsFamily.WINDOWS, secure_boot=True)
+LEGACY_WINDOWS = ImageTraits(Firmware.BIOS, OsFamily.WINDOWS, virtio=False)
+ARM = ImageTraits(Firmware.UEFI, OsFamily.LINUX, arch=Arch.AARCH64)
+MAC = "52:aa:bb:cc:dd:ee"
 
 BASE = DomainSpec(
     name="vdi-window-0001", domain_type="kvm", desktop_id="d-0001", pool_id="window",
-    vcpus=2, memory_mib=2048, kernel_path="/var/lib/vdi/storage/img-v1-vmlinuz",
-    initrd_path="/var/lib/vdi/storage/img-v1-initrd.img",
-    cmdline="console=tty0 console=ttyS0 quiet no_timer_check",
+    vcpus=2, memory_mib=2048, profile=profile_for(BIOS_LINUX, ConsoleKind.VNC, "kvm"),
     disk_path="/var/lib/vdi/storage/vdi-window-0001.qcow2",
     serial_log_path="/var/log/libvirt/qemu/vdi-window-0001.serial.log",
-    console=ConsoleKind.VNC, listen="127.0.0.1", console_password="Ab3dEf9h")
+    console=ConsoleKind.VNC, listen="127.0.0.1", console_password="Ab3dEf9h",
+    nic=Nic("user", "", MAC))
 
 HOSTILE = replace(
     BASE,
     name="evil <&> 'desk' \"x\"", desktop_id='x" pool="stolen', pool_id="</vdi:desktop><inject/>",
-    kernel_path="/img/a b&c<d>.vmlinuz", initrd_path="/img/]]>'initrd'",
-    cmdline='console=ttyS0 x="</cmdline><inject/>" & more',
     disk_path="/var/lib/x/'\"; rm -rf /.qcow2", serial_log_path="/l/<serial>&\"'.log",
-    console_password='p"w<&>\'')
+    console_password='p"w<&>\'', seed_path="/s/<seed>&.iso",
+    nic=Nic("network", "dept-a'\"<&>", MAC))
 
 # Every element a document may hold: anything else was injected through a value.
 TAGS = {"domain", "name", "metadata", f"{{{METADATA_NS}}}desktop", "memory", "vcpu", "os",
-        "type", "kernel", "initrd", "cmdline", "on_poweroff", "on_reboot", "on_crash",
-        "devices", "disk", "driver", "source", "target", "serial", "graphics", "video",
-        "model", "channel", "memballoon"}
+        "type", "firmware", "feature", "features", "acpi", "apic", "gic", "hyperv", "relaxed",
+        "vapic", "spinlocks", "smm", "cpu", "clock", "timer", "on_poweroff",
+        "on_reboot", "on_crash", "devices", "disk", "driver", "source", "target", "boot",
+        "readonly", "interface", "mac", "serial", "graphics", "video", "model", "channel",
+        "input", "controller", "memballoon"}
 
 
 @dataclass(frozen=True)
 class Case:
     label: str
     spec: DomainSpec
-    facts: dict[str, Any]
+    facts: dict[str, Any]  # what the document must say (and every case: COMMON)
 
 
-VNC_DEVICES = ("disk", "serial", "graphics", "video", "memballoon")
-SPICE_DEVICES = ("disk", "serial", "graphics", "channel", "video", "memballoon")
+COMMON = {"lifecycle": ("destroy", "restart", "destroy"), "memballoon": "none"}
 CASES = [
-    Case("vnc-kvm-with-disk", BASE, {
+    Case("bios-linux-vnc-kvm", BASE, {
         "type": "kvm", "name": "vdi-window-0001", "metadata": ("d-0001", "window"),
-        "memory": ("2048", "MiB"), "vcpu": "2", "os": ("hvm", "x86_64", "pc"),
-        "kernel": "/var/lib/vdi/storage/img-v1-vmlinuz",
-        "initrd": "/var/lib/vdi/storage/img-v1-initrd.img",
-        "cmdline": "console=tty0 console=ttyS0 quiet no_timer_check",
-        "lifecycle": ("destroy", "restart", "destroy"),
-        "devices": VNC_DEVICES,
-        "disk": ("/var/lib/vdi/storage/vdi-window-0001.qcow2", "qemu", "qcow2", "vda",
-                 "virtio"),
+        "memory": ("2048", "MiB"), "vcpu": "2", "os": ("hvm", "x86_64", "q35", None),
+        "secure_boot": None, "features": ["acpi", "apic"], "cpu": ("host-model", None),
+        "clock": ("utc", []),
+        "disks": [("disk", "/var/lib/vdi/storage/vdi-window-0001.qcow2", "qcow2", "vda",
+                   "virtio")],
+        "nics": [("user", None, MAC, "virtio")],
         "serial": ("/var/log/libvirt/qemu/vdi-window-0001.serial.log", "on", "0"),
         "graphics": [{"type": "vnc", "autoport": "yes", "listen": "127.0.0.1",
                       "passwd": "Ab3dEf9h"}],
-        "channels": [], "video": ["vga"], "memballoon": "none"}),
-    Case("vnc-tcg-probe-without-disk",
-         replace(BASE, name="vdi-probe-kvm-a1b2c3", domain_type="qemu", desktop_id="probe",
-                 pool_id="probe", vcpus=1, memory_mib=128, disk_path=None,
-                 serial_log_path="/var/log/libvirt/qemu/vdi-probe-kvm-a1b2c3.serial.log"), {
-        "type": "qemu", "name": "vdi-probe-kvm-a1b2c3", "metadata": ("probe", "probe"),
-        "memory": ("128", "MiB"), "vcpu": "1", "os": ("hvm", "x86_64", "pc"),
-        "kernel": "/var/lib/vdi/storage/img-v1-vmlinuz",
-        "initrd": "/var/lib/vdi/storage/img-v1-initrd.img",
-        "cmdline": "console=tty0 console=ttyS0 quiet no_timer_check",
-        "lifecycle": ("destroy", "restart", "destroy"),
-        "devices": ("serial", "graphics", "video", "memballoon"), "disk": None,
-        "serial": ("/var/log/libvirt/qemu/vdi-probe-kvm-a1b2c3.serial.log", "on", "0"),
-        "graphics": [{"type": "vnc", "autoport": "yes", "listen": "127.0.0.1",
-                      "passwd": "Ab3dEf9h"}],
-        "channels": [], "video": ["vga"], "memballoon": "none"}),
-    Case("spice-on-a-host-address",
+        "channels": [("unix", "virtio", "org.qemu.guest_agent.0")],
+        "inputs": [("tablet", "usb")], "controllers": [], "video": ["vga"]}),
+    Case("bios-linux-vnc-tcg-no-network",
+         replace(BASE, domain_type="qemu", nic=None,
+                 profile=profile_for(BIOS_LINUX, ConsoleKind.VNC, "qemu")), {
+        "type": "qemu", "os": ("hvm", "x86_64", "q35", None), "cpu": None, "nics": [],
+        "features": ["acpi", "apic"], "inputs": [("tablet", "usb")], "video": ["vga"]}),
+    Case("uefi-windows-spice-kvm-secure-boot-with-seed",
          replace(BASE, console=ConsoleKind.SPICE, listen="192.0.2.17",
-                 console_password="a-longer-spice-ticket"), {
-        "type": "kvm", "name": "vdi-window-0001", "metadata": ("d-0001", "window"),
-        "memory": ("2048", "MiB"), "vcpu": "2", "os": ("hvm", "x86_64", "pc"),
-        "kernel": "/var/lib/vdi/storage/img-v1-vmlinuz",
-        "initrd": "/var/lib/vdi/storage/img-v1-initrd.img",
-        "cmdline": "console=tty0 console=ttyS0 quiet no_timer_check",
-        "lifecycle": ("destroy", "restart", "destroy"),
-        "devices": SPICE_DEVICES,
-        "disk": ("/var/lib/vdi/storage/vdi-window-0001.qcow2", "qemu", "qcow2", "vda",
-                 "virtio"),
-        "serial": ("/var/log/libvirt/qemu/vdi-window-0001.serial.log", "on", "0"),
+                 console_password="a-longer-spice-ticket", seed_path="/seeds/d-0001.iso",
+                 nic=Nic("bridge", "br-vlan20", MAC),
+                 profile=profile_for(UEFI_WINDOWS, ConsoleKind.SPICE, "kvm", secure_boot=True)), {
+        "os": ("hvm", "x86_64", "q35", "efi"), "secure_boot": ("yes", "yes"),
+        "features": ["acpi", "apic", "hyperv", "smm"], "cpu": ("host-model", None),
+        "clock": ("localtime", [("hypervclock", "yes")]),
+        "disks": [("disk", "/var/lib/vdi/storage/vdi-window-0001.qcow2", "qcow2", "vda",
+                   "virtio"), ("cdrom", "/seeds/d-0001.iso", "raw", "sdb", "sata")],
+        "nics": [("bridge", "br-vlan20", MAC, "virtio")],
         "graphics": [{"type": "spice", "autoport": "yes", "listen": "192.0.2.17",
                       "passwd": "a-longer-spice-ticket"}],
-        "channels": [("spicevmc", "virtio", "com.redhat.spice.0")], "video": ["qxl"],
-        "memballoon": "none"}),
-    Case("hostile-values-vnc", HOSTILE, {
+        "channels": [("unix", "virtio", "org.qemu.guest_agent.0"),
+                     ("spicevmc", "virtio", "com.redhat.spice.0")], "video": ["qxl"]}),
+    Case("bios-windows-without-virtio-tcg",
+         replace(BASE, domain_type="qemu", nic=Nic("network", "dept-a", MAC),
+                 profile=profile_for(LEGACY_WINDOWS, ConsoleKind.VNC, "qemu")), {
+        "os": ("hvm", "x86_64", "q35", None), "features": ["acpi", "apic"], "cpu": None,
+        "clock": ("localtime", []),
+        "disks": [("disk", "/var/lib/vdi/storage/vdi-window-0001.qcow2", "qcow2", "sda",
+                   "sata")],
+        "nics": [("network", "dept-a", MAC, "e1000")], "video": ["vga"]}),
+    Case("aarch64-linux-vnc-tcg",
+         replace(BASE, domain_type="qemu", profile=profile_for(ARM, ConsoleKind.VNC, "qemu")), {
+        "os": ("hvm", "aarch64", "virt", "efi"), "secure_boot": ("no", None),
+        "features": ["acpi", "gic"], "cpu": ("custom", "cortex-a57"), "clock": ("utc", []),
+        "nics": [("user", None, MAC, "virtio")],
+        "inputs": [("tablet", "usb"), ("keyboard", "usb")],
+        "controllers": [("usb", "qemu-xhci")], "video": ["virtio"]}),
+    Case("hostile-values", HOSTILE, {
         "type": "kvm", "name": "evil <&> 'desk' \"x\"",
         "metadata": ('x" pool="stolen', "</vdi:desktop><inject/>"),
-        "memory": ("2048", "MiB"), "vcpu": "2", "os": ("hvm", "x86_64", "pc"),
-        "kernel": "/img/a b&c<d>.vmlinuz", "initrd": "/img/]]>'initrd'",
-        "cmdline": 'console=ttyS0 x="</cmdline><inject/>" & more',
-        "lifecycle": ("destroy", "restart", "destroy"),
-        "devices": VNC_DEVICES,
-        "disk": ("/var/lib/x/'\"; rm -rf /.qcow2", "qemu", "qcow2", "vda", "virtio"),
+        "disks": [("disk", "/var/lib/x/'\"; rm -rf /.qcow2", "qcow2", "vda", "virtio"),
+                  ("cdrom", "/s/<seed>&.iso", "raw", "sdb", "sata")],
+        "nics": [("network", "dept-a'\"<&>", MAC, "virtio")],
         "serial": ("/l/<serial>&\"'.log", "on", "0"),
         "graphics": [{"type": "vnc", "autoport": "yes", "listen": "127.0.0.1",
-                      "passwd": 'p"w<&>\''}],
-        "channels": [], "video": ["vga"], "memballoon": "none"}),
+                      "passwd": 'p"w<&>\''}]}),
     Case("hostile-values-spice-unicode",
-         replace(HOSTILE, name="东街-窗口-01 <&>", console=ConsoleKind.SPICE,
-                 listen="::1"), {
-        "type": "kvm", "name": "东街-窗口-01 <&>",
-        "metadata": ('x" pool="stolen', "</vdi:desktop><inject/>"),
-        "memory": ("2048", "MiB"), "vcpu": "2", "os": ("hvm", "x86_64", "pc"),
-        "kernel": "/img/a b&c<d>.vmlinuz", "initrd": "/img/]]>'initrd'",
-        "cmdline": 'console=ttyS0 x="</cmdline><inject/>" & more',
-        "lifecycle": ("destroy", "restart", "destroy"),
-        "devices": SPICE_DEVICES,
-        "disk": ("/var/lib/x/'\"; rm -rf /.qcow2", "qemu", "qcow2", "vda", "virtio"),
-        "serial": ("/l/<serial>&\"'.log", "on", "0"),
+         replace(HOSTILE, name="东街-窗口-01 <&>", console=ConsoleKind.SPICE, listen="::1",
+                 profile=profile_for(BIOS_LINUX, ConsoleKind.SPICE, "kvm")), {
+        "name": "东街-窗口-01 <&>",
         "graphics": [{"type": "spice", "autoport": "yes", "listen": "::1",
-                      "passwd": 'p"w<&>\''}],
-        "channels": [("spicevmc", "virtio", "com.redhat.spice.0")], "video": ["qxl"],
-        "memballoon": "none"}),
+                      "passwd": 'p"w<&>\''}], "video": ["qxl"]}),
 ]
 
 
@@ -149,32 +144,44 @@ def facts(xml: str) -> dict[str, Any]:
     root = parse_xml(xml)
     meta = _one(root, f"./metadata/{{{METADATA_NS}}}desktop")
     memory = _one(root, "./memory")
-    os_type = _one(root, "./os/type")
-    disks = root.findall("./devices/disk")
-    disk = None
-    if disks:
-        (d,) = disks
-        disk = (_one(d, "source").get("file"), _one(d, "driver").get("name"),
-                _one(d, "driver").get("type"), _one(d, "target").get("dev"),
-                _one(d, "target").get("bus"))
+    os_ = _one(root, "./os")
+    os_type = _one(os_, "type")
+    sb = os_.find("./firmware/feature[@name='secure-boot']")
+    keys = os_.find("./firmware/feature[@name='enrolled-keys']")
+    cpu = root.find("./cpu")
+    clock = _one(root, "./clock")
     serial = _one(root, "./devices/serial[@type='file']")
     return {
         "type": root.get("type"), "name": _one(root, "./name").text,
         "metadata": (meta.get("id"), meta.get("pool")),
         "memory": (memory.text, memory.get("unit")), "vcpu": _one(root, "./vcpu").text,
-        "os": (os_type.text, os_type.get("arch"), os_type.get("machine")),
-        "kernel": _one(root, "./os/kernel").text, "initrd": _one(root, "./os/initrd").text,
-        "cmdline": _one(root, "./os/cmdline").text,
+        "os": (os_type.text, os_type.get("arch"), os_type.get("machine"), os_.get("firmware")),
+        "secure_boot": None if sb is None else (
+            sb.get("enabled"), None if keys is None else keys.get("enabled")),
+        "features": [f.tag for f in _one(root, "./features")],
+        "cpu": None if cpu is None else (
+            cpu.get("mode"), None if cpu.find("model") is None else _one(cpu, "model").text),
+        "clock": (clock.get("offset"),
+                  [(t.get("name"), t.get("present")) for t in clock.findall("timer")]),
         "lifecycle": tuple(_one(root, f"./{e}").text
                            for e in ("on_poweroff", "on_reboot", "on_crash")),
-        "devices": tuple(child.tag for child in _one(root, "./devices")),
-        "disk": disk,
+        "disks": [(d.get("device"), _one(d, "source").get("file"),
+                   _one(d, "driver").get("type"), _one(d, "target").get("dev"),
+                   _one(d, "target").get("bus")) for d in root.findall("./devices/disk")],
+        "nics": [(n.get("type"),
+                  None if n.find("source") is None else next(iter(
+                      _one(n, "source").attrib.values())),
+                  _one(n, "mac").get("address"), _one(n, "model").get("type"))
+                 for n in root.findall("./devices/interface")],
         "serial": (_one(serial, "source").get("path"), _one(serial, "source").get("append"),
                    _one(serial, "target").get("port")),
         "graphics": [dict(g.attrib) for g in root.findall("./devices/graphics")],
         "channels": [(c.get("type"), _one(c, "target").get("type"),
                       _one(c, "target").get("name"))
                      for c in root.findall("./devices/channel")],
+        "inputs": [(i.get("type"), i.get("bus")) for i in root.findall("./devices/input")],
+        "controllers": [(c.get("type"), c.get("model"))
+                        for c in root.findall("./devices/controller")],
         "video": [_one(v, "model").get("type") for v in root.findall("./devices/video")],
         "memballoon": _one(root, "./devices/memballoon").get("model"),
     }
@@ -183,7 +190,9 @@ def facts(xml: str) -> dict[str, Any]:
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
 def test_document_shows_the_spec(case: Case) -> None:
     xml = build_domain_xml(case.spec)
-    assert facts(xml) == case.facts
+    seen = facts(xml)
+    wanted = {**COMMON, **case.facts}
+    assert {k: seen[k] for k in wanted} == wanted
     injected = {el.tag for el in parse_xml(xml).iter()} - TAGS
     assert not injected
 
@@ -211,11 +220,12 @@ def test_validator_refuses_a_broken_document(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    replace(BASE, name="line\x00break"), replace(BASE, cmdline="console=ttyS0\x1b[2J"),
+    replace(BASE, name="line\x00break"), replace(BASE, disk_path="/d\x1b[2J.qcow2"),
     replace(BASE, listen="127.0.0.1\x07"), replace(BASE, domain_type="xen"),
     replace(BASE, domain_type="auto"), replace(BASE, vcpus=0), replace(BASE, memory_mib=0),
-], ids=["nul-in-name", "escape-in-cmdline", "bell-in-listen", "xen", "auto", "no-vcpu",
-        "no-memory"])
+    replace(BASE, nic=Nic("direct", "eth0", MAC)), replace(BASE, nic=Nic("user", "", "\x00")),
+], ids=["nul-in-name", "escape-in-disk", "bell-in-listen", "xen", "auto", "no-vcpu",
+        "no-memory", "nic-kind", "nul-in-mac"])
 def test_unbuildable_spec_is_refused(bad: DomainSpec) -> None:
     with pytest.raises(ValueError):
         build_domain_xml(bad)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -17,7 +16,7 @@ from broker.assignment import Assigner
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
 from pools.hosts import Host, HostError, HostLoad, HostRegistry, HostStatus, Limits, place
-from pools.hypervisor import DesktopSpec, DomainInfo
+from pools.hypervisor import DesktopSpec, DomainInfo, ImageDisk
 from pools.images import ImageStore
 from pools.jobs.queue import JobKind
 from pools.worker import PoolWorker
@@ -83,7 +82,7 @@ def test_overcommit_and_pool_host_lists_are_obeyed() -> None:
 
 
 class Rig:
-    def __init__(self, db: sessionmaker[Session], guest_image: Path) -> None:
+    def __init__(self, db: sessionmaker[Session], guest_image: ImageDisk) -> None:
         self.db = db
         shared: dict[str, int] = {}
         self.a = FakeHypervisor("fake://a/system", memory_mib=4 * GIB, disks=shared)
@@ -118,7 +117,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(db: sessionmaker[Session], guest_image: Path) -> Iterator[Rig]:
+def rig(db: sessionmaker[Session], guest_image: ImageDisk) -> Iterator[Rig]:
     r = Rig(db, guest_image)
     yield r
     r.calls.close()
@@ -290,7 +289,7 @@ async def test_dedicated_desktops_without_shared_storage_wait_for_their_host(
     assert mine.domain_name in home.domains
 
 
-async def test_reconciler_repairs_drift(rig: Rig, guest_image: Path) -> None:
+async def test_reconciler_repairs_drift(rig: Rig, guest_image: ImageDisk) -> None:
     rig.catalog.save_pool(pool(pool_id="window", kind=PoolKind.FLOATING, min_ready=2,
                                hosts=(rig.a.uri,)))
     rig.catalog.save_pool(pool(pool_id="own", kind=PoolKind.DEDICATED, min_ready=1,
@@ -356,7 +355,7 @@ def test_host_records_refuse_bad_input(db: sessionmaker[Session]) -> None:
 
 
 async def test_a_host_without_the_image_gets_no_desktops_until_it_is_published(
-        rig: Rig, guest_image: Path) -> None:
+        rig: Rig, guest_image: ImageDisk) -> None:
     c = FakeHypervisor("fake://c/system", memory_mib=64 * GIB)  # the roomiest by far
     rig.calls.hosts[c.uri] = c
     rig.catalog.save_pool(pool(min_ready=4, max_size=12, memory_mib=512))

@@ -26,10 +26,12 @@ from pools.hypervisor import (
     HostUnavailable,
     Hypervisor,
     HypervisorError,
+    ImageDisk,
     ImageFiles,
 )
 from pools.libvirt.domain_xml import DomainSpec, build_domain_xml, console_listen
 from pools.libvirt.host import LibvirtHost
+from pools.libvirt.profiles import profile_for
 from tests.conftest import (
     LIBVIRT_LOG_DIR,
     LIBVIRT_URI,
@@ -38,9 +40,9 @@ from tests.conftest import (
     DomainNames,
     wait_for_serial,
 )
-from vdi.domain import ConsoleEndpoint, ConsoleKind
+from vdi.domain import ConsoleEndpoint, ConsoleKind, Firmware, ImageTraits, OsFamily
 
-BOOT_BOUND_S = 60  # liveness bound for a TCG guest that boots in ~2 s; not a speed test
+BOOT_BOUND_S = 120  # liveness bound for a TCG guest that boots in ~10 s; not a speed test
 UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
 
 
@@ -63,7 +65,7 @@ class Subject:
         name = self.names.new(label)
         self.created.append(name)
         return DesktopSpec(name=name, desktop_id=f"desk-{name[-12:]}", pool_id="contract",
-                           vcpus=1, memory_mib=128, image=image or self.image)
+                           vcpus=1, memory_mib=256, image=image or self.image)
 
     def stop(self, name: str) -> None:
         """Power a desktop off behind the broker's back (as a guest shutting down would)."""
@@ -81,7 +83,7 @@ def virsh(*args: str) -> str:
 
 
 @pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.real)])
-def subject(request: pytest.FixtureRequest, guest_image: Path,
+def subject(request: pytest.FixtureRequest, guest_image: ImageDisk,
             domain_names: DomainNames) -> Iterator[Subject]:
     if request.param == "fake":
         fake = FakeHypervisor()
@@ -126,21 +128,22 @@ def vnc_authenticate(endpoint: ConsoleEndpoint, password: str) -> None:
 # --- contract: fake and real ---------------------------------------------------------
 
 
-def test_publish_image_is_idempotent_per_version(subject: Subject, guest_image: Path) -> None:
+def test_publish_image_is_idempotent_per_version(subject: Subject, guest_image: ImageDisk) -> None:
     again = subject.host.publish_image(subject.image_id, 1, guest_image)
     assert again == subject.image
     v2 = subject.host.publish_image(subject.image_id, 2, guest_image)
     assert v2.disk_path != subject.image.disk_path
-    assert v2.kernel_path != subject.image.kernel_path
     assert subject.host.publish_image(subject.image_id, 2, guest_image) == v2
-    # the virtual size of the built golden disk (64 MiB), not its file size
-    assert v2.disk_bytes == subject.image.disk_bytes == 64 * 1024 * 1024
-    assert "console=ttyS0" in v2.cmdline
+    # the virtual size of the built golden disk (74 MiB), not its file size
+    assert v2.disk_bytes == subject.image.disk_bytes == 74 * 1024 * 1024
+    assert v2.traits == guest_image.traits
 
 
-def test_publish_image_needs_the_files(subject: Subject, tmp_path: Path) -> None:
-    with pytest.raises(HypervisorError, match="missing") as err:
-        subject.host.publish_image(subject.image_id, 3, tmp_path)
+def test_publish_image_needs_the_file(subject: Subject, guest_image: ImageDisk,
+                                      tmp_path: Path) -> None:
+    gone = replace(guest_image, path=tmp_path / "gone.qcow2")
+    with pytest.raises((HypervisorError, FileNotFoundError)) as err:
+        subject.host.publish_image(subject.image_id, 3, gone)
     assert not isinstance(err.value, HostUnavailable)
 
 
@@ -198,11 +201,8 @@ def test_two_desktops_get_distinct_ports(subject: Subject) -> None:
 
 
 def test_create_desktop_with_an_unpublished_image_fails(subject: Subject) -> None:
-    missing = ImageFiles(disk_path=str(Path(subject.image.disk_path).with_name(
-                             f"{subject.names.prefix}never-published.qcow2")),
-                         kernel_path=subject.image.kernel_path,
-                         initrd_path=subject.image.initrd_path,
-                         cmdline=subject.image.cmdline, disk_bytes=subject.image.disk_bytes)
+    missing = replace(subject.image, disk_path=str(
+        Path(subject.image.disk_path).with_name(f"{subject.names.prefix}never-published.qcow2")))
     spec = subject.spec(image=missing)
     with pytest.raises(HypervisorError) as err:
         subject.host.create_desktop(spec)
@@ -312,11 +312,13 @@ def test_serial_log_path_names_the_desktop(subject: Subject) -> None:
     assert path.name == f"{spec.name}.serial.log"
 
 
-DOWN_CALLS: dict[str, Callable[[Hypervisor, Path], Any]] = {
+DOWN_CALLS: dict[str, Callable[[Hypervisor, ImageDisk], Any]] = {
     "publish_image": lambda h, img: h.publish_image("img", 1, img),
     "create_desktop": lambda h, img: h.create_desktop(DesktopSpec(
         name="vdit-down", desktop_id="down", pool_id="p", vcpus=1, memory_mib=128,
-        image=ImageFiles("/x.qcow2", "/x", "/y", "", 1))),
+        image=ImageFiles("/x.qcow2", 1, ImageTraits(Firmware.BIOS, OsFamily.LINUX)))),
+    "wait_until_up": lambda h, img: h.wait_until_up("vdit-down", img.traits, 5),
+    "reset_desktop": lambda h, img: h.reset_desktop("vdit-down"),
     "graphics_endpoint": lambda h, img: h.console_endpoint("vdit-down"),
     "set_console_password": lambda h, img: h.set_console_password("vdit-down", "abc", 60),
     "destroy_desktop": lambda h, img: h.destroy_desktop("vdit-down"),
@@ -326,7 +328,7 @@ DOWN_CALLS: dict[str, Callable[[Hypervisor, Path], Any]] = {
 
 @pytest.mark.parametrize("call", sorted(DOWN_CALLS))
 def test_a_host_that_does_not_answer_raises_host_unavailable(
-        down_host: Hypervisor, guest_image: Path, call: str) -> None:
+        down_host: Hypervisor, guest_image: ImageDisk, call: str) -> None:
     with pytest.raises(HostUnavailable):
         DOWN_CALLS[call](down_host, guest_image)
 
@@ -339,7 +341,7 @@ def domain_xml(name: str, *extra: str) -> Any:
 
 
 @pytest.fixture
-def real(request: pytest.FixtureRequest, guest_image: Path,
+def real(request: pytest.FixtureRequest, guest_image: ImageDisk,
          domain_names: DomainNames) -> Iterator[Subject]:
     host: LibvirtHost = request.getfixturevalue("libvirt_host")
     image: ImageFiles = request.getfixturevalue("libvirt_image")
@@ -422,11 +424,14 @@ def test_spice_document_boots_with_a_password_protected_console(
     accepted and started by the real libvirtd and QEMU."""
     name = domain_names.new("spice")
     serial = LIBVIRT_LOG_DIR / f"{name}.serial.log"
+    overlay = TEST_STORAGE_DIR / f"{name}.qcow2"  # removed with the session's volumes
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    libvirt_image.disk_path, str(overlay)], check=True)
     spec = DomainSpec(name=name, domain_type="qemu", desktop_id="spice", pool_id="contract",
-                       vcpus=1, memory_mib=128, kernel_path=libvirt_image.kernel_path,
-                       initrd_path=libvirt_image.initrd_path, cmdline=libvirt_image.cmdline,
-                       disk_path=None, serial_log_path=str(serial), console=ConsoleKind.SPICE,
-                       listen="127.0.0.1", console_password="spice-ticket-1")
+                      vcpus=1, memory_mib=256, disk_path=str(overlay),
+                      profile=profile_for(libvirt_image.traits, ConsoleKind.SPICE, "qemu"),
+                      serial_log_path=str(serial), console=ConsoleKind.SPICE,
+                      listen="127.0.0.1", console_password="spice-ticket-1")
     path = tmp_path / "spice.xml"
     path.write_text(build_domain_xml(spec), encoding="utf-8")
     virsh("create", str(path))
@@ -438,7 +443,8 @@ def test_spice_document_boots_with_a_password_protected_console(
         with socket.create_connection(listen, timeout=10):
             pass  # the SPICE server listens where the document asked
         root = parse_xml(raw)
-        assert [c.get("type") for c in root.findall("./devices/channel")] == ["spicevmc"]
+        assert sorted(str(c.get("type")) for c in root.findall("./devices/channel")) == [
+            "spicevmc", "unix"]  # the SPICE agent's and the guest agent's
         assert [m.get("type") for m in root.findall("./devices/video/model")] == ["qxl"]
         assert "spice-ticket-1" not in raw
         secure = domain_xml(name, "--security-info").find("./devices/graphics")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from harness.pg_server import PgServer
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
+from pools.hypervisor import ImageDisk
 from pools.images import ImageStore
 from pools.jobs.queue import STEP_NAMES, JobKind, JobQueue, JobState, LeaseLost, enqueue
 from pools.jobs.runner import JobRunner
@@ -30,7 +31,7 @@ from vdi import desktops
 from vdi.catalog import Catalog
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import DesktopState, Pool, PoolKind
-from vdi.models import DesktopRow, JobRow
+from vdi.models import AuditRow, DesktopRow, JobRow
 
 LEASE_S = 30.0
 TABLES = ("jobs", "desktops", "images", "image_releases", "hosts", "pools")
@@ -271,7 +272,7 @@ class Killed(Exception):
 
 @pytest.fixture
 def provisioning(db: sessionmaker[Session], clock: ManualClock,
-                 guest_image: Path) -> Iterator[tuple[FakeHypervisor, HostCalls, str]]:
+                 guest_image: ImageDisk) -> Iterator[tuple[FakeHypervisor, HostCalls, str]]:
     """A pool on a fake host with its image published and one desktop to be made."""
     fake = FakeHypervisor()
     calls = HostCalls({fake.uri: fake}, timeout_s=5)
@@ -313,7 +314,7 @@ async def test_the_failpoint_sees_each_step_before_it_is_recorded(
     r = runner(db, calls, clock, "a", failpoint=failpoint)
     assert await r.dispatch() == 1
     await r.drain()
-    assert seen == [("create", "create"), ("ready", "ready")]
+    assert seen == [("create", "create"), ("boot", "boot"), ("ready", "ready")]
     assert desktop(db, desktop_id).state == DesktopState.READY.value
 
 
@@ -368,3 +369,49 @@ async def test_a_job_superseded_during_a_step_stops_without_touching_the_desktop
     assert (job.state, job.step, job.error) == (JobState.FAILED.value, "create", "superseded")
     row = desktop(db, desktop_id)
     assert (row.state, row.error) == (DesktopState.PROVISIONING.value, None)
+
+
+# --- ready means up: the boot step ------------------------------------------------------
+
+
+async def test_a_guest_up_late_is_reset_once_and_then_ready(
+        db: sessionmaker[Session], clock: ManualClock,
+        provisioning: tuple[FakeHypervisor, HostCalls, str]) -> None:
+    fake, calls, desktop_id = provisioning
+    fake.late_up["vdi-d1"] = 1  # its first boot hangs; after the reset it comes up
+    r = runner(db, calls, clock, "a")
+    await r.dispatch()
+    await r.drain()
+    assert fake.up_waits == ["vdi-d1", "vdi-d1"] and fake.resets == ["vdi-d1"]
+    assert desktop(db, desktop_id).state == DesktopState.READY.value
+
+
+async def test_a_guest_that_never_comes_up_is_replaced_and_never_offered(
+        db: sessionmaker[Session], clock: ManualClock,
+        provisioning: tuple[FakeHypervisor, HostCalls, str]) -> None:
+    fake, calls, desktop_id = provisioning
+    fake.never_up.add("vdi-d1")
+    seen_states: list[str] = []
+
+    def failpoint(step: str) -> None:
+        seen_states.append(desktop(db, desktop_id).state)
+
+    r = runner(db, calls, clock, "a", failpoint=failpoint)
+    await r.dispatch()
+    await r.drain()
+    assert fake.up_waits == ["vdi-d1", "vdi-d1"] and fake.resets == ["vdi-d1"]
+    row = desktop(db, desktop_id)
+    assert row.state == DesktopState.ERROR.value and row.assigned_user is None
+    assert row.error and "did not answer" in row.error and "tried 2 times" in row.error
+    assert DesktopState.READY.value not in seen_states  # never offered on the way
+    with db() as s:
+        jobs = {(j.kind, j.state): j for j in s.scalars(select(JobRow))}
+        audit = s.scalars(select(AuditRow).where(AuditRow.action == "desktop-replace")).one()
+    failed = jobs[(JobKind.PROVISION.value, JobState.FAILED.value)]
+    assert failed.step == "boot" and failed.error and "did not answer" in failed.error
+    assert (JobKind.REMOVE.value, JobState.PENDING.value) in jobs
+    assert audit.target == desktop_id and audit.outcome == "failed"
+    await r.dispatch()  # the remove job: off the host, the row kept as deleted
+    await r.drain()
+    assert desktop(db, desktop_id).state == DesktopState.DELETED.value
+    assert "vdi-d1" not in fake.domains

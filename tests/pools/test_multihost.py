@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.assignment import Assigner
 from pools.calls import HostCalls
 from pools.hosts import Host, HostRegistry, HostStatus
-from pools.hypervisor import Hypervisor
+from pools.hypervisor import Hypervisor, ImageDisk
 from pools.images import ImageStore
 from pools.jobs.queue import JobKind, JobState
 from pools.libvirt.host import LibvirtHost
@@ -147,7 +147,7 @@ class Rig:
     """The broker's pool machinery on hosts A and B, one database, one ManualClock."""
 
     def __init__(self, db: sessionmaker[Session], hosts: tuple[NamespaceHost, NamespaceHost],
-                 shared: SharedStorage, guest_image: Path) -> None:
+                 shared: SharedStorage, guest_image: ImageDisk) -> None:
         self.db = db
         self.a, self.b = hosts
         self.shared = shared
@@ -249,7 +249,7 @@ class Rig:
 
 @pytest.fixture
 def rig(db: sessionmaker[Session], hosts: tuple[NamespaceHost, NamespaceHost],
-        shared: SharedStorage, guest_image: Path) -> Iterator[Rig]:
+        shared: SharedStorage, guest_image: ImageDisk) -> Iterator[Rig]:
     r = Rig(db, hosts, shared, guest_image)
     yield r
     r.close()

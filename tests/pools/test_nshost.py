@@ -33,6 +33,7 @@ import pytest
 from defusedxml.ElementTree import fromstring as parse_xml
 
 from broker.rfb import RfbAuthFailed, ServerHandshake
+from pools.hypervisor import ImageDisk
 from tests.conftest import REPO, DomainNames, wait_for_serial
 from tests.nshost import (
     HOSTS_DIR,
@@ -118,21 +119,16 @@ def _teardown_module(hosts: list[NamespaceHost]) -> list[str]:
 
 @dataclass
 class GuestFiles:
-    kernel: Path
-    initrd: Path
-    disk: Path
-    cmdline: str
+    disk: Path  # the project's BIOS guest disk
 
 
 @pytest.fixture(scope="module")
-def images(shared: SharedStorage, guest_image: Path) -> GuestFiles:
+def images(shared: SharedStorage, guest_image: ImageDisk) -> GuestFiles:
     """The project's guest image copied onto the shared folder."""
-    for f in ("vmlinuz", "initrd.img", "disk.qcow2"):
-        shutil.copyfile(guest_image / f, shared.images / f)
-        (shared.images / f).chmod(0o644)
-    return GuestFiles(kernel=shared.images / "vmlinuz", initrd=shared.images / "initrd.img",
-                      disk=shared.images / "disk.qcow2",
-                      cmdline=(guest_image / "cmdline").read_text().strip())
+    disk = shared.images / "disk.qcow2"
+    shutil.copyfile(guest_image.path, disk)
+    disk.chmod(0o644)
+    return GuestFiles(disk=disk)
 
 
 @dataclass
@@ -147,11 +143,10 @@ def domain_xml(name: str, files: GuestFiles, overlay: Path, serial: Path,
                listen: str) -> str:
     return f"""<domain type='qemu'>
   <name>{name}</name>
-  <memory unit='MiB'>128</memory>
+  <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{files.kernel}</kernel><initrd>{files.initrd}</initrd>
-    <cmdline>{files.cmdline}</cmdline></os>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>

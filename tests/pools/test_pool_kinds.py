@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.assignment import Assigner, NothingToLogOff
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
-from pools.hypervisor import HostUnavailable
+from pools.hypervisor import HostUnavailable, ImageDisk, file_digest
 from pools.images import ImageStore, ReleaseError
 from pools.jobs.queue import JobKind, JobState
 from pools.worker import PoolWorker
@@ -27,20 +28,16 @@ from vdi.domain import Desktop, DesktopState, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow, JobRow
 
 
-def rebuilt(image_dir: Path, tmp: Path, name: str, marker: bytes) -> Path:
-    """A copy of the built image whose kernel differs: another build, another digest."""
-    out = tmp / name
-    out.mkdir()
-    for f in image_dir.iterdir():
-        if f.is_file():
-            (out / f.name).write_bytes(f.read_bytes())
-    with (out / "vmlinuz").open("ab") as k:
-        k.write(marker)
-    return out
+def rebuilt(image: ImageDisk, tmp: Path, name: str, marker: bytes) -> ImageDisk:
+    """A copy of the built image with other bytes: another build, another digest (the
+    fake host reads no more of it)."""
+    out = tmp / f"{name}.qcow2"
+    out.write_bytes(image.path.read_bytes() + marker)
+    return replace(image, path=out, digest=file_digest(out))
 
 
 class Rig:
-    def __init__(self, db: sessionmaker[Session], guest_image: Path, tmp: Path) -> None:
+    def __init__(self, db: sessionmaker[Session], guest_image: ImageDisk, tmp: Path) -> None:
         self.db = db
         self.fake = FakeHypervisor()
         self.calls = HostCalls({self.fake.uri: self.fake}, timeout_s=5)
@@ -86,7 +83,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(db: sessionmaker[Session], guest_image: Path, tmp_path: Path) -> Iterator[Rig]:
+def rig(db: sessionmaker[Session], guest_image: ImageDisk, tmp_path: Path) -> Iterator[Rig]:
     r = Rig(db, guest_image, tmp_path)
     yield r
     r.calls.close()

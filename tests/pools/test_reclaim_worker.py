@@ -21,6 +21,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.assignment import DesktopNotReady
+from pools.hypervisor import ImageDisk
 from pools.jobs.queue import JobKind
 from pools.policy_file import parse_policy
 from pools.reclaim import Action
@@ -40,7 +41,7 @@ from vdi.models import PoolRow
 
 
 @pytest.fixture
-def rig(db: sessionmaker[Session], guest_image: Path, tmp_path: Path) -> Iterator[Rig]:
+def rig(db: sessionmaker[Session], guest_image: ImageDisk, tmp_path: Path) -> Iterator[Rig]:
     r = Rig(db, guest_image, tmp_path)
     yield r
     r.calls.close()

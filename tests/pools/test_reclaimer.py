@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.assignment import DesktopNotReady
 from broker.idle import IdleNotices
+from pools.hypervisor import ImageDisk
 from pools.jobs.queue import JobKind
 from pools.policy_file import parse_policy, read_policy_file
 from pools.reclaim import Action, PolicyError, Verdict
@@ -42,7 +43,7 @@ DEDICATED = {"shifts": {s.value: {"disconnect_grace_s": 300, "idle_warn_after_s"
 
 
 @pytest.fixture
-def rig(db: sessionmaker[Session], guest_image: Path, tmp_path: Path) -> Iterator[Rig]:
+def rig(db: sessionmaker[Session], guest_image: ImageDisk, tmp_path: Path) -> Iterator[Rig]:
     r = Rig(db, guest_image, tmp_path)
     yield r
     r.calls.close()

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.assignment import Assigner
 from pools.calls import HostCalls
-from pools.hypervisor import DesktopSpec, Hypervisor
+from pools.hypervisor import DesktopSpec, Hypervisor, ImageDisk
 from pools.images import ImageStore
 from pools.jobs.queue import JobKind, JobState
 from pools.libvirt.host import LibvirtHost
@@ -164,7 +164,7 @@ class Rig:
     """One database, the real host, one ManualClock, and workers as brokers make them."""
 
     def __init__(self, db: sessionmaker[Session], host: LibvirtHost, virt: Libvirt,
-                 prefix: str, image_id: str, guest_image: Path) -> None:
+                 prefix: str, image_id: str, guest_image: ImageDisk) -> None:
         self.db = db
         self.host = host
         self.virt = virt
@@ -247,7 +247,7 @@ class Rig:
 
 @pytest.fixture
 def rig(db: sessionmaker[Session], libvirt_host: LibvirtHost, virt: Libvirt,
-        domain_names: DomainNames, guest_image: Path) -> Iterator[Rig]:
+        domain_names: DomainNames, guest_image: ImageDisk) -> Iterator[Rig]:
     """The rig under a prefix of this test's own; all under it is removed afterwards."""
     prefix = domain_names.new("reconcile") + "-"
     r = Rig(db, libvirt_host, virt, prefix, f"{domain_names.prefix}img", guest_image)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.assignment import Assigner
 from pools.calls import HostCalls
 from pools.fake_hypervisor import FakeHypervisor
-from pools.hypervisor import DesktopSpec, HypervisorError
+from pools.hypervisor import DesktopSpec, HypervisorError, ImageDisk
 from pools.images import ImageStore
 from pools.worker import PoolWorker, SparePlan
 from tests.conftest import ManualClock
@@ -72,7 +71,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(db: sessionmaker[Session], guest_image: Path) -> Iterator[Rig]:
+def rig(db: sessionmaker[Session], guest_image: ImageDisk) -> Iterator[Rig]:
     fake = FakeHypervisor()
     calls = HostCalls({fake.uri: fake}, timeout_s=5)
     images = ImageStore(db)
@@ -228,7 +227,7 @@ class BrokerKilledAfterCreate(FakeHypervisor):
 
 
 async def test_a_desktop_left_provisioning_is_resumed_without_a_second_domain(
-        db: sessionmaker[Session], guest_image: Path) -> None:
+        db: sessionmaker[Session], guest_image: ImageDisk) -> None:
     fake = BrokerKilledAfterCreate()
     calls = HostCalls({fake.uri: fake}, timeout_s=5)
     try:

@@ -27,8 +27,8 @@ from broker.auth.directory import Directory
 from harness.ldap_server import DEMO_PASSWORD, GROUP_BASE, SlapdServer
 from harness.relay import LoopbackRelay
 from pools.fake_hypervisor import FakeHypervisor
-from pools.hypervisor import Hypervisor
-from vdi.domain import Desktop, DesktopState, Pool, PoolKind
+from pools.hypervisor import Hypervisor, ImageDisk, file_digest
+from vdi.domain import Desktop, DesktopState, Firmware, ImageTraits, OsFamily, Pool, PoolKind
 from vdi.models import AuditRow
 from vdi.settings import Settings, load_settings
 from vdi.wiring import Role, Runtime, build_app
@@ -141,8 +141,8 @@ class RunningBroker:
 
     # -- records -----------------------------------------------------------------------
 
-    def publish_image(self, host: Hypervisor, image_id: str, source_dir: Path) -> None:
-        self.runtime.images.publish(host, image_id, source_dir)
+    def publish_image(self, host: Hypervisor, image_id: str, image: ImageDisk) -> None:
+        self.runtime.images.publish(host, image_id, image)
 
     def save_pool(self, pool: Pool) -> None:
         self.runtime.catalog.save_pool(pool)
@@ -233,14 +233,13 @@ def start_broker(tmp: Path, slapd: SlapdServer, *, hosts: dict[str, Hypervisor] 
 BrokerFactory = Callable[..., RunningBroker]
 
 
-def write_fake_image(directory: Path) -> Path:
-    """The three files of a guest image (a qcow2 header is all the fake host reads)."""
+def write_fake_image(directory: Path) -> ImageDisk:
+    """A guest image for the fake host (which reads only that its file exists)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vmlinuz").write_bytes(b"kernel")
-    (directory / "initrd.img").write_bytes(b"initrd")
-    header = b"QFI\xfb" + (3).to_bytes(4, "big") + bytes(16) + (1 << 30).to_bytes(8, "big")
-    (directory / "disk.qcow2").write_bytes(header)
-    return directory
+    disk = directory / "disk.qcow2"
+    disk.write_bytes(b"QFI\xfb" + (3).to_bytes(4, "big") + bytes(16) + (1 << 30).to_bytes(8, "big"))
+    return ImageDisk(path=disk, digest=file_digest(disk), disk_bytes=1 << 30,
+                     traits=ImageTraits(Firmware.BIOS, OsFamily.LINUX))
 
 
 @dataclass
@@ -249,14 +248,14 @@ class FakeHostBroker:
     host: FakeHypervisor
 
 
-def start_with_fake_host(factory: BrokerFactory, image_dir: Path, *,
+def start_with_fake_host(factory: BrokerFactory, fake_image: ImageDisk, *,
                          pools: tuple[Pool, ...] = (window_pool(),), down: bool = False,
                          **overrides: Any) -> FakeHostBroker:
     """A broker whose only host is a FakeHypervisor with the `guest` image published and
     `pools` saved; with `down`, the host stops answering before any desktop exists."""
     host = FakeHypervisor("fake:///web-tests")
     broker = factory(hosts={host.uri: host}, libvirt_uri=host.uri, **overrides)
-    broker.publish_image(host, "guest", image_dir)
+    broker.publish_image(host, "guest", fake_image)
     host.down = down
     for pool in pools:
         broker.save_pool(pool)
@@ -296,15 +295,15 @@ def broker_factory(tmp_path: Path, slapd: SlapdServer) -> Iterator[BrokerFactory
 
 
 @pytest.fixture
-def image_dir(tmp_path: Path) -> Path:
+def fake_image(tmp_path: Path) -> ImageDisk:
     return write_fake_image(tmp_path / "image")
 
 
 @pytest.fixture
-def fake(broker_factory: BrokerFactory, image_dir: Path) -> FakeHostBroker:
+def fake(broker_factory: BrokerFactory, fake_image: ImageDisk) -> FakeHostBroker:
     """The usual broker: fake host, pool `window` (staff) and pool `tools` (helpdesk)."""
     return start_with_fake_host(
-        broker_factory, image_dir,
+        broker_factory, fake_image,
         pools=(window_pool(), window_pool("tools", min_ready=0, groups=(HELPDESK_GROUP,),
                                           name="Helpdesk tools")))
 

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from starlette.routing import Route
 
 from harness.ldap_server import DEMO_PASSWORD, SlapdServer, free_loopback_port
+from pools.hypervisor import ImageDisk
 from tests.web.conftest import (
     DOMAIN_PREFIX,
     BrokerFactory,
@@ -28,7 +29,15 @@ from tests.web.conftest import (
     window_pool,
 )
 from vdi.domain import DesktopState, utc_now
-from vdi.models import AuditRow, ConsoleTokenRow, DesktopRow, HostRow, ImageRow, SessionRow
+from vdi.models import (
+    AuditRow,
+    ConsoleTokenRow,
+    DesktopRow,
+    HostRow,
+    ImageRow,
+    ImageVersionRow,
+    SessionRow,
+)
 from web.access import cookie_name
 
 pytestmark = pytest.mark.real
@@ -226,9 +235,10 @@ def test_a_user_in_no_group_has_no_access(fake: FakeHostBroker) -> None:
     assert [a.actor for a in fake.broker.audit(outcome="no_access")] == ["zhouba"]
 
 
-def test_ldap_stopped_answers_503_at_once(broker_factory: BrokerFactory, image_dir: Path) -> None:
+def test_ldap_stopped_answers_503_at_once(broker_factory: BrokerFactory,
+                                         fake_image: ImageDisk) -> None:
     dead = f"ldap://127.0.0.1:{free_loopback_port()}"
-    broker = start_with_fake_host(broker_factory, image_dir, ldap_url=dead).broker
+    broker = start_with_fake_host(broker_factory, fake_image, ldap_url=dead).broker
     client = broker.client()
     started = time.monotonic()
     r = post_login(client, "zhangsan", **EN)
@@ -243,9 +253,9 @@ def test_ldap_stopped_answers_503_at_once(broker_factory: BrokerFactory, image_d
 
 
 def test_ldap_hanging_is_bounded_and_the_server_stays_responsive(
-        broker_factory: BrokerFactory, image_dir: Path, slapd: SlapdServer) -> None:
+        broker_factory: BrokerFactory, fake_image: ImageDisk, slapd: SlapdServer) -> None:
     with HangingProxy(slapd.port) as proxy:
-        broker = start_with_fake_host(broker_factory, image_dir, ldap_url=proxy.url).broker
+        broker = start_with_fake_host(broker_factory, fake_image, ldap_url=proxy.url).broker
         timeout_s = broker.settings.ldap_timeout_s
         lisi = broker.login("lisi")  # signed in while the directory still answered
         proxy.hanging = True
@@ -349,8 +359,8 @@ def test_connect_assigns_a_desktop_and_gives_a_console_token(fake: FakeHostBroke
     assert listed[0]["desktop"] == body["desktop"]
 
 
-def test_full_pool_answers_409(broker_factory: BrokerFactory, image_dir: Path) -> None:
-    broker = start_with_fake_host(broker_factory, image_dir,
+def test_full_pool_answers_409(broker_factory: BrokerFactory, fake_image: ImageDisk) -> None:
+    broker = start_with_fake_host(broker_factory, fake_image,
                                   pools=(window_pool(min_ready=1, max_size=1),)).broker
     broker.wait_ready("window")
     first = broker.login("zhangsan").connect_when_ready("window")
@@ -362,8 +372,8 @@ def test_full_pool_answers_409(broker_factory: BrokerFactory, image_dir: Path) -
 
 
 def test_host_down_answers_503_and_deletes_nothing(broker_factory: BrokerFactory,
-                                                   image_dir: Path) -> None:
-    fake = start_with_fake_host(broker_factory, image_dir, down=True)
+                                                   fake_image: ImageDisk) -> None:
+    fake = start_with_fake_host(broker_factory, fake_image, down=True)
     broker = fake.broker
     seeded = seed_assigned_desktop(broker, "window", "lisi")
     me = broker.login("zhangsan")
@@ -380,9 +390,12 @@ def test_libvirtd_not_running_answers_503_and_deletes_nothing(
     with broker.runtime.db.begin() as s:  # published while libvirtd still ran
         s.add(ImageRow(id="guest", host_uri=uri, version=1,
                        disk_path="/var/lib/libvirt/images/vdi-test/guest-v1-disk.qcow2",
-                       kernel_path="/var/lib/libvirt/images/vdi-test/guest-v1-vmlinuz",
-                       initrd_path="/var/lib/libvirt/images/vdi-test/guest-v1-initrd.img",
-                       cmdline="console=ttyS0", disk_bytes=1 << 30, published_at=utc_now()))
+                       disk_bytes=1 << 30, digest="0" * 64, published_at=utc_now()))
+        s.add(ImageVersionRow(image_id="guest", version=1, digest="0" * 64, firmware="bios",
+                              os_family="linux", arch="x86_64", virtio=True, agent=True,
+                              boot_delay_s=0, secure_boot=False, disk_bytes=1 << 30,
+                              file_bytes=1 << 20, source="guest.qcow2", source_format="qcow2",
+                              imported_by="test", imported_at=utc_now()))
     broker.save_pool(window_pool())
     seeded = seed_assigned_desktop(broker, "window", "lisi")
     me = broker.login("zhangsan")

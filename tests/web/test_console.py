@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -20,6 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 
 from harness.ldap_server import SlapdServer
+from pools.hypervisor import ImageDisk
 from pools.libvirt.host import LibvirtHost
 from tests.conftest import (
     LIBVIRT_URI,
@@ -194,7 +194,7 @@ def assert_refused(broker: RunningBroker, path: str, *, cookie: str | None,
 
 @pytest.fixture(scope="module")
 def libvirt_broker(tmp_path_factory: pytest.TempPathFactory, slapd: SlapdServer,
-                   libvirt_host: LibvirtHost, guest_image: Path) -> Iterator[RunningBroker]:
+                   libvirt_host: LibvirtHost, guest_image: ImageDisk) -> Iterator[RunningBroker]:
     """The broker on the real host, with one ready guest in pool `window` (size 1).
     Everything named `vdit-web-*` (domains, volumes, logs) is removed before and after."""
     leftovers = remove_test_objects(DOMAIN_PREFIX)  # from an earlier run that was killed
@@ -316,8 +316,8 @@ def test_a_token_works_once(libvirt_broker: RunningBroker) -> None:
     assert_refused(libvirt_broker, path, cookie=me.cookie_header, reason="token already used")
 
 
-def test_an_expired_token_is_refused(broker_factory: BrokerFactory, image_dir: Path) -> None:
-    broker = start_with_fake_host(broker_factory, image_dir, console_token_ttl_s=1).broker
+def test_an_expired_token_is_refused(broker_factory: BrokerFactory, fake_image: ImageDisk) -> None:
+    broker = start_with_fake_host(broker_factory, fake_image, console_token_ttl_s=1).broker
     broker.wait_ready("window")
     me = broker.login("zhangsan")
     body = me.connect_when_ready("window")

@@ -5,17 +5,17 @@ refused with a clear answer before any token exists (real slapd, fake host)."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
+from pools.hypervisor import ImageDisk
 from tests.web.conftest import BrokerFactory, start_with_fake_host, window_pool
 from vdi.domain import ConsoleKind, DesktopState
 
 
 def test_a_pool_of_a_console_kind_without_a_relay_is_refused_clearly(
-        broker_factory: BrokerFactory, image_dir: Path) -> None:
+        broker_factory: BrokerFactory, fake_image: ImageDisk) -> None:
     spice = dataclasses.replace(window_pool("spice", min_ready=1, max_size=1),
                                 console=ConsoleKind.SPICE)
-    fake = start_with_fake_host(broker_factory, image_dir, pools=(window_pool(), spice))
+    fake = start_with_fake_host(broker_factory, fake_image, pools=(window_pool(), spice))
     fake.broker.wait_ready("spice")
     [made] = fake.broker.desktops("spice")
     assert made.console is not None and made.console.kind is ConsoleKind.SPICE

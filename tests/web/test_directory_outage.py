@@ -6,10 +6,9 @@ tests/web/test_login_path.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from broker.auth.directory import DirectoryUnavailable, DirectoryUser
 from broker.auth.fake_directory import FakeDirectory
+from pools.hypervisor import ImageDisk
 from tests.web.conftest import STAFF_GROUP, BrokerFactory, start_with_fake_host, window_pool
 
 
@@ -29,9 +28,9 @@ class OutageDirectory(FakeDirectory):
 
 
 def test_an_outage_keeps_sessions_and_is_asked_once_per_backoff(
-        broker_factory: BrokerFactory, image_dir: Path) -> None:
+        broker_factory: BrokerFactory, fake_image: ImageDisk) -> None:
     directory = OutageDirectory()
-    fake = start_with_fake_host(broker_factory, image_dir, pools=(window_pool(),),
+    fake = start_with_fake_host(broker_factory, fake_image, pools=(window_pool(),),
                                 directory=directory, session_recheck_s=0)
     fake.broker.wait_ready("window")
     me = fake.broker.login("zhangsan", "pw")

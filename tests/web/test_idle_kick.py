@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 from websockets.exceptions import ConnectionClosed
 
 from harness.ldap_server import SlapdServer
+from pools.hypervisor import ImageDisk
 from pools.libvirt.host import LibvirtHost
 from tests.conftest import LIBVIRT_URI, TEST_STORAGE_DIR, TEST_STORAGE_POOL, remove_test_objects
 from tests.web.conftest import RunningBroker, start_broker, window_pool
@@ -43,7 +43,7 @@ RECLAIMED = 4001  # web.console's close code for a console the idle policy took
 
 @pytest.fixture(scope="module")
 def kick_broker(tmp_path_factory: pytest.TempPathFactory, slapd: SlapdServer,
-                libvirt_host: LibvirtHost, guest_image: Path) -> Iterator[RunningBroker]:
+                libvirt_host: LibvirtHost, guest_image: ImageDisk) -> Iterator[RunningBroker]:
     leftovers = remove_test_objects(PREFIX)  # from an earlier run that was killed
     assert not leftovers, leftovers
     broker = start_broker(tmp_path_factory.mktemp("kick"), slapd,

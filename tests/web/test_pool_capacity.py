@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from broker.auth.fake_directory import FakeDirectory
 from pools.fake_hypervisor import FakeHypervisor
+from pools.hypervisor import ImageDisk
 from pools.jobs.queue import JobKind
 from tests.web.conftest import (
     STAFF_GROUP,
@@ -54,8 +54,8 @@ def connect(fake: FakeHostBroker, raw: str, csrf: str, pool_id: str) -> httpx.Re
 
 
 def test_fifty_clerks_at_once_against_a_pool_of_ten(broker_factory: BrokerFactory,
-                                                     image_dir: Path) -> None:
-    fake = start_with_fake_host(broker_factory, image_dir, directory=CLERK_DIRECTORY,
+                                                     fake_image: ImageDisk) -> None:
+    fake = start_with_fake_host(broker_factory, fake_image, directory=CLERK_DIRECTORY,
                                 pools=(window_pool(min_ready=10, max_size=10),))
     fake.broker.wait_ready("window", 10)
     clerks = clerk_sessions(fake, CLERKS)
@@ -75,8 +75,8 @@ def test_fifty_clerks_at_once_against_a_pool_of_ten(broker_factory: BrokerFactor
 
 
 def test_one_clerks_ten_parallel_connects_get_one_desktop(broker_factory: BrokerFactory,
-                                                          image_dir: Path) -> None:
-    fake = start_with_fake_host(broker_factory, image_dir, directory=CLERK_DIRECTORY,
+                                                          fake_image: ImageDisk) -> None:
+    fake = start_with_fake_host(broker_factory, fake_image, directory=CLERK_DIRECTORY,
                                 pools=(window_pool(min_ready=3, max_size=6),))
     fake.broker.wait_ready("window", 3)
     [(raw, csrf)] = clerk_sessions(fake, 1)
@@ -88,10 +88,10 @@ def test_one_clerks_ten_parallel_connects_get_one_desktop(broker_factory: Broker
 
 
 def test_log_off_floating_reverts_dedicated_keeps(broker_factory: BrokerFactory,
-                                                  image_dir: Path) -> None:
+                                                  fake_image: ImageDisk) -> None:
     own = dataclasses.replace(window_pool("own", min_ready=1, max_size=2),
                               kind=PoolKind.DEDICATED)
-    fake = start_with_fake_host(broker_factory, image_dir, pools=(window_pool(), own))
+    fake = start_with_fake_host(broker_factory, fake_image, pools=(window_pool(), own))
     fake.broker.wait_ready("window")
     fake.broker.wait_ready("own")
     me = fake.broker.login("zhangsan")
@@ -122,10 +122,10 @@ def test_log_off_floating_reverts_dedicated_keeps(broker_factory: BrokerFactory,
 
 
 def test_no_room_on_any_host_is_said_clearly(broker_factory: BrokerFactory,
-                                             image_dir: Path) -> None:
+                                             fake_image: ImageDisk) -> None:
     host = FakeHypervisor("fake:///small", memory_mib=600)  # room for two 256 MiB desktops
     broker = broker_factory(hosts={host.uri: host}, libvirt_uri=host.uri)
-    broker.publish_image(host, "guest", image_dir)
+    broker.publish_image(host, "guest", fake_image)
     broker.save_pool(window_pool(min_ready=2, max_size=4))
     broker.wait_ready("window", 2)
     first, second = broker.login("zhangsan"), broker.login("lisi")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.ldap_server import GROUP_BASE, USER_BASE, SlapdServer
 from harness.pg_server import PgServer
-from pools.hypervisor import Hypervisor
+from pools.hypervisor import Hypervisor, ImageDisk
 from pools.libvirt.host import LibvirtHost
 from tests.conftest import LIBVIRT_URI, TEST_STORAGE_DIR, TEST_STORAGE_POOL, remove_test_objects
 from tests.web.conftest import RunningBroker, start_broker, wait_for, window_pool
@@ -38,7 +37,7 @@ def own_slapd() -> Iterator[SlapdServer]:
 
 @pytest.fixture(scope="module")
 def brokers(tmp_path_factory: pytest.TempPathFactory, own_slapd: SlapdServer,
-            libvirt_host: LibvirtHost, guest_image: Path
+            libvirt_host: LibvirtHost, guest_image: ImageDisk
             ) -> Iterator[tuple[RunningBroker, RunningBroker]]:
     """Broker A serves web only; broker B serves web and runs the worker."""
     leftovers = remove_test_objects(PREFIX)

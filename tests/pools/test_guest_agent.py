@@ -1,0 +1,71 @@
+"""The guest side of a real desktop, through its QEMU guest agent on the real libvirtd:
+the broker waits for the agent (ready means up), each clone of one image gets its own
+hostname from its NoCloud seed, the seed keeps the name when the desktop is made again,
+and a desktop whose guest never comes up is reported, not waited for forever."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from pools.hypervisor import DesktopSpec, GuestNotUp, ImageFiles
+from pools.libvirt.agent import agent_command
+from pools.libvirt.host import LibvirtHost
+from pools.seed import desktop_hostname
+from tests.conftest import DomainNames
+
+pytestmark = pytest.mark.real
+BOOT_BOUND_S = 180  # liveness bound for a TCG guest (~10 s here); not a speed test
+
+
+@pytest.fixture
+def made(libvirt_host: LibvirtHost) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        libvirt_host.destroy_desktop(name)
+
+
+def spec(names: DomainNames, image: ImageFiles, made: list[str], label: str) -> DesktopSpec:
+    name = names.new(label)
+    made.append(name)
+    desktop_id = f"window-{name[-8:]}"
+    return DesktopSpec(name=name, desktop_id=desktop_id, pool_id="window", vcpus=1,
+                       memory_mib=256, image=image, hostname=desktop_hostname(desktop_id))
+
+
+def test_two_clones_of_one_image_have_their_own_hostnames(
+        libvirt_host: LibvirtHost, libvirt_image: ImageFiles, domain_names: DomainNames,
+        made: list[str]) -> None:
+    a, b = (spec(domain_names, libvirt_image, made, label) for label in ("ida", "idb"))
+    for s in (a, b):
+        libvirt_host.create_desktop(s)
+    for s in (a, b):
+        libvirt_host.wait_until_up(s.name, libvirt_image.traits, BOOT_BOUND_S)
+    seen = {s.hostname: agent_command(libvirt_host._conn, s.name, "guest-get-host-name")
+            ["host-name"] for s in (a, b)}
+    assert seen == {a.hostname: a.hostname, b.hostname: b.hostname}
+    assert a.hostname != b.hostname
+    # made again (a revert): the same name
+    libvirt_host.destroy_desktop(a.name)
+    libvirt_host.create_desktop(a)
+    libvirt_host.wait_until_up(a.name, libvirt_image.traits, BOOT_BOUND_S)
+    again = agent_command(libvirt_host._conn, a.name, "guest-get-host-name")["host-name"]
+    assert again == a.hostname
+
+
+def test_a_guest_without_an_agent_is_not_up_within_the_timeout(
+        libvirt_host: LibvirtHost, libvirt_image: ImageFiles, domain_names: DomainNames,
+        made: list[str]) -> None:
+    # the same guest, but its agent channel is never opened: a short timeout is hit
+    s = spec(domain_names, libvirt_image, made, "noup")
+    libvirt_host.create_desktop(s)
+    with pytest.raises(GuestNotUp, match="did not answer within 1 s"):
+        libvirt_host.wait_until_up(s.name, libvirt_image.traits, 1)
+    # an image declared without an agent counts as up after its boot delay
+    no_agent = replace(libvirt_image.traits, agent=False, boot_delay_s=2)
+    libvirt_host.wait_until_up(s.name, no_agent, 30)
+    with pytest.raises(GuestNotUp, match="boot delay"):
+        libvirt_host.wait_until_up(s.name, replace(no_agent, boot_delay_s=60), 5)
