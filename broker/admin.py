@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pools.failover import Moves, evacuate
 from pools.hosts import Host, HostError, HostRegistry
-from pools.hypervisor import Hypervisor, HypervisorError
+from pools.hypervisor import Hypervisor, HypervisorError, NetworkSpec
 from pools.image_file import ImageRefused
 from pools.images import ImageStore, ReleaseError
 from pools.imports import HostCopy, ImageImporter, ImportOptions, Prepared, Progress, host_facts
 from pools.jobs.queue import JobKind, active_job_desktops, enqueue
+from pools.networks import NetworkError, NetworkStore
 from pools.policy_file import PoolPolicy, read_policy_file
 from pools.reclaim import PolicyError
 from pools.shifts import ReclaimPolicy
@@ -59,6 +60,7 @@ class PoolChanges:
     follow_released: bool = False  # image_version back to the released one
     boot_timeout_s: int | None = None
     secure_boot: bool | None = None
+    network: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Admin:
         self.catalog = Catalog(db)
         self.images = ImageStore(db)
         self.hosts = HostRegistry(db)
+        self.networks = NetworkStore(db)
 
     def _audit(self, action: str, target: str, detail: str, outcome: str = "ok") -> None:
         AuditLog(self._db, self._clock).record(
@@ -176,6 +179,17 @@ class Admin:
         self._audit("pool-set", pool.id, "created" if before is None else "changed: "
                     + ", ".join(sorted(given)))
         return pool, before is None
+
+    def set_network(self, spec: NetworkSpec) -> bool:
+        """Create or change a department's network (defined on each host when a desktop
+        of a pool on it is made there). True when new. Raises AdminRefused."""
+        try:
+            new = self.networks.save(spec)
+        except NetworkError as e:
+            raise AdminRefused(str(e)) from e
+        self._audit("network-set", spec.name, f"{spec.mode} {spec.subnet}"
+                    + (" (new)" if new else ""))
+        return new
 
     def _check_secure_boot(self, pool: Pool) -> None:
         """Secure boot only for an image whose imported builds can do it."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Self
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import BrokerError
 from broker.roles import entitled
+from pools import waiters
 from pools.hosts import Limits, fits, host_from_row, host_loads
 from pools.jobs.queue import ACTIVE, JobKind, enqueue
 from vdi import desktops
@@ -44,8 +46,19 @@ class NotEntitled(AssignmentError):
     code = "not_entitled"
 
 
-class PoolFull(AssignmentError):
-    """Every desktop of the pool is in use and the pool is at max_size."""
+class Queued:
+    """A refusal that tells the clerk their place in the pool's queue (1: next)."""
+
+    place: int | None = None
+
+    def at(self, place: int) -> Self:
+        self.place = place
+        return self
+
+
+class PoolFull(Queued, AssignmentError):
+    """Every desktop of the pool is in use and the pool is at max_size (with `place`:
+    the clerk waits in the queue for one to come free)."""
 
     code = "pool_full"
 
@@ -63,8 +76,9 @@ class NoCapacity(AssignmentError):
     code = "no_capacity"
 
 
-class DesktopNotReady(AssignmentError):
-    """No spare right now, but the pool may grow: one is being prepared."""
+class DesktopNotReady(Queued, AssignmentError):
+    """No spare right now, but the pool may grow: one is being prepared (with `place`:
+    the clerk's place among those waiting for it)."""
 
     code = "desktop_starting"
 
@@ -115,17 +129,20 @@ class Assigner:
                 self._power_on(mine)
                 raise DesktopNotReady(pool_id)
             return mine
+        username = who.username
+        place: int | None = None
         for _ in range(CLAIM_ATTEMPTS):
-            claimed = self._claim_spare(pool_id, who.username)
-            if claimed is not None:
-                return claimed
+            got = self._claim_in_turn(pool_id, username)
+            if isinstance(got, Desktop):
+                return got
+            place = got
             # lost the race for that spare, or this user's other request won
-            mine = self.current(pool_id, who.username)
+            mine = self.current(pool_id, username)
             if mine is not None:
                 return mine
-            if not self._spare_exists(pool_id):
+            if place is not None or not self._spare_exists(pool_id):
                 break
-        raise self._why_none(pool_id)
+        raise self._why_none(pool_id, place or 1)
 
     def log_off(self, pool_id: str, username: str) -> LogOff:
         """End the user's use of their desktop in this pool.
@@ -191,17 +208,27 @@ class Assigner:
             DesktopRow.state == DesktopState.ASSIGNED.value)).first()
         return desktop_from_row(row) if row else None
 
-    def _claim_spare(self, pool_id: str, username: str) -> Desktop | None:
-        """Claim the oldest spare in one statement (vdi.desktops.claim_spare: one round
-        trip on PostgreSQL). None: no spare right now, or this user's other request won
-        (the caller looks)."""
+    def _claim_in_turn(self, pool_id: str, username: str) -> Desktop | int | None:
+        """In one transaction: the clerk is (still) in the pool's queue; if fewer clerks
+        are ahead than there are ready spares, they claim the oldest spare (one statement,
+        vdi.desktops.claim_spare) and leave the queue. Returns the desktop claimed, else
+        their place in the queue (1: next), or None when the spare went to someone else
+        meanwhile or this user's other request won (the caller looks)."""
         now = self._clock()
         try:
             with self._sessions.begin() as s:
+                since = waiters.join(s, pool_id, username, now)
+                before = waiters.ahead(s, pool_id, username, since, now)
+                ready = s.scalar(select(func.count()).select_from(DesktopRow).where(
+                    DesktopRow.pool_id == pool_id,
+                    DesktopRow.state == DesktopState.READY.value)) or 0
+                if ready <= before:  # every spare is owed to a clerk who came first
+                    return before + 1
                 desktop = desktops.claim_spare(s, pool_id, username, now)
                 if desktop is None:
                     return None
                 s.add(ClaimRow(pool_id=pool_id, at=now))  # the spare forecast's history
+                waiters.leave(s, pool_id, username)
                 return desktop
         except IntegrityError:
             return None  # this user's other request won; `current` finds it
@@ -212,7 +239,8 @@ class Assigner:
                 DesktopRow.pool_id == pool_id, DesktopRow.state == DesktopState.READY.value))
             return bool(n)
 
-    def _why_none(self, pool_id: str) -> AssignmentError:
+    def _why_none(self, pool_id: str, place: int) -> AssignmentError:
+        """Why the clerk at `place` in the queue gets no desktop now."""
         with self._sessions() as s:
             prow = s.get(PoolRow, pool_id)
             assert prow is not None
@@ -233,15 +261,22 @@ class Assigner:
                 HostRow.status == "up", HostRow.maintenance.is_(False),
                 *([HostRow.uri.in_(prow.hosts)] if prow.hosts else [])))
             known = s.scalar(select(func.count()).select_from(HostRow))
+            in_use = s.scalar(select(func.count()).select_from(DesktopRow).where(
+                DesktopRow.pool_id == pool_id,
+                DesktopRow.state == DesktopState.ASSIGNED.value)) or 0
             pool = pool_from_row(prow)
             loads = host_loads(s, [host_from_row(r) for r in s.scalars(select(HostRow))])
             room = any(fits(ld, pool, self._limits) for ld in loads.values())
+        if place > prow.max_size - in_use:
+            # more clerks ahead than the pool can ever hold at once: the pool is full,
+            # and they keep their place for a desktop coming free
+            return PoolFull(pool_id).at(place)
         if live >= prow.max_size and not starting:
-            return PoolFull(pool_id)
+            return PoolFull(pool_id).at(place)
         if starting and all(err for err in starting):
             return HostsUnavailable(pool_id)  # the worker noted a failure on each of them
         if not starting and known and not usable:
             return HostsUnavailable(pool_id)  # no host answers: nothing can be made
         if not starting and known and not room:
             return NoCapacity(pool_id)  # the worker cannot place another one anywhere
-        return DesktopNotReady(pool_id)
+        return DesktopNotReady(pool_id).at(place)

@@ -81,6 +81,8 @@ class FakeHypervisor:
         self.late_up: dict[str, int] = {}
         self.up_waits: list[str] = []  # the names wait_until_up was asked of, in order
         self.resets: list[str] = []  # the names reset_desktop was asked of
+        self.addresses: dict[str, list[str]] = {}  # what guest_addresses answers
+        self.clock_syncs: list[str] = []  # the names sync_guest_clock was asked of
         self.arches = frozenset({Arch.X86_64})
         self.uefi_arches = frozenset({Arch.X86_64})
         self.storage_free_bytes: int | None = None
@@ -180,6 +182,19 @@ class FakeHypervisor:
         with self._lock:
             self._answer()
             self._domain(name).running = False
+
+    def guest_addresses(self, name: str) -> list[str]:
+        with self._lock:
+            self._answer()
+            self._domain(name)
+            return list(self.addresses.get(name, []))
+
+    def sync_guest_clock(self, name: str) -> bool:
+        with self._lock:
+            self._answer()
+            self._domain(name)
+            self.clock_syncs.append(name)
+            return True
 
     def reset_desktop(self, name: str) -> None:
         with self._lock:

@@ -55,6 +55,24 @@ class ImageFiles:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """A department's network as the broker defines it on each host (isolated: its
+    guests reach each other and nothing else; nat: out through the host)."""
+
+    name: str
+    subnet: str  # CIDR, e.g. 10.231.1.0/24
+    mode: str = "isolated"
+
+    @property
+    def libvirt_name(self) -> str:
+        return f"vdi-{self.name}"
+
+    @property
+    def bridge(self) -> str:
+        return f"vdi-{self.name}"
+
+
+@dataclass(frozen=True)
 class DesktopSpec:
     name: str
     desktop_id: str
@@ -73,6 +91,8 @@ class DesktopSpec:
     # its network card: 'user' (QEMU user-mode networking, nothing on the host's
     # interfaces), 'network:NAME' (a libvirt network), 'bridge:NAME', or 'none'
     network: str = "user"
+    # the broker's own network named by `network` (defined on the host if missing)
+    network_spec: NetworkSpec | None = None
     # its identity, given through a NoCloud seed ("": no seed) and the pool's
     # customisation data for cloud-init / cloudbase-init
     hostname: str = ""
@@ -152,15 +172,27 @@ class Hypervisor(Protocol):
         lives on shared storage and the desktop runs on another host now). Idempotent."""
         ...
 
+    def guest_addresses(self, name: str) -> list[str]:
+        """The guest's IPv4 and global IPv6 addresses as its agent tells them (empty
+        when it has none, or no agent answers). Raises DomainNotFound."""
+        ...
+
+    def sync_guest_clock(self, name: str) -> bool:
+        """Set the guest's clock to the host's through its agent (after a suspended
+        desktop resumes, its clock stood still). False when no agent answers. Raises
+        DomainNotFound."""
+        ...
+
     def reset_desktop(self, name: str) -> None:
         """Reset the running domain at once (the reset button: the guest boots again, its
         disk kept). Raises DomainNotFound."""
         ...
 
     def shut_down_desktop(self, name: str, grace_s: float) -> None:
-        """Power the domain off: ask the guest (ACPI power button), and force it off if it
-        has not stopped after grace_s. The domain and its disk stay. Idempotent (a
-        stopped domain is left as it is). Blocks up to grace_s. Raises DomainNotFound."""
+        """Power the domain off: ask the guest (its agent, else the ACPI power button),
+        and force it off if it has not stopped after grace_s. The domain and its disk
+        stay. Idempotent (a stopped domain is left as it is). Blocks up to grace_s.
+        Raises DomainNotFound."""
         ...
 
     def suspend_desktop(self, name: str) -> None:

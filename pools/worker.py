@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pools import waiters
 from pools.calls import HostCalls
 from pools.failover import HostMonitor
 from pools.hosts import Host, Limits, host_loads, place
@@ -54,8 +55,11 @@ class SparePlan:
     add: int
 
     @staticmethod
-    def for_pool(pool: Pool, ready: int, provisioning: int, live: int) -> SparePlan:
-        want = pool.min_ready - ready - provisioning
+    def for_pool(pool: Pool, ready: int, provisioning: int, live: int,
+                 waiting: int = 0) -> SparePlan:
+        """Enough to keep min_ready spares with a desktop for each clerk waiting (they
+        take the spares as they come up), within max_size."""
+        want = pool.min_ready + waiting - ready - provisioning
         room = pool.max_size - live
         return SparePlan(add=max(0, min(want, room)))
 
@@ -164,6 +168,7 @@ class PoolWorker:
         if self._reclaimed is None or now - self._reclaimed >= self._reclaim_every:
             self._reclaimed = now
             await asyncio.to_thread(self.reclaimer.run_once)
+            await asyncio.to_thread(self._forget_lapsed_waiters)
         adopted = await asyncio.to_thread(self._adopt_orphans)
         if adopted:
             log.warning("resumed %d desktop(s) left in work without a job", adopted)
@@ -214,7 +219,7 @@ class PoolWorker:
         live = sum(counts.get(st.value, 0) for st in COUNTED)
         level = self.spare_level(s, pool).min_ready
         return SparePlan.for_pool(replace(pool, min_ready=min(level, pool.max_size)), ready,
-                                  prov, live)
+                                  prov, live, waiters.waiting(s, pool.id, self._clock()))
 
     def plan_spares(self, pool: Pool) -> list[str]:
         """One planning round for `pool`: add the desktops (rows in provisioning, each
@@ -255,6 +260,10 @@ class PoolWorker:
                 enqueue(s, JobKind.PROVISION, desktop_id, now)
                 ids.append(desktop_id)
             return ids
+
+    def _forget_lapsed_waiters(self) -> None:
+        with self._sessions.begin() as s:
+            waiters.forget_lapsed(s, self._clock())
 
     def _retire_surplus(self, pool: Pool) -> int:
         """Spares above the pool's level now (the evening after the morning's, or

@@ -157,7 +157,7 @@ def remove_test_objects(prefix: str) -> list[str]:
     for name in listed.stdout.split():
         if name.startswith(prefix):
             _virsh("destroy", name)  # fails harmlessly when it is not running
-            undefined = _virsh("undefine", name)
+            undefined = _virsh("undefine", "--nvram", name)
             if undefined.returncode != 0 and "not found" not in undefined.stderr:
                 problems.append(f"undefine {name}: {undefined.stderr.strip()}")
     if _virsh("pool-info", TEST_STORAGE_POOL).returncode == 0:

@@ -30,7 +30,8 @@ def pool_from_row(row: PoolRow) -> Pool:
                 min_ready=row.min_ready, max_size=row.max_size,
                 entitled_groups=tuple(row.entitled_groups), image_version=row.image_version,
                 hosts=tuple(row.hosts or ()), console=ConsoleKind(row.console_kind),
-                boot_timeout_s=row.boot_timeout_s, secure_boot=row.secure_boot)
+                boot_timeout_s=row.boot_timeout_s, secure_boot=row.secure_boot,
+                network=row.network)
 
 
 def desktop_from_row(row: DesktopRow) -> Desktop:
@@ -39,7 +40,8 @@ def desktop_from_row(row: DesktopRow) -> Desktop:
                    assigned_user=row.assigned_user, console=console_of(row),
                    created_at=row.created_at,
                    last_input_at=row.last_input_at, image_version=row.image_version,
-                   error=row.error, power=Power(row.power or Power.ON.value))
+                   error=row.error, power=Power(row.power or Power.ON.value),
+                   guest_addresses=tuple((row.guest_addresses or "").split()))
 
 
 def console_of(row: DesktopRow) -> ConsoleEndpoint | None:
@@ -82,6 +84,7 @@ class Catalog:
             row.console_kind = pool.console.value
             row.boot_timeout_s = pool.boot_timeout_s
             row.secure_boot = pool.secure_boot
+            row.network = pool.network
 
     def desktops(self, pool_id: str | None = None,
                  states: Sequence[DesktopState] | None = None) -> list[Desktop]:
@@ -110,5 +113,10 @@ def validate_pool(pool: Pool) -> None:
         raise CatalogError("pool needs an image")
     if not 10 <= pool.boot_timeout_s <= 3600:
         raise CatalogError("pool boot timeout: 10 to 3600 seconds")
+    kind, _, name = pool.network.partition(":")
+    if pool.network != "user" and (kind not in ("network", "bridge") or not name
+                                   or len(pool.network) > 80 or not name.isprintable()
+                                   or " " in name):
+        raise CatalogError("pool network: user, network:NAME or bridge:NAME")
     if pool.image_version is not None and pool.image_version < 1:
         raise CatalogError("pool image version: 1 or more, or none for the released one")

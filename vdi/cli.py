@@ -18,6 +18,7 @@ from typing import TextIO
 from broker.admin import Admin, AdminRefused, PoolChanges
 from broker.reclaims import MAX_HOURS, read_reclaims
 from pools.hosts import Host
+from pools.hypervisor import NetworkSpec
 from pools.image_file import FORMATS
 from pools.imports import ImportOptions
 from vdi.catalog import CatalogError
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                          "reset once, then replaced (default 300)")
     ps.add_argument("--secure-boot", action=argparse.BooleanOptionalAction, default=None,
                     help="UEFI secure boot (for images imported with --secure-boot)")
+    ps.add_argument("--network", help="its desktops' network: user (QEMU user-mode, the "
+                                      "default), network:NAME (see network-set) or "
+                                      "bridge:NAME (a host bridge)")
     ps.add_argument("--host", action="append",
                     help="host URI the pool may use (repeat; replaces the list; 'any': all)")
     pp = sub.add_parser("pool-policy", help="set a pool's idle policy per shift and its spare "
@@ -126,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument("desktop_id")
     dr.add_argument("--yes", action="store_true",
                     help="also when a user holds it (a dedicated desktop's disk is lost)")
+    ns = sub.add_parser("network-set", help="create or change a department's network, "
+                                             "defined on each host as desktops need it")
+    ns.add_argument("name", help="1-11 lower-case letters, digits or '-'")
+    ns.add_argument("--subnet", required=True, help="a private IPv4 range, e.g. 10.231.1.0/24")
+    ns.add_argument("--nat", action="store_true",
+                    help="let its desktops out through the host (default: isolated: they "
+                         "reach each other only)")
+    sub.add_parser("networks", help="list the departments' networks")
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
     args = parser.parse_args(argv)
@@ -274,7 +286,7 @@ def _pool_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int
         entitled_groups=tuple(args.group) if args.group is not None else None,
         hosts=(() if args.host == ["any"] else tuple(args.host)) if args.host is not None
         else None, image_version=version, follow_released=follow,
-        boot_timeout_s=args.boot_timeout, secure_boot=args.secure_boot)
+        boot_timeout_s=args.boot_timeout, secure_boot=args.secure_boot, network=args.network)
     _, created = admin.set_pool(args.pool_id, changes)
     print(f"pool {args.pool_id} {'created' if created else 'saved'}")
     return 0
@@ -347,11 +359,26 @@ def _pools(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
     return 0
 
 
+def _network_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    spec = NetworkSpec(args.name, args.subnet, "nat" if args.nat else "isolated")
+    new = admin.set_network(spec)
+    print(f"network {spec.name} {'created' if new else 'saved'} ({spec.mode}, "
+          f"{spec.subnet}); pools join it with pool-set --network network:{spec.name}")
+    return 0
+
+
+def _networks(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    for n in admin.networks.all():
+        print(f"{n.name}\t{n.mode}\t{n.subnet}\t{n.libvirt_name}")
+    return 0
+
+
 def _desktops(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
     for d in admin.catalog.desktops():
         print(f"{d.id}\t{d.state.value}\t{d.assigned_user or '-'}\t{d.domain_name}\t"
               f"v{d.image_version}\t{_console(d)}\t{d.host_uri}\t"
-              f"{(d.error or '').splitlines()[0] if d.error else ''}")
+              f"{(d.error or '').splitlines()[0] if d.error else ''}\t"
+              f"{' '.join(d.guest_addresses) or '-'}")
     return 0
 
 
@@ -368,7 +395,8 @@ def _default_host(settings: Settings) -> Host:
 
 Command = Callable[[argparse.Namespace, Settings, Admin], int]
 _COMMANDS: dict[str, Command] = {
-    "image-import": _image_import, "image-release": _image_release,
+    "image-import": _image_import, "network-set": _network_set, "networks": _networks,
+    "image-release": _image_release,
     "image-rollback": _image_rollback, "images": _images, "pool-set": _pool_set,
     "pool-policy": _pool_policy, "reclaims": _reclaims, "host-add": _host_add,
     "hosts": _hosts, "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,

@@ -211,6 +211,14 @@ def note(s: Session, desktop_id: str, message: str, *, on_host: str | None = Non
                 error=message[:NOTE_MAX])
 
 
+def note_addresses(s: Session, desktop_id: str, addresses: list[str]) -> bool:
+    """The guest's addresses as its agent told them, the state unchanged (not on a
+    deleted desktop)."""
+    return _cas(s, DesktopRow.id == desktop_id,
+                DesktopRow.state != DesktopState.DELETED.value,
+                guest_addresses=" ".join(addresses)[:255] or None)
+
+
 def clear_note(s: Session, desktop_id: str, *, on_host: str) -> bool:
     """The noted problem is over (its host answers and runs it)."""
     return _cas(s, DesktopRow.id == desktop_id, DesktopRow.host_uri == on_host,

@@ -120,6 +120,10 @@ class Pool:
     # a desktop whose guest is not up this long after its start is failed and replaced
     boot_timeout_s: int = 300
     secure_boot: bool = False  # UEFI secure boot, for images that support it
+    # its desktops' network: "user" (QEMU user-mode: nothing on the host's interfaces),
+    # "network:NAME" (a department's network, or a libvirt network the district runs),
+    # "bridge:NAME" (a host bridge, e.g. on the district's VLAN)
+    network: str = "user"
 
     @property
     def persistent(self) -> bool:
@@ -141,6 +145,7 @@ class Desktop:
     image_version: int = 0
     error: str | None = None  # the last problem noted for the admin
     power: Power = Power.ON
+    guest_addresses: tuple[str, ...] = ()  # as its guest agent last told them
 
 
 @dataclass(frozen=True)

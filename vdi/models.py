@@ -72,6 +72,8 @@ class PoolRow(Base):
     # seconds a desktop's guest may take to come up before it is failed and replaced
     boot_timeout_s: Mapped[int] = mapped_column(Integer, default=300, server_default="300")
     secure_boot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # its desktops' network: user (QEMU user-mode), network:NAME, bridge:NAME
+    network: Mapped[str] = mapped_column(String(80), default="user", server_default="user")
 
 
 class ImageReleaseRow(Base):
@@ -194,6 +196,8 @@ class DesktopRow(Base):
     last_disconnect_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # on | off | suspended (a dedicated desktop shut down or suspended while unused)
     power: Mapped[str] = mapped_column(String(16), default="on", server_default="on")
+    # the guest's network addresses as its agent last told them (for admins and helpdesk)
+    guest_addresses: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # a console is open: since when, and the last time a broker said it still is
     console_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     console_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
@@ -279,6 +283,26 @@ class ClaimRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     pool_id: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class NetworkRow(Base):
+    """A department's network the broker defines on each host (pools.libvirt.network_xml)."""
+
+    __tablename__ = "networks"
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subnet: Mapped[str] = mapped_column(String(43))
+    mode: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class WaiterRow(Base):
+    """A clerk waiting for a desktop of a pool (pools.waiters): first come, first served."""
+
+    __tablename__ = "waiters"
+    pool_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    since: Mapped[datetime] = mapped_column(UtcDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class LoginAttemptRow(Base):

@@ -17,6 +17,7 @@ from broker.assignment import (
     NotEntitled,
     PoolFull,
     PoolNotFound,
+    Queued,
 )
 from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
 from broker.auth.throttle import Throttled
@@ -77,6 +78,12 @@ ANSWERS_BY_CODE: dict[str, Answer] = {
     "csrf": Answer(403, "csrf", N_("The request lacks a valid CSRF token.")),
     "bad_origin": Answer(403, "bad_origin", N_("This page may not sign in here.")),
 }
+# what a clerk waiting in a pool's queue is told besides (web: the page keeps waiting)
+QUEUE_MESSAGES = {
+    "desktop_starting": N_("You are number %(place)d in line for a desktop."),
+    "pool_full": N_("You are number %(place)d in line; the page opens your desktop when "
+                    "one comes free."),
+}
 # what a BadRequest may say (its message is shown, translated)
 BAD_REQUEST_MESSAGES = (N_("Send a JSON object with username and password."),
                         N_("hours must be a number."))
@@ -99,11 +106,17 @@ def error_response(conn: HTTPConnection, error: Exception) -> JSONResponse:
         a = Answer(a.status, a.code, str(error))
     if isinstance(error, Throttled):  # when one more attempt would be let through
         a = Answer(a.status, a.code, a.message, max(1, error.retry_after_s))
+    if isinstance(error, Queued) and error.place is not None and a.code in QUEUE_MESSAGES:
+        return json_error(conn, a, place=error.place)
     return json_error(conn, a)
 
 
-def json_error(conn: HTTPConnection, a: Answer) -> JSONResponse:
+def json_error(conn: HTTPConnection, a: Answer, place: int | None = None) -> JSONResponse:
+    """The refusal as JSON; with `place`, the clerk's place in the pool's queue too."""
     _ = gettext_for(conn).gettext
     headers = {"Retry-After": str(a.retry_after)} if a.retry_after is not None else None
-    return JSONResponse({"error": a.code, "message": _(a.message)}, status_code=a.status,
-                        headers=headers)
+    body: dict[str, object] = {"error": a.code, "message": _(a.message)}
+    if place is not None:
+        body["place"] = place
+        body["message"] = f"{body['message']} {_(QUEUE_MESSAGES[a.code]) % {'place': place}}"
+    return JSONResponse(body, status_code=a.status, headers=headers)

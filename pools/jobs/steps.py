@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,13 +24,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pools.calls import HostCalls
 from pools.hosts import HostRegistry, Limits, host_loads, place
-from pools.hypervisor import DesktopSpec, DomainNotFound, GuestNotUp, HostUnavailable
+from pools.hypervisor import (
+    DesktopSpec,
+    DomainNotFound,
+    GuestNotUp,
+    HostUnavailable,
+    HypervisorError,
+)
 from pools.images import ImageNotPublished, ImageStore
 from pools.jobs.queue import STEP_NAMES, Job, JobKind, JobQueue
+from pools.networks import NetworkStore
 from pools.seed import desktop_hostname
 from vdi import desktops
 from vdi.domain import ConsoleEndpoint, ConsoleKind, Desktop, Pool
 
+log = logging.getLogger(__name__)
 # kinds that keep the desktop's disk: a new host must see the same storage
 KEEPS_DISK = (JobKind.RESTART, JobKind.MIGRATE)
 # kinds that power a desktop down: if they fail, it is still on
@@ -105,12 +114,14 @@ async def create(ctx: StepContext, w: Work) -> Payload:
                                                  version or None)
     except ImageNotPublished as e:
         raise StepFailed(str(e)) from e
+    network = await asyncio.to_thread(NetworkStore(ctx.sessions).for_pool, pool)
     spec = DesktopSpec(name=desktop.domain_name, desktop_id=desktop.id, pool_id=pool.id,
                        vcpus=pool.vcpus, memory_mib=pool.memory_mib, image=files,
                        # a clerk's dedicated desktop restarted: its disk or nothing
                        disk_must_exist=w.job.kind is JobKind.RESTART
                        and desktop.assigned_user is not None, console=pool.console,
-                       secure_boot=pool.secure_boot, hostname=desktop_hostname(desktop.id))
+                       secure_boot=pool.secure_boot, hostname=desktop_hostname(desktop.id),
+                       network=pool.network, network_spec=network)
     async with ctx.slot(target):
         endpoint = await ctx.calls.run(
             target, lambda h: h.create_desktop(spec),
@@ -145,7 +156,7 @@ async def boot(ctx: StepContext, w: Work) -> Payload:
         try:
             await ctx.calls.run(host, lambda h: h.wait_until_up(name, traits, timeout),
                                 timeout_s=timeout + ctx.calls.timeout_s)
-            return {**payload, "boot_attempts": attempts + 1}
+            break
         except GuestNotUp as e:
             attempts += 1
             if attempts >= BOOT_ATTEMPTS:
@@ -156,6 +167,26 @@ async def boot(ctx: StepContext, w: Work) -> Payload:
             payload = {**payload, "boot_attempts": attempts}
             await asyncio.to_thread(ctx.queue.save_payload, w.job, payload)
             await ctx.calls.run(host, lambda h: h.reset_desktop(name))
+    if traits.agent:
+        await _after_up(ctx, w, host, name)
+    return {**payload, "boot_attempts": attempts + 1}
+
+
+async def _after_up(ctx: StepContext, w: Work, host: str, name: str) -> None:
+    """A resumed guest's clock stood still while it was saved: set it. The guest's
+    addresses are noted for admins and helpdesk. Neither holds the desktop back."""
+    try:
+        if w.job.kind is JobKind.RESTART:
+            await ctx.calls.run(host, lambda h: h.sync_guest_clock(name))
+        addresses = await ctx.calls.run(host, lambda h: h.guest_addresses(name))
+    except HypervisorError as e:
+        log.info("desktop %s: up, but its agent did not tell its addresses: %s", name, e)
+        return
+
+    def write() -> None:
+        with ctx.sessions.begin() as s:
+            desktops.note_addresses(s, w.desktop.id, addresses)
+    await asyncio.to_thread(write)
 
 
 async def ready(ctx: StepContext, w: Work) -> Payload:

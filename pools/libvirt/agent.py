@@ -100,3 +100,20 @@ def agent_command(conn: HostConnection, name: str, command: str,
     except (ValueError, KeyError, TypeError) as e:
         raise HypervisorError(f"desktop {name}: the guest agent's answer to {command} "
                               "could not be read") from e
+
+
+def addresses_of(interfaces: Any) -> list[str]:
+    """The addresses worth showing an admin from an answer to
+    guest-network-get-interfaces: IPv4 and global IPv6, not loopback or link-local."""
+    out: list[str] = []
+    if not isinstance(interfaces, list):
+        return out
+    for nic in interfaces:
+        if not isinstance(nic, dict) or nic.get("name") == "lo":
+            continue
+        for a in nic.get("ip-addresses") or []:
+            ip = str(a.get("ip-address", "")) if isinstance(a, dict) else ""
+            if not ip or ip.startswith(("127.", "169.254.", "fe80:", "::1")):
+                continue
+            out.append(ip)
+    return out

@@ -29,9 +29,10 @@ from pools.hypervisor import (
     HypervisorError,
     ImageDisk,
     ImageFiles,
+    NetworkSpec,
     new_vnc_password,
 )
-from pools.libvirt.agent import wait_for_agent
+from pools.libvirt.agent import addresses_of, agent_command, wait_for_agent
 from pools.libvirt.connection import HostConnection
 from pools.libvirt.domain_xml import (
     METADATA_NS,
@@ -43,6 +44,7 @@ from pools.libvirt.domain_xml import (
     desktop_metadata,
     with_graphics_listen,
 )
+from pools.libvirt.network_xml import build_network_xml
 from pools.libvirt.profiles import ProfileError, desktop_mac, profile_for
 from pools.libvirt.storage import HostStorage
 from pools.seed import nocloud_seed
@@ -160,6 +162,8 @@ class LibvirtHost:
         with self._conn.errors(f"create desktop {spec.name}"):
             dom = _domain_or_none(conn, spec.name)
             disk = self._storage.desktop_disk(spec, domain_defined=dom is not None)
+            if spec.network_spec is not None:
+                self._ensure_network(spec.network_spec)
             seed = None
             if spec.hostname:  # written again on every start: a revert keeps the name
                 seed = self._storage.desktop_seed(spec.name, nocloud_seed(
@@ -169,6 +173,21 @@ class LibvirtHost:
             if not dom.isActive():
                 dom.create()
         return self.console_endpoint(spec.name)
+
+    def _ensure_network(self, spec: NetworkSpec) -> None:
+        """The department's network on this host: defined, started and set to start with
+        the host, if it is not (one of that name the host has already is used as is)."""
+        conn = self._conn.get()
+        with self._conn.errors(f"network {spec.name}"):
+            try:
+                net = conn.networkLookupByName(spec.libvirt_name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+                net = conn.networkDefineXML(build_network_xml(spec))
+                net.setAutostart(1)
+            if not net.isActive():
+                net.create()
 
     def wait_until_up(self, name: str, traits: ImageTraits, timeout_s: float) -> None:
         if not traits.agent:
@@ -215,16 +234,55 @@ class LibvirtHost:
         with self._conn.errors(f"shut down {name}"):
             if not dom.isActive():
                 return
-            with contextlib.suppress(libvirt.libvirtError):  # a guest may ignore ACPI
-                dom.shutdown()
             deadline = time.monotonic() + grace_s
+            # the guest's agent first (it shuts the system down properly), then the ACPI
+            # power button halfway through the grace (a guest may ignore either)
+            asked_agent = self._agent_shutdown(name)
+            acpi_at = time.monotonic() + (grace_s / 2 if asked_agent else 0)
+            pressed = False
             while time.monotonic() < deadline:
                 if not dom.isActive():
                     return
+                if not pressed and time.monotonic() >= acpi_at:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.shutdown()
+                    pressed = True
                 time.sleep(0.5)
             log.info("desktop %s did not power off within %.0f s: forcing it off", name,
                      grace_s)
             _ignore_gone(dom.destroy)
+
+    def _agent_shutdown(self, name: str) -> bool:
+        """Ask the guest agent to power the guest off; False when it does not answer."""
+        try:
+            agent_command(self._conn, name, "guest-shutdown", {"mode": "powerdown"})
+        except DomainNotFound:
+            raise
+        except HypervisorError as e:
+            # the agent answers nothing when the guest goes down at once: that is a yes
+            return "disappeared" in str(e) or "disconnected" in str(e)
+        return True
+
+    def guest_addresses(self, name: str) -> list[str]:
+        try:
+            return addresses_of(agent_command(self._conn, name,
+                                              "guest-network-get-interfaces"))
+        except DomainNotFound:
+            raise
+        except HypervisorError:
+            return []
+
+    def sync_guest_clock(self, name: str) -> bool:
+        dom = self._lookup(name)
+        now = time.time()
+        try:
+            with self._conn.errors(f"set the clock of {name}"):
+                dom.setTime({"seconds": int(now), "nseconds": int((now % 1) * 1e9)}, 0)
+        except DomainNotFound:
+            raise
+        except HypervisorError:
+            return False
+        return True
 
     def reset_desktop(self, name: str) -> None:
         dom = self._lookup(name)
@@ -283,8 +341,10 @@ class LibvirtHost:
                 # with its saved memory, if it was suspended: an undefine without the
                 # flag is refused, and a copy left defined would later resume old memory
                 # over a newer disk
+                # and a UEFI desktop's NVRAM file (its firmware variables), made with it
                 _ignore_gone(lambda: dom.undefineFlags(
-                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE))
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM))
         if not keep_disk:
             self._storage.delete_desktop_disk(name)
         if self._conn.is_local:
@@ -339,6 +399,9 @@ def _nic(spec: DesktopSpec) -> Nic | None:
     """The network card of `spec.network`: 'user', 'network:NAME', 'bridge:NAME', 'none'."""
     if spec.network == "none":
         return None
+    if spec.network_spec is not None:
+        return Nic(kind="network", source=spec.network_spec.libvirt_name,
+                   mac=desktop_mac(spec.desktop_id))
     kind, _, source = spec.network.partition(":")
     return Nic(kind=kind, source=source, mac=desktop_mac(spec.desktop_id))
 

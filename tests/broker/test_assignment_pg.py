@@ -40,7 +40,8 @@ from vdi.models import AuditRow, Base, DesktopRow, SessionRow
 
 pytestmark = pytest.mark.real
 
-TABLES = ("console_tokens", "sessions", "audit", "desktops", "images", "pools")
+TABLES = ("console_tokens", "sessions", "audit", "desktops", "images", "pools", "waiters",
+          "claims")
 
 
 @pytest.fixture

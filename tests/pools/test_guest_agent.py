@@ -5,12 +5,15 @@ and a desktop whose guest never comes up is reported, not waited for forever."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from defusedxml.ElementTree import fromstring as parse_xml
 
-from pools.hypervisor import DesktopSpec, GuestNotUp, ImageFiles
+from pools.hypervisor import DesktopSpec, GuestNotUp, ImageDisk, ImageFiles
 from pools.libvirt.agent import agent_command
 from pools.libvirt.host import LibvirtHost
 from pools.seed import desktop_hostname
@@ -69,3 +72,21 @@ def test_a_guest_without_an_agent_is_not_up_within_the_timeout(
     libvirt_host.wait_until_up(s.name, no_agent, 30)
     with pytest.raises(GuestNotUp, match="boot delay"):
         libvirt_host.wait_until_up(s.name, replace(no_agent, boot_delay_s=60), 5)
+
+
+def test_a_uefi_desktop_boots_and_goes_with_its_firmware_variables(
+        libvirt_host: LibvirtHost, uefi_guest_image: ImageDisk, domain_names: DomainNames,
+        made: list[str]) -> None:
+    image = libvirt_host.publish_image(f"{domain_names.prefix}uefi", 1, uefi_guest_image)
+    s = spec(domain_names, image, made, "uefi")
+    libvirt_host.create_desktop(s)
+    libvirt_host.wait_until_up(s.name, image.traits, BOOT_BOUND_S)
+    live = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", s.name],
+                          capture_output=True, text=True, check=True).stdout
+    nvram = parse_xml(live).find("./os/nvram")
+    assert nvram is not None and nvram.text and Path(nvram.text).exists()
+    libvirt_host.destroy_desktop(s.name)
+    listed = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert s.name not in listed  # undefined, NVRAM and all
+    assert not Path(nvram.text).exists()

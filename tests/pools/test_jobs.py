@@ -34,7 +34,8 @@ from vdi.domain import DesktopState, Pool, PoolKind
 from vdi.models import AuditRow, DesktopRow, JobRow
 
 LEASE_S = 30.0
-TABLES = ("jobs", "desktops", "images", "image_releases", "hosts", "pools")
+TABLES = ("jobs", "desktops", "images", "image_versions", "image_releases", "hosts", "pools",
+          "waiters")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -71,7 +71,7 @@ def churn_one(db: sessionmaker[Session], rng: random.Random) -> bool:
 def test_two_workers_never_plan_a_pool_past_max_size(engines: list[Engine]) -> None:
     dbs = [session_factory(e) for e in engines]
     with dbs[0].begin() as s:
-        s.execute(text("TRUNCATE jobs, desktops, hosts, images, pools "
+        s.execute(text("TRUNCATE jobs, desktops, hosts, images, pools, waiters "
                        "RESTART IDENTITY CASCADE"))
     pool = Pool(id="window", display_name="Window", kind=PoolKind.FLOATING, image="demo",
                 vcpus=1, memory_mib=128, min_ready=MAX_SIZE, max_size=MAX_SIZE,

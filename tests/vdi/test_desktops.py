@@ -103,6 +103,8 @@ CASES = [
          {"state": "error", "error": "disk full", "updated_at": NOW}),
     Case("note", lambda s: desktops.note(s, "d1", "host down", on_host=HOST),
          ALL_STATES - {DesktopState.DELETED}, {"error": "host down"}),
+    Case("note_addresses", lambda s: desktops.note_addresses(s, "d1", ["10.0.2.15"]),
+         ALL_STATES - {DesktopState.DELETED}, {"guest_addresses": "10.0.2.15"}),
     Case("clear_note", lambda s: desktops.clear_note(s, "d1", on_host=HOST), ALL_STATES,
          {"error": None}),
     Case("hold_for_move", lambda s: desktops.hold_for_move(

@@ -367,6 +367,10 @@ def test_full_pool_answers_409(broker_factory: BrokerFactory, fake_image: ImageD
     r = broker.login("lisi").connect("window")
     assert r.status_code == 409, r.text
     assert r.json()["error"] == "pool_full"
+    # lisi waits in line: first for the desktop that comes free, and told so
+    assert r.json()["place"] == 1 and "第 1 位" in r.json()["message"], r.text
+    again = broker.login("sunqi").connect("window")
+    assert again.json()["place"] == 2, again.text
     assert [d.assigned_user for d in broker.desktops("window")] == ["zhangsan"]
     assert broker.desktops("window")[0].id == first["desktop"]
 

@@ -97,12 +97,17 @@ async function reclaimNotice() {
 }
 
 async function requestConsole() {
-  for (let attempt = 0; attempt < 120; attempt++) { // 3 minutes: a desktop started again
+  // 3 minutes for a desktop being prepared or started again; a clerk in the pool's queue
+  // (told their place) waits as long as it takes, up to a working day
+  for (let attempt = 0, queued = 0; attempt < 120 && queued < 20000; attempt++) {
     const r = await api("POST", `/api/pools/${encodeURIComponent(pool)}/connect`, {}, csrf);
     if (r.status === 200) return r.data;
     if (r.status === 401) { window.location.href = "/"; return null; }
-    if (r.status === 503 && r.data && r.data.error === "desktop_starting") {
+    const waiting = r.data && (r.data.error === "desktop_starting" ||
+                               (r.data.error === "pool_full" && r.data.place));
+    if (waiting) {
       show(r.data.message, true);
+      if (r.data.place) { queued++; attempt--; }
       await sleep(1500);
       continue;
     }
