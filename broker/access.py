@@ -14,7 +14,7 @@ from vdi.domain import Permission, Principal, Role
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.STAFF: frozenset(),
     Role.HELPDESK: frozenset({Permission.READ_RECLAIMS}),
-    Role.ADMIN: frozenset({Permission.READ_RECLAIMS}),
+    Role.ADMIN: frozenset({Permission.READ_RECLAIMS, Permission.MANAGE_IMAGES}),
 }
 
 

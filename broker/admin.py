@@ -61,6 +61,7 @@ class PoolChanges:
     boot_timeout_s: int | None = None
     secure_boot: bool | None = None
     network: str | None = None
+    user_data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,8 @@ class Admin:
                     f"{before.kind.value} to {pool.kind.value} (remove them first with "
                     "desktop-remove)")
         self.catalog.save_pool(pool)
+        # the names of what changed, never the values (user-data may hold a domain-join
+        # account's password)
         self._audit("pool-set", pool.id, "created" if before is None else "changed: "
                     + ", ".join(sorted(given)))
         return pool, before is None

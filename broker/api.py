@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.blocking import Blocking
 from broker.consoles import Consoles
+from broker.image_imports import ImageImports
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.signin import SignIn
@@ -51,3 +52,4 @@ class BrokerApi:
     consoles: Consoles
     reclaims: ReclaimLog
     health: Health
+    image_imports: ImageImports

@@ -26,7 +26,7 @@ class HostCalls:
     """
 
     def __init__(self, hosts: dict[str, Hypervisor], timeout_s: float,
-                 max_threads: int = 16,
+                 max_threads: int = 16, max_waits: int = 64,
                  factory: Callable[[Host], Hypervisor] | None = None) -> None:
         self.hosts = hosts
         self.timeout_s = timeout_s
@@ -35,6 +35,9 @@ class HostCalls:
         # the host monitor's probes get threads of their own: hosts that hang must not
         # leave the probes of healthy ones queueing (they would be declared down too)
         self._probes = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt-probe")
+        # waits for guests to come up last up to a boot timeout each: threads of their
+        # own, so a morning's boots never leave the other calls queueing
+        self._waits = ThreadPoolExecutor(max_waits, thread_name_prefix="libvirt-wait")
         self._overdue: dict[str, int] = {}  # calls past their deadline, still running
         self._lock = threading.Lock()
 
@@ -50,14 +53,17 @@ class HostCalls:
             raise HostUnavailable(f"host {uri} is not configured") from None
 
     async def run(self, uri: str, fn: Callable[[Hypervisor], T],
-                  timeout_s: float | None = None, *, probe: bool = False) -> T:
+                  timeout_s: float | None = None, *, probe: bool = False,
+                  wait: bool = False) -> T:
         """fn(host) in a thread, with a deadline. probe=True: the host monitor's question
-        whether the host answers, on the probes' own threads."""
+        whether the host answers, on the probes' own threads; wait=True: a long wait
+        (a guest coming up), on the waits' own threads."""
         host = self.host(uri)
         with self._lock:
             if self._overdue.get(uri):
                 raise HostUnavailable(f"host {uri} has not answered an earlier call yet")
-        call = (self._probes if probe else self._executor).submit(fn, host)
+        pool = self._probes if probe else self._waits if wait else self._executor
+        call = pool.submit(fn, host)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(call), timeout_s or self.timeout_s)
         except TimeoutError:
@@ -75,3 +81,4 @@ class HostCalls:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._probes.shutdown(wait=False, cancel_futures=True)
+        self._waits.shutdown(wait=False, cancel_futures=True)

@@ -88,9 +88,9 @@ class DesktopSpec:
     disk_must_exist: bool = False
     console: ConsoleKind = ConsoleKind.VNC  # the graphics its domain serves
     secure_boot: bool = False  # UEFI secure boot (the pool's option)
-    # its network card: 'user' (QEMU user-mode networking, nothing on the host's
-    # interfaces), 'network:NAME' (a libvirt network), 'bridge:NAME', or 'none'
-    network: str = "user"
+    # its network card: 'none', 'network:NAME' (a libvirt network), 'bridge:NAME', or
+    # 'user' (QEMU user-mode networking: the guest reaches the host's loopback services)
+    network: str = "none"
     # the broker's own network named by `network` (defined on the host if missing)
     network_spec: NetworkSpec | None = None
     # its identity, given through a NoCloud seed ("": no seed) and the pool's

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,9 +204,11 @@ def _gpt_types(first_sectors: bytes) -> set[uuid.UUID] | None:
 # --- qemu-img (blocks) --------------------------------------------------------------------
 
 
-def inspect(path: Path, fmt: str | None = None) -> Inspection:
+def inspect(path: Path, fmt: str | None = None, label: str | None = None) -> Inspection:
     """Check a source file: readable, of the format given (or its name says) and shows,
-    naming no other file, and not corrupt (`qemu-img check`). Raises ImageRefused."""
+    naming no other file, and not corrupt (`qemu-img check`). Raises ImageRefused, naming
+    the file `label` (default: its own name)."""
+    label = label or path.name
     try:
         file_bytes = path.stat().st_size
         with path.open("rb") as f:
@@ -218,23 +222,23 @@ def inspect(path: Path, fmt: str | None = None) -> Inspection:
     shown = sniff_format(head)
     wanted = declared_format(path, fmt) or shown
     if wanted != shown:
-        raise ImageRefused(f"{path.name} is not a {wanted} image (its content is {shown})")
+        raise ImageRefused(f"{label} is not a {wanted} image (its content is {shown})")
     problems = _own_header_problems(path, shown, head)
     if problems:
-        raise ImageRefused(f"{path.name}: " + "; ".join(problems))
-    info = _info(path, shown)
+        raise ImageRefused(f"{label}: " + "; ".join(problems))
+    info = _info(path, shown, label)
     if info.get("backing-filename") or info.get("full-backing-filename"):
-        raise ImageRefused(f"{path.name}: it has a backing file")
+        raise ImageRefused(f"{label}: it has a backing file")
     specific = info.get("format-specific", {}).get("data", {})
     if specific.get("data-file"):
-        raise ImageRefused(f"{path.name}: it keeps its data in an external data file")
+        raise ImageRefused(f"{label}: it keeps its data in an external data file")
     for extent in specific.get("extents", []):
         if Path(str(extent.get("filename", ""))).resolve() != path.resolve():
-            raise ImageRefused(f"{path.name}: its extents name other files")
-    _check(path, shown)
+            raise ImageRefused(f"{label}: its extents name other files")
+    _check(path, shown, label)
     disk_bytes = int(info.get("virtual-size", 0))
     if disk_bytes <= 0:
-        raise ImageRefused(f"{path.name}: the disk has no size")
+        raise ImageRefused(f"{label}: the disk has no size")
     return Inspection(format=shown, disk_bytes=disk_bytes, file_bytes=file_bytes)
 
 
@@ -246,7 +250,13 @@ def _own_header_problems(path: Path, fmt: str, head: bytes) -> list[str]:
             with path.open("rb") as f:
                 f.seek(offset)
                 return f.read(size)
-        return vmdk_problems(vmdk_descriptor(head, read_at))
+        problems = vmdk_problems(vmdk_descriptor(head, read_at))
+        if int.from_bytes(head[12:20], "little") == 0:
+            # qemu then reads a text descriptor from the file instead of the header's
+            problems.append("its header gives no capacity (a descriptor in disguise)")
+        if re.search(rb"parentFileNameHint|FLAT|VMFS", read_at(512, 1 << 20)):
+            problems.append("it names other files (a parent or flat extents)")
+        return problems
     return []
 
 
@@ -266,22 +276,22 @@ def _last_line(text: str) -> str:
     return lines[-1].removeprefix("qemu-img: ") if lines else "no reason given"
 
 
-def _info(path: Path, fmt: str) -> dict[str, Any]:
+def _info(path: Path, fmt: str, label: str) -> dict[str, Any]:
     # -U: read without taking the image's lock (it is only read); info opens no backing file
     done = _qemu_img(["info", "--output=json", "-U", "-f", fmt, str(path)], "info")
     if done.returncode != 0:
-        raise ImageRefused(f"{path.name} is not a readable {fmt} image: "
+        raise ImageRefused(f"{label} is not a readable {fmt} image: "
                            f"{_last_line(done.stderr)}")
     try:
         info = json.loads(done.stdout)
     except json.JSONDecodeError as e:
-        raise ImageRefused(f"qemu-img info gave no answer for {path.name}") from e
+        raise ImageRefused(f"qemu-img info gave no answer for {label}") from e
     if not isinstance(info, dict):
-        raise ImageRefused(f"qemu-img info gave no answer for {path.name}")
+        raise ImageRefused(f"qemu-img info gave no answer for {label}")
     return info
 
 
-def _check(path: Path, fmt: str) -> None:
+def _check(path: Path, fmt: str, label: str) -> None:
     if fmt == "raw":
         return  # raw has no structure to check
     done = _qemu_img(["check", "-U", "-f", fmt, "--output=json", str(path)], "check",
@@ -295,7 +305,7 @@ def _check(path: Path, fmt: str) -> None:
                   f"{found.get('check-errors', 0)} check errors")
     except (json.JSONDecodeError, AttributeError):
         reason = _last_line(done.stderr)
-    raise ImageRefused(f"{path.name} is damaged or cut short (qemu-img check: {reason})")
+    raise ImageRefused(f"{label} is damaged or cut short (qemu-img check: {reason})")
 
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
@@ -305,29 +315,69 @@ def convert(source: Path, fmt: str, dest: Path,
             progress: Callable[[float], None] | None = None) -> None:
     """Write `source` (of format `fmt`, already inspected) as a standalone qcow2 file at
     `dest` (replaced if there); `progress` is told the percentage done. Raises
-    ImageRefused when qemu-img fails; no partial `dest` is left."""
+    ImageRefused when qemu-img fails. No partial `dest` is left, whatever happens (an
+    error in `progress`, an interrupt): qemu-img is stopped and its output removed."""
     part = dest.with_name(dest.name + ".part")
     part.unlink(missing_ok=True)
     cmd = ["qemu-img", "convert", "-p", "-f", fmt, "-O", "qcow2", "-o", "compat=1.1",
            str(source), str(part)]
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError as e:
-        raise ImageRefused("qemu-img is not installed (Debian package qemu-utils)") from e
-    assert proc.stdout is not None and proc.stderr is not None
-    buffer = b""
-    while chunk := os.read(proc.stdout.fileno(), 256):  # progress lines end in '\r'
-        buffer += chunk
-        *done, buffer = re.split(rb"[\r\n]", buffer)
-        for line in done:
-            m = _PROGRESS.search(line)
-            if m and progress is not None:
-                progress(float(m.group(1)))
-    err = proc.stderr.read().decode("utf-8", "replace")
-    if proc.wait() != 0:
-        part.unlink(missing_ok=True)
-        raise ImageRefused(f"{source.name} could not be converted: {_last_line(err)}")
+    with tempfile.TemporaryFile() as errors:  # never a pipe nobody reads
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
+        except FileNotFoundError as e:
+            raise ImageRefused("qemu-img is not installed (Debian package qemu-utils)") from e
+        assert proc.stdout is not None
+        try:
+            buffer = b""
+            while chunk := os.read(proc.stdout.fileno(), 256):  # progress ends in '\r'
+                buffer += chunk
+                *done, buffer = re.split(rb"[\r\n]", buffer)
+                for line in done:
+                    m = _PROGRESS.search(line)
+                    if m and progress is not None:
+                        progress(float(m.group(1)))
+            failed = proc.wait() != 0
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            part.unlink(missing_ok=True)
+            raise
+        finally:
+            proc.stdout.close()
+        if failed:
+            part.unlink(missing_ok=True)
+            errors.seek(0)
+            err = errors.read().decode("utf-8", "replace")
+            raise ImageRefused(f"{source.name} could not be converted: {_last_line(err)}")
     part.replace(dest)
+
+
+def private_copy(source: Path, dest: Path, progress: Callable[[float], None] | None = None
+                 ) -> None:
+    """Copy a regular file into `dest` (a folder only the broker writes), opened once
+    without following a symbolic link and without blocking on a FIFO: every check and
+    the conversion then read this copy, which nobody can swap or change between the
+    check and the use. Raises ImageRefused for anything but a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(source, flags)
+    except OSError as e:
+        raise ImageRefused(f"cannot read {source}: {e.strerror or e}") from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageRefused(f"{source} is not a regular file")
+        size, done = st.st_size, 0
+        try:
+            with dest.open("wb") as out:
+                while chunk := f.read(4 << 20):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None and size:
+                        progress(100.0 * done / size)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
 
 
 def first_sectors(qcow2: Path, count: int = 34) -> bytes:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hypervisor import Hypervisor, ImageDisk, ImageFiles
 from vdi.domain import Arch, Firmware, ImageTraits, OsFamily, Pool, utc_now
-from vdi.models import ImageReleaseRow, ImageRow, ImageVersionRow
+from vdi.models import DesktopRow, ImageReleaseRow, ImageRow, ImageVersionRow, PoolRow
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,17 @@ class ImageStore:
 
     @staticmethod
     def _next_version(s: Session, image_id: str) -> int:
-        newest = max(int(s.scalar(select(func.max(ImageVersionRow.version)).where(
-            ImageVersionRow.image_id == image_id)) or 0), int(s.scalar(
-                select(func.max(ImageRow.version)).where(ImageRow.id == image_id)) or 0))
+        """Above every version this image had: recorded, published, or held by a desktop
+        of a pool of it (builds from before migration 0009 left only those), so a new
+        build never shares a number with an older one and its spares are remade."""
+        newest = max(
+            int(s.scalar(select(func.max(ImageVersionRow.version)).where(
+                ImageVersionRow.image_id == image_id)) or 0),
+            int(s.scalar(select(func.max(ImageRow.version)).where(
+                ImageRow.id == image_id)) or 0),
+            int(s.scalar(select(func.max(DesktopRow.image_version))
+                         .join(PoolRow, PoolRow.id == DesktopRow.pool_id)
+                         .where(PoolRow.image == image_id)) or 0))
         return newest + 1
 
     def traits(self, image_id: str, version: int) -> ImageTraits | None:

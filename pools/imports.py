@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +88,19 @@ class ImageImporter:
             raise ImageRefused("image name: 1-32 lower-case letters, digits or '-', "
                                "starting with a letter or digit")
         _check_options(options)
-        progress("check", 0.0)
-        checked = image_file.inspect(source, options.format)
-        progress("check", 100.0)
         self.library.mkdir(parents=True, exist_ok=True)
-        staged = self.library / f"{image_id}.importing.qcow2"
+        token = secrets.token_hex(4)  # imports of one image at once never share a file
+        copy = self.library / f"{image_id}.{token}.source"
+        staged = self.library / f"{image_id}.{token}.importing.qcow2"
         try:
-            image_file.convert(source, checked.format, staged,
+            # the checks and the conversion read a private copy: the file the admin named
+            # cannot be swapped between the check and the use
+            image_file.private_copy(source, copy, lambda pct: progress("copy", pct))
+            progress("check", 0.0)
+            checked = image_file.inspect(copy, options.format or image_file.declared_format(
+                source, None), label=source.name)
+            progress("check", 100.0)
+            image_file.convert(copy, checked.format, staged,
                                lambda pct: progress("convert", pct))
             layout = image_file.boot_layout(image_file.first_sectors(staged))
             size = staged.stat().st_size
@@ -101,6 +108,8 @@ class ImageImporter:
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
+        finally:
+            copy.unlink(missing_ok=True)
         traits = ImageTraits(
             firmware=options.firmware or layout.firmware,
             os_family=options.os_family or layout.os_family, arch=options.arch,

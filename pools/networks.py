@@ -33,9 +33,10 @@ class NetworkStore:
             return NetworkSpec(row.name, row.subnet, row.mode) if row else None
 
     def save(self, spec: NetworkSpec) -> bool:
-        """Create or change a network; True when new. Raises NetworkError for a bad
-        spec or a subnet that overlaps another network's (departments must not share
-        addresses)."""
+        """Create a network (saving one as it is changes nothing); True when new. Raises
+        NetworkError for a bad spec, a changed subnet or mode (hosts keep what they
+        defined), or a subnet that overlaps another network's (departments must not
+        share addresses)."""
         try:
             net = check_network(spec)
         except ValueError as e:
@@ -47,6 +48,10 @@ class NetworkStore:
                                        f"({other.subnet})")
             row = s.get(NetworkRow, spec.name)
             new = row is None
+            if row is not None and (row.subnet, row.mode) != (str(net), spec.mode):
+                # the hosts keep the network they defined: a change would never reach them
+                raise NetworkError(f"network {spec.name} exists as {row.mode} {row.subnet}; "
+                                   "give the new one another name and move the pools to it")
             if row is None:
                 row = NetworkRow(name=spec.name, created_at=utc_now())
                 s.add(row)

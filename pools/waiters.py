@@ -21,6 +21,7 @@ from vdi.models import WaiterRow
 
 WAIT_FRESH = timedelta(seconds=20)  # the desktop page asks every 1.5 s
 WAIT_FORGET = timedelta(minutes=10)
+SEEN_WRITE_EVERY = timedelta(seconds=5)
 
 
 def join(s: Session, pool_id: str, username: str, now: datetime) -> datetime:
@@ -28,7 +29,8 @@ def join(s: Session, pool_id: str, username: str, now: datetime) -> datetime:
     asked for WAIT_FRESH) joins again at the back."""
     row = s.get(WaiterRow, (pool_id, username))
     if row is not None and row.seen_at >= now - WAIT_FRESH:
-        row.seen_at = now
+        if row.seen_at < now - SEEN_WRITE_EVERY:  # not a write for every poll
+            row.seen_at = now
         return row.since
     if row is not None:
         row.since, row.seen_at = now, now

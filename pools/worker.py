@@ -38,12 +38,16 @@ from pools.spares import Level, SpareMode, SpareSchedule, spare_level
 from vdi import desktops
 from vdi.catalog import Catalog
 from vdi.domain import DesktopState, Pool, utc_now
-from vdi.models import ClaimRow, DesktopRow, PoolRow
+from vdi.models import ClaimRow, DesktopRow, JobRow, PoolRow
 
 log = logging.getLogger(__name__)
 FORECAST_EVERY = timedelta(seconds=60)
 # a spare above the pool's level waits this long for a clerk before it is removed
 RETIRE_AFTER = timedelta(minutes=10)
+# a pool whose last few new desktops all failed to come up (a broken image) makes no
+# more for a while, instead of replacing them as fast as they fail
+BOOT_FAILURES_TO_PAUSE = 3
+BOOT_PAUSE = timedelta(minutes=10)
 COUNTED = (DesktopState.PROVISIONING, DesktopState.READY, DesktopState.ASSIGNED,
            DesktopState.RECLAIMING, DesktopState.ERROR, DesktopState.MAINTENANCE)
 
@@ -62,6 +66,21 @@ class SparePlan:
         want = pool.min_ready + waiting - ready - provisioning
         room = pool.max_size - live
         return SparePlan(add=max(0, min(want, room)))
+
+
+def boots_failing(s: Session, pool_id: str, now: datetime) -> bool:
+    """The pool's last BOOT_FAILURES_TO_PAUSE jobs that made a desktop all failed at its
+    boot, the last of them less than BOOT_PAUSE ago."""
+    made = (JobKind.PROVISION.value, JobKind.REVERT.value, JobKind.RELOCATE.value)
+    last = s.execute(select(JobRow.state, JobRow.step, JobRow.finished_at)
+                     .join(DesktopRow, DesktopRow.id == JobRow.desktop_id)
+                     .where(DesktopRow.pool_id == pool_id, JobRow.kind.in_(made),
+                            JobRow.finished_at.is_not(None))
+                     .order_by(JobRow.finished_at.desc(), JobRow.id.desc())
+                     .limit(BOOT_FAILURES_TO_PAUSE)).all()
+    return (len(last) == BOOT_FAILURES_TO_PAUSE
+            and all(state == "failed" and step == "boot" for state, step, _ in last)
+            and last[0][2] is not None and now - last[0][2] < BOOT_PAUSE)
 
 
 class PoolWorker:
@@ -236,6 +255,11 @@ class PoolWorker:
             hosts = [h for h in hosts if h.uri in holding]
         with self._sessions() as s:  # most ticks have nothing to add: no write lock then
             if not self._spare_plan(s, pool).add:
+                return []
+            if boots_failing(s, pool.id, self._clock()):
+                log.warning("pool %s: its last %d new desktops never came up; no more "
+                            "for %d minutes (see `vdi desktops` for why)", pool.id,
+                            BOOT_FAILURES_TO_PAUSE, BOOT_PAUSE.seconds // 60)
                 return []
         with self._sessions.begin() as s:
             if not lock_pool(s, pool.id):

@@ -19,6 +19,8 @@ from vdi.domain import (
 )
 from vdi.models import DesktopRow, PoolRow
 
+USER_DATA_MAX = 64 * 1024  # a NoCloud seed is a small volume
+
 
 class CatalogError(ValueError):
     """A pool definition is invalid; the message says which field."""
@@ -31,7 +33,7 @@ def pool_from_row(row: PoolRow) -> Pool:
                 entitled_groups=tuple(row.entitled_groups), image_version=row.image_version,
                 hosts=tuple(row.hosts or ()), console=ConsoleKind(row.console_kind),
                 boot_timeout_s=row.boot_timeout_s, secure_boot=row.secure_boot,
-                network=row.network)
+                network=row.network, user_data=row.user_data or "")
 
 
 def desktop_from_row(row: DesktopRow) -> Desktop:
@@ -85,6 +87,7 @@ class Catalog:
             row.boot_timeout_s = pool.boot_timeout_s
             row.secure_boot = pool.secure_boot
             row.network = pool.network
+            row.user_data = pool.user_data or None
 
     def desktops(self, pool_id: str | None = None,
                  states: Sequence[DesktopState] | None = None) -> list[Desktop]:
@@ -114,9 +117,11 @@ def validate_pool(pool: Pool) -> None:
     if not 10 <= pool.boot_timeout_s <= 3600:
         raise CatalogError("pool boot timeout: 10 to 3600 seconds")
     kind, _, name = pool.network.partition(":")
-    if pool.network != "user" and (kind not in ("network", "bridge") or not name
+    if pool.network not in ("none", "user") and (kind not in ("network", "bridge") or not name
                                    or len(pool.network) > 80 or not name.isprintable()
                                    or " " in name):
-        raise CatalogError("pool network: user, network:NAME or bridge:NAME")
+        raise CatalogError("pool network: none, network:NAME, bridge:NAME or user")
+    if len(pool.user_data.encode()) > USER_DATA_MAX:
+        raise CatalogError(f"pool user-data: at most {USER_DATA_MAX // 1024} KiB")
     if pool.image_version is not None and pool.image_version < 1:
         raise CatalogError("pool image version: 1 or more, or none for the released one")

@@ -91,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                          "reset once, then replaced (default 300)")
     ps.add_argument("--secure-boot", action=argparse.BooleanOptionalAction, default=None,
                     help="UEFI secure boot (for images imported with --secure-boot)")
-    ps.add_argument("--network", help="its desktops' network: user (QEMU user-mode, the "
-                                      "default), network:NAME (see network-set) or "
-                                      "bridge:NAME (a host bridge)")
+    ps.add_argument("--network", help="its desktops' network: none (the default), "
+                                      "network:NAME (see network-set), bridge:NAME (a host "
+                                      "bridge), or user (QEMU user-mode: reaches the host's "
+                                      "loopback services; not on a broker's host)")
+    ps.add_argument("--user-data", type=Path, metavar="FILE",
+                    help="customisation data for each desktop's NoCloud seed (cloud-init or "
+                         "cloudbase-init: e.g. a domain-join answer); an empty file clears it")
     ps.add_argument("--host", action="append",
                     help="host URI the pool may use (repeat; replaces the list; 'any': all)")
     pp = sub.add_parser("pool-policy", help="set a pool's idle policy per shift and its spare "
@@ -286,10 +290,18 @@ def _pool_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int
         entitled_groups=tuple(args.group) if args.group is not None else None,
         hosts=(() if args.host == ["any"] else tuple(args.host)) if args.host is not None
         else None, image_version=version, follow_released=follow,
-        boot_timeout_s=args.boot_timeout, secure_boot=args.secure_boot, network=args.network)
+        boot_timeout_s=args.boot_timeout, secure_boot=args.secure_boot, network=args.network,
+        user_data=_read_text(args.user_data) if args.user_data is not None else None)
     _, created = admin.set_pool(args.pool_id, changes)
     print(f"pool {args.pool_id} {'created' if created else 'saved'}")
     return 0
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AdminRefused(f"--user-data {path}: cannot read it as UTF-8 text ({e})") from e
 
 
 def _pool_policy(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:

@@ -183,11 +183,12 @@ def mark_deleted(s: Session, desktop_id: str, now: datetime) -> bool:
 
 
 def boot_failed(s: Session, desktop_id: str, message: str, now: datetime) -> bool:
-    """provisioning -> error, with the reason: its guest never came up; the caller adds
+    """provisioning | reclaiming (made anew, no clerk) -> error, with the reason: its
+    guest never came up; the caller adds
     the remove job (which ends it as deleted), and the pool makes another. No clerk ever
     had it, and none is told one is coming from it."""
-    return _cas(s, DesktopRow.id == desktop_id,
-                DesktopRow.state == DesktopState.PROVISIONING.value,
+    return _cas(s, DesktopRow.id == desktop_id, DesktopRow.state.in_(IN_WORK),
+                DesktopRow.assigned_user.is_(None),
                 state=DesktopState.ERROR.value, error=message[:NOTE_MAX],
                 updated_at=now, **_NO_CONSOLE)
 

@@ -19,6 +19,7 @@ class Permission(enum.StrEnum):
 
     SIGNED_IN = "signed_in"  # any live session: the clerk's own desktops and session
     READ_RECLAIMS = "read_reclaims"  # the idle policy's actions on every clerk's desktop
+    MANAGE_IMAGES = "manage_images"  # import golden images
 
 
 class DesktopState(enum.StrEnum):
@@ -120,10 +121,13 @@ class Pool:
     # a desktop whose guest is not up this long after its start is failed and replaced
     boot_timeout_s: int = 300
     secure_boot: bool = False  # UEFI secure boot, for images that support it
-    # its desktops' network: "user" (QEMU user-mode: nothing on the host's interfaces),
-    # "network:NAME" (a department's network, or a libvirt network the district runs),
-    # "bridge:NAME" (a host bridge, e.g. on the district's VLAN)
-    network: str = "user"
+    # its desktops' network: "none" (no network card), "network:NAME" (a department's
+    # network, or a libvirt network the district runs), "bridge:NAME" (a host bridge,
+    # e.g. on the district's VLAN), or "user" (QEMU user-mode: the guest reaches the
+    # host's own loopback services through 10.0.2.2, so never on a broker's host)
+    network: str = "none"
+    # customisation data for cloud-init / cloudbase-init (e.g. a domain-join answer)
+    user_data: str = ""
 
     @property
     def persistent(self) -> bool:

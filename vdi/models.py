@@ -72,8 +72,10 @@ class PoolRow(Base):
     # seconds a desktop's guest may take to come up before it is failed and replaced
     boot_timeout_s: Mapped[int] = mapped_column(Integer, default=300, server_default="300")
     secure_boot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # its desktops' network: user (QEMU user-mode), network:NAME, bridge:NAME
-    network: Mapped[str] = mapped_column(String(80), default="user", server_default="user")
+    # its desktops' network: none, network:NAME, bridge:NAME, user (vdi.domain.Pool)
+    network: Mapped[str] = mapped_column(String(80), default="none", server_default="none")
+    # the customisation data its desktops' NoCloud seed carries as user-data
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ImageReleaseRow(Base):
@@ -293,6 +295,25 @@ class NetworkRow(Base):
     subnet: Mapped[str] = mapped_column(String(43))
     mode: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ImageImportRow(Base):
+    """An image import started through the API (broker.image_imports): its progress for
+    the admin console. A row left `running` by a broker that died goes stale (its
+    updated_at stops moving) and is reported as interrupted."""
+
+    __tablename__ = "image_imports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16))  # running | done | failed
+    stage: Mapped[str] = mapped_column(String(64))
+    percent: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class WaiterRow(Base):

@@ -31,6 +31,9 @@ class RoleMap:
 class Settings:
     # where the broker keeps its own state (database file, logs)
     state_dir: Path = Path("var")
+    # the only folder image files are imported from through the API (an admin copies the
+    # district's image there); empty: `<state_dir>/imports`
+    image_import_dir: str = ""
     database_url: str = ""
     public_url: str = "http://127.0.0.1:8000"
     # extra websocket Origins accepted besides public_url's
@@ -106,6 +109,11 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.state_dir / 'vdi.sqlite3').resolve()}"
+
+    @property
+    def import_dir(self) -> Path:
+        """The folder image files are imported from through the API."""
+        return Path(self.image_import_dir) if self.image_import_dir else self.state_dir / "imports"
 
     @property
     def origins(self) -> frozenset[str]:

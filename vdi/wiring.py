@@ -17,6 +17,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +31,7 @@ from broker.auth.throttle import LoginThrottle
 from broker.blocking import Blocking
 from broker.consoles import Consoles
 from broker.idle import IdleNotices
+from broker.image_imports import ImageImports
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.sessions import SessionStore
@@ -37,7 +39,7 @@ from broker.signals import ConsoleSignals
 from broker.signin import SignIn
 from broker.tokens import TokenStore
 from pools.calls import HostCalls
-from pools.hosts import Host, Limits
+from pools.hosts import Host, HostRegistry, Limits
 from pools.hypervisor import Hypervisor
 from pools.images import ImageStore
 from pools.worker import PoolWorker
@@ -98,6 +100,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self.signals.flush)
+        if self.api is not None:  # an import half-way records its end before we go
+            await self.api.image_imports.drain()
         self.calls.close()
         if isinstance(self.directory, LdapDirectory):
             self.directory.close()
@@ -167,13 +171,32 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                           vnc_password_valid_s=settings.vnc_password_valid_s,
                           max_cut_text=settings.max_ws_frame_bytes),
         reclaims=ReclaimLog(blocking=blocking, db=db, audit=audit),
-        health=Health(blocking, db))
+        health=Health(blocking, db),
+        image_imports=ImageImports(db, folder=settings.import_dir,
+                                   library=Path(settings.state_dir) / "images",
+                                   targets=import_targets(db, calls)))
     return Runtime(settings=settings, engine=engine, db=db, blocking=blocking,
                    directory=directory, calls=calls, sessions=sessions, tokens=tokens,
                    catalog=catalog, images=images, audit=audit, tunnels=tunnels,
                    worker=worker,
                    signals=ConsoleSignals(db, tunnels, sessions, flush_s=settings.input_flush_s),
                    api=api)
+
+
+def import_targets(db: sessionmaker[Session], calls: HostCalls
+                   ) -> Callable[[], list[tuple[Host, Hypervisor]]]:
+    """Every registered host with its adapter (the hosts this process was given, before
+    the worker registered them)."""
+    registry = HostRegistry(db)
+
+    def targets() -> list[tuple[Host, Hypervisor]]:
+        records = registry.hosts() or [
+            Host(uri=uri, name="local" if len(calls.hosts) == 1 else uri, graphics_listen="",
+                 storage_pool="", storage_dir="", log_dir="") for uri in calls.hosts]
+        for record in records:
+            calls.ensure(record)
+        return [(r, calls.hosts[r.uri]) for r in records if r.uri in calls.hosts]
+    return targets
 
 
 def build_app(settings: Settings, *, directory: Directory | None = None,

@@ -22,6 +22,7 @@ from broker.assignment import (
 from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
 from broker.auth.throttle import Throttled
 from broker.errors import BadRequest, Forbidden, NoAccess, NoDesktop, NotSignedIn
+from broker.image_imports import ImportNotFound
 from web.i18n import gettext_for
 
 
@@ -72,6 +73,7 @@ ANSWERS: dict[type[Exception], Answer] = {
         409, "console_unsupported",
         N_("This desktop's console type cannot be opened here yet. Call the helpdesk.")),
     AssignmentError: Answer(500, "assignment_failed", N_("Could not assign a desktop.")),
+    ImportNotFound: Answer(404, "import_not_found", N_("No such image import.")),
 }
 # refusals raised by the access seam itself (web.access) register here too
 ANSWERS_BY_CODE: dict[str, Answer] = {
@@ -86,7 +88,11 @@ QUEUE_MESSAGES = {
 }
 # what a BadRequest may say (its message is shown, translated)
 BAD_REQUEST_MESSAGES = (N_("Send a JSON object with username and password."),
-                        N_("hours must be a number."))
+                        N_("hours must be a number."),
+                        N_("Send a JSON object with image and file."),
+                        N_("Name a file in the import folder."),
+                        N_("An import option is not valid."),
+                        N_("The request is malformed."))
 UNKNOWN = Answer(500, "internal_error", N_("Something went wrong. Try again or call the helpdesk."))
 
 

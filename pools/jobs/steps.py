@@ -121,7 +121,7 @@ async def create(ctx: StepContext, w: Work) -> Payload:
                        disk_must_exist=w.job.kind is JobKind.RESTART
                        and desktop.assigned_user is not None, console=pool.console,
                        secure_boot=pool.secure_boot, hostname=desktop_hostname(desktop.id),
-                       network=pool.network, network_spec=network)
+                       network=pool.network, network_spec=network, user_data=pool.user_data)
     async with ctx.slot(target):
         endpoint = await ctx.calls.run(
             target, lambda h: h.create_desktop(spec),
@@ -141,8 +141,9 @@ def _endpoint(payload: Payload) -> ConsoleEndpoint | None:
 async def boot(ctx: StepContext, w: Work) -> Payload:
     """Wait until the guest is up (its agent answers, or its image's boot delay has
     passed): until then the desktop is not offered. A guest not up within the pool's
-    boot timeout is reset and waited for again, up to BOOT_ATTEMPTS in all; then a new
-    desktop is replaced (Replace), and a clerk's restarted one fails with the reason."""
+    boot timeout is reset and waited for again, up to BOOT_ATTEMPTS in all, then
+    replaced (Replace); a clerk's restarted desktop is never reset: it fails with the
+    reason for the helpdesk."""
     desktop, pool, payload = w.desktop, w.pool, w.payload
     host = payload.get("host", desktop.host_uri)
     version = int(payload.get("version") or desktop.image_version or 0)
@@ -155,15 +156,16 @@ async def boot(ctx: StepContext, w: Work) -> Payload:
     while True:
         try:
             await ctx.calls.run(host, lambda h: h.wait_until_up(name, traits, timeout),
-                                timeout_s=timeout + ctx.calls.timeout_s)
+                                timeout_s=timeout + ctx.calls.timeout_s, wait=True)
             break
         except GuestNotUp as e:
             attempts += 1
+            if w.job.kind is JobKind.RESTART:
+                # a clerk's own desktop (a guest installing updates, say) is never reset
+                # under them: reported, and left running
+                raise StepFailed(str(e)) from e
             if attempts >= BOOT_ATTEMPTS:
-                reason = f"{e} (tried {attempts} times)"
-                if w.job.kind is JobKind.RESTART:
-                    raise StepFailed(reason) from e
-                raise Replace(reason) from e
+                raise Replace(f"{e} (tried {attempts} times)") from e
             payload = {**payload, "boot_attempts": attempts}
             await asyncio.to_thread(ctx.queue.save_payload, w.job, payload)
             await ctx.calls.run(host, lambda h: h.reset_desktop(name))

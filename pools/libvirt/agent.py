@@ -10,6 +10,7 @@ connected before the wait began. A ping then confirms it answers.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import threading
 import time
@@ -112,8 +113,12 @@ def addresses_of(interfaces: Any) -> list[str]:
         if not isinstance(nic, dict) or nic.get("name") == "lo":
             continue
         for a in nic.get("ip-addresses") or []:
-            ip = str(a.get("ip-address", "")) if isinstance(a, dict) else ""
-            if not ip or ip.startswith(("127.", "169.254.", "fe80:", "::1")):
+            raw = a.get("ip-address") if isinstance(a, dict) else None
+            try:  # the guest says what it likes: only real addresses are kept
+                ip = ipaddress.ip_address(str(raw))
+            except ValueError:
                 continue
-            out.append(ip)
-    return out
+            if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+                continue
+            out.append(str(ip))
+    return out[:8]

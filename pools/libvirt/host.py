@@ -341,10 +341,12 @@ class LibvirtHost:
                 # with its saved memory, if it was suspended: an undefine without the
                 # flag is refused, and a copy left defined would later resume old memory
                 # over a newer disk
-                # and a UEFI desktop's NVRAM file (its firmware variables), made with it
-                _ignore_gone(lambda: dom.undefineFlags(
-                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM))
+                # and a UEFI desktop's NVRAM file (its firmware variables) with its disk;
+                # kept with a kept disk (the desktop runs on elsewhere, boot entries and all)
+                flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | (
+                    libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM if keep_disk
+                    else libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                _ignore_gone(lambda: dom.undefineFlags(flags))
         if not keep_disk:
             self._storage.delete_desktop_disk(name)
         if self._conn.is_local:

@@ -65,3 +65,27 @@ async def test_probes_of_a_healthy_host_do_not_queue_behind_hung_calls() -> None
     finally:
         release.set()
         calls.close()
+
+
+async def test_guests_coming_up_do_not_hold_the_threads_other_calls_need() -> None:
+    host = FakeHypervisor("fake://busy/system")
+    calls = HostCalls({host.uri: host}, timeout_s=5, max_threads=1, max_waits=4)
+    release = threading.Event()
+
+    def boot_wait(h: Hypervisor) -> str:
+        release.wait(10)  # a guest taking its time to come up
+        return h.uri
+
+    try:
+        waits = [asyncio.create_task(calls.run(host.uri, boot_wait, timeout_s=30, wait=True))
+                 for _ in range(4)]
+        await asyncio.sleep(0.1)
+        # the one ordinary thread is free: a console password or a create goes through
+        info = await asyncio.wait_for(calls.run(host.uri, lambda h: h.host_info()), 2)
+        assert info.hostname == host.uri
+        assert not any(w.done() for w in waits)
+        release.set()
+        assert await asyncio.gather(*waits) == [host.uri] * 4
+    finally:
+        release.set()
+        calls.close()

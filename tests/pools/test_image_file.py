@@ -220,3 +220,35 @@ def guest_disk_file() -> Path:
     from harness.guest import guest_disk
 
     return guest_disk().path
+
+
+def test_a_vmdk_hiding_a_descriptor_behind_no_capacity_is_refused(tmp_path: Path) -> None:
+    decoy = Decoy(tmp_path / "decoy.raw").fill()
+    text = ('# Disk DescriptorFile\n#x createType="monolithicFlat"\n'
+            'createType="monolithicSparse"\nRDONLY 100 SPARSE\n'
+            f'RW +2048 FLAT "{decoy.path}" 0\n').encode()
+    header = (b"KDMV" + (1).to_bytes(4, "little") + (3).to_bytes(4, "little")
+              + (0).to_bytes(8, "little")  # capacity 0
+              + (128).to_bytes(8, "little") + (1).to_bytes(8, "little")  # grain, desc offset
+              + (20).to_bytes(8, "little"))  # descriptor size in sectors
+    evil = tmp_path / "disguised.vmdk"
+    evil.write_bytes(header.ljust(512, b"\0") + text.ljust(20 * 512, b"\0"))
+    message = assert_refused(evil, "disguised.vmdk")
+    assert "no capacity" in message or "other files" in message, message
+    assert decoy.unchanged()
+
+
+def test_the_private_copy_takes_regular_files_only(tmp_path: Path) -> None:
+    import os
+
+    real = tmp_path / "disk.img"
+    real.write_bytes(b"x" * 10_000)
+    image_file.private_copy(real, tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == real.read_bytes()
+    os.symlink(real, tmp_path / "link.img")
+    with pytest.raises(ImageRefused, match="cannot read"):  # not followed
+        image_file.private_copy(tmp_path / "link.img", tmp_path / "copy2")
+    os.mkfifo(tmp_path / "pipe.img")  # opened without blocking, then refused
+    with pytest.raises(ImageRefused, match="not a regular file"):
+        image_file.private_copy(tmp_path / "pipe.img", tmp_path / "copy3")
+    assert not (tmp_path / "copy2").exists() and not (tmp_path / "copy3").exists()

@@ -65,6 +65,8 @@ def test_departments_may_not_share_addresses(db: sessionmaker[Session]) -> None:
     with pytest.raises(NetworkError, match="overlaps network depta"):
         store.save(NetworkSpec("deptb", "10.231.0.0/16"))
     assert store.save(NetworkSpec("deptb", "10.231.2.0/24")) is True
-    assert store.save(NetworkSpec("depta", "10.231.3.0/24", "nat")) is False  # changed
+    assert store.save(NetworkSpec("depta", "10.231.1.0/24")) is False  # as it is
+    with pytest.raises(NetworkError, match="give the new one another name"):
+        store.save(NetworkSpec("depta", "10.231.3.0/24", "nat"))
     assert [(n.name, n.subnet, n.mode) for n in store.all()] == [
-        ("depta", "10.231.3.0/24", "nat"), ("deptb", "10.231.2.0/24", "isolated")]
+        ("depta", "10.231.1.0/24", "isolated"), ("deptb", "10.231.2.0/24", "isolated")]

@@ -251,3 +251,26 @@ async def test_a_desktop_left_provisioning_is_resumed_without_a_second_domain(
         assert fake.defined_count == 1
     finally:
         calls.close()
+
+
+async def test_a_pool_whose_desktops_never_come_up_pauses_after_three(rig: Rig) -> None:
+    rig.catalog.save_pool(make_pool(min_ready=1, max_size=2))
+    rig.fake.all_never_up = True  # a broken image: no guest ever answers
+    worker = rig.worker()
+    for _ in range(12):
+        await worker.tick()
+        await worker.drain()
+        rig.clock.advance(1)
+    made = len(rig.rows())
+    assert made == 3, rig.rows()  # three were made, failed and removed; then no more
+    assert all(r.state == "deleted" for r in rig.rows())
+    assert all(r.error and "did not answer" in r.error for r in rig.rows())
+    for _ in range(3):
+        await worker.tick()
+        await worker.drain()
+    assert len(rig.rows()) == made
+    rig.clock.advance(11 * 60)  # after the pause it tries again
+    rig.fake.all_never_up = False
+    await worker.tick()
+    await worker.drain()
+    assert [r.state for r in rig.rows()].count("ready") == 1

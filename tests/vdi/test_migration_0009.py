@@ -10,7 +10,10 @@ from pathlib import Path
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
-from vdi.db import alembic_config, make_engine
+from pools.hypervisor import ImageDisk
+from pools.images import ImageStore
+from vdi.db import alembic_config, make_engine, session_factory
+from vdi.domain import Firmware, ImageTraits, OsFamily
 
 AT = datetime(2026, 12, 7, 9, 0, tzinfo=UTC).isoformat()
 
@@ -32,6 +35,10 @@ def test_kernel_images_go_pools_get_boot_settings_and_back(tmp_path: Path) -> No
         c.execute(text(
             "INSERT INTO image_releases (image_id, version, released_at, released_by) "
             "VALUES ('guest', 1, :at, 'cli')"), {"at": AT})
+        c.execute(text(
+            "INSERT INTO desktops (id, pool_id, state, host_uri, domain_name, image_version, "
+            "created_at, updated_at, power) VALUES ('d1', 'window', 'ready', "
+            "'qemu:///system', 'vdi-d1', 1, :at, :at, 'on')"), {"at": AT})
     command.upgrade(cfg, "0009")
     engine = make_engine(url)
     try:
@@ -41,6 +48,15 @@ def test_kernel_images_go_pools_get_boot_settings_and_back(tmp_path: Path) -> No
             assert c.execute(text("SELECT count(*) FROM images")).scalar_one() == 0
             assert c.execute(text("SELECT count(*) FROM image_releases")).scalar_one() == 0
             assert c.execute(text("SELECT count(*) FROM image_versions")).scalar_one() == 0
+
+        # a build imported now gets a version above the desktops made from the old one
+        # (v1 here), so their spares are remade on it
+        disk = tmp_path / "d.qcow2"
+        disk.write_bytes(b"QFI\xfb")
+        version = ImageStore(session_factory(engine)).record_version(
+            "guest", ImageDisk(disk, "f" * 64, 1, ImageTraits(Firmware.BIOS, OsFamily.LINUX)),
+            str(disk), "qcow2", "test", 4)
+        assert version == 2
         columns = {col["name"] for col in inspect(engine).get_columns("images")}
         assert not columns & {"kernel_path", "initrd_path", "cmdline"}
     finally:

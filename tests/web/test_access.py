@@ -18,6 +18,7 @@ USERS = {"staff": "zhangsan", "helpdesk": "wangwu", "admin": "zhaoliu"}
 ANYONE = {w: True for w in WHO}
 SIGNED_IN = {"anonymous": False, "staff": True, "helpdesk": True, "admin": True}
 HELPDESK_OR_ADMIN = {"anonymous": False, "staff": False, "helpdesk": True, "admin": True}
+ADMIN_ONLY = {"anonymous": False, "staff": False, "helpdesk": False, "admin": True}
 
 # (method, path) -> (permission, csrf, origin, who may use it)
 TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool]]] = {
@@ -31,6 +32,9 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("POST", "/api/pools/{pool}/still-here"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
     ("GET", "/api/admin/reclaims"): (Permission.READ_RECLAIMS, False, False,
                                      HELPDESK_OR_ADMIN),
+    ("POST", "/api/admin/images"): (Permission.MANAGE_IMAGES, True, False, ADMIN_ONLY),
+    ("GET", "/api/admin/images/imports/{import_id}"): (Permission.MANAGE_IMAGES, False, False,
+                                                       ADMIN_ONLY),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
@@ -79,7 +83,8 @@ def test_the_permission_table_matches_the_route_table() -> None:
 
 
 def _path(path: str) -> str:
-    return path.replace("{pool}", "window").replace("{name}", "desktop.js")
+    return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
+            .replace("{import_id}", "1"))
 
 
 def _call(client: httpx.Client, method: str, path: str, csrf: str | None) -> httpx.Response:
@@ -108,7 +113,7 @@ def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) ->
             assert refused, f"{who} {method} {path}: {r.status_code} {r.text[:200]}"
             want = "not_signed_in" if who == "anonymous" else "forbidden"
             assert r.json()["error"] == want
-        if signed and csrf:  # the same call without the session's CSRF token is refused
+        if signed and csrf and may[who]:  # without the session's CSRF token: refused
             bare = client.request(method, _path(path))
             assert bare.status_code == 403 and bare.json()["error"] == "csrf", (method, path)
     out = client.request("DELETE", "/api/session",

@@ -43,6 +43,8 @@ def upgrade() -> None:
     # pools that ran them wait for an imported version (`vdi image-import`).
     op.execute("DELETE FROM images")
     op.execute("DELETE FROM image_releases")
+    # (the first import gets a version above those of the desktops made from them:
+    # pools.images.ImageStore, so their spares are remade on it)
     with op.batch_alter_table('images', schema=None) as batch_op:
         batch_op.drop_column('kernel_path')
         batch_op.drop_column('initrd_path')

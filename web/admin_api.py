@@ -1,0 +1,77 @@
+"""The admin's JSON API (the admin console uses it): importing golden images, with the
+progress of each import. Access is declared beside each route (web.access)."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broker.errors import BadRequest
+from pools.imports import ImportOptions
+from vdi.domain import Arch, Firmware, OsFamily, Permission
+from web.access import Access, Call, route
+from web.api import read_json
+
+START = Access(Permission.MANAGE_IMAGES, csrf=True)
+READ_IMPORTS = Access(Permission.MANAGE_IMAGES)
+
+
+def import_options(data: dict[str, object]) -> ImportOptions:
+    """The request's options; raises BadRequest naming the one that is wrong."""
+    def choice(key: str, kind: type[Firmware] | type[OsFamily] | type[Arch]) -> object:
+        value = data.get(key)
+        if value is None:
+            return None
+        try:
+            return kind(str(value))
+        except ValueError as e:
+            raise BadRequest("An import option is not valid.") from e
+
+    def flag(key: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            raise BadRequest("An import option is not valid.")
+        return value
+
+    delay = data.get("boot_delay_s", 0)
+    fmt = data.get("format")
+    if not isinstance(delay, int) or isinstance(delay, bool) or (
+            fmt is not None and not isinstance(fmt, str)):
+        raise BadRequest("An import option is not valid.")
+    firmware, os_family, arch = choice("firmware", Firmware), choice("os", OsFamily), choice(
+        "arch", Arch)
+    return ImportOptions(
+        format=fmt, firmware=firmware if isinstance(firmware, Firmware) else None,
+        os_family=os_family if isinstance(os_family, OsFamily) else None,
+        arch=arch if isinstance(arch, Arch) else Arch.X86_64, virtio=flag("virtio", True),
+        agent=flag("agent", True), boot_delay_s=delay, secure_boot=flag("secure_boot", False))
+
+
+async def start_import(call: Call) -> Response:
+    """Start importing a file of the import folder: {"image": name, "file": name in the
+    folder, options...}. 202 with the import's id; the import runs in the background."""
+    data = await read_json(call)
+    if data is None or not isinstance(data.get("image"), str) or not isinstance(
+            data.get("file"), str):
+        raise BadRequest("Send a JSON object with image and file.")
+    import_id = await call.api.image_imports.start(
+        call.signed_in.principal, str(data["image"]), str(data["file"]), import_options(data))
+    return JSONResponse({"import": import_id,
+                         "status": f"/api/admin/images/imports/{import_id}"}, status_code=202)
+
+
+async def import_status(call: Call) -> Response:
+    raw = call.request.path_params["import_id"]
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadRequest("The request is malformed.")
+    st = call.api.image_imports.status(int(raw))
+    return JSONResponse({"import": st.id, "image": st.image_id, "file": st.source,
+                         "state": st.state, "stage": st.stage, "percent": st.percent,
+                         "message": st.message, "version": st.version,
+                         "started_by": st.started_by, "started_at": st.started_at.isoformat()})
+
+
+routes: list[Route] = [
+    route("/api/admin/images", "POST", START, start_import),
+    route("/api/admin/images/imports/{import_id}", "GET", READ_IMPORTS, import_status),
+]
