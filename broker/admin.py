@@ -168,6 +168,9 @@ class Admin:
         pool = dataclasses.replace(base, **given)
         if pool.secure_boot:
             self._check_secure_boot(pool)
+        if before is None or (pool.image, pool.image_version) != (before.image,
+                                                                  before.image_version):
+            self._check_some_host_runs(pool)
         if before is not None and pool.kind != before.kind:
             held = [d for d in self.catalog.desktops(pool.id)
                     if d.state is not DesktopState.DELETED]
@@ -193,6 +196,22 @@ class Admin:
         self._audit("network-set", spec.name, f"{spec.mode} {spec.subnet}"
                     + (" (new)" if new else ""))
         return new
+
+    def _check_some_host_runs(self, pool: Pool) -> None:
+        """A pool's image must be imported and held by a registered host: the import puts
+        it only on hosts that run its architecture and firmware, so an aarch64 pool where
+        no host runs aarch64 is refused here, not left to fail desktop after desktop."""
+        builds = self.images.versions(pool.image)
+        hosts = [h.uri for h in self.hosts.hosts()]
+        if not builds or not hosts or self.images.hosts_ready_for(pool, hosts):
+            return  # held by a registered host (or not imported yet, or no host recorded)
+        wanted = pool.image_version or self.images.released_version(pool.image)
+        build = next((b for b in builds if b.version == wanted), builds[-1])
+        t = build.traits
+        raise AdminRefused(
+            f"pool {pool.id}: no registered host holds image {pool.image} v{build.version}"
+            f" ({t.firmware.value}, {t.arch.value}); add a host that runs {t.arch.value} "
+            "guests and import the image there")
 
     def _check_secure_boot(self, pool: Pool) -> None:
         """Secure boot only for an image whose imported builds can do it."""

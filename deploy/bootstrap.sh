@@ -3,7 +3,8 @@
 # Idempotent: what is installed is not installed again, what runs is not restarted.
 #   - Debian packages: libvirt + QEMU, OpenLDAP slapd, PostgreSQL (the tests and the
 #     login benchmark start their own servers with deploy/postgres/), Chromium and a CJK
-#     font for the browser tests, the tools the guest image builder uses
+#     font for the browser tests, the tools the guest image builder uses, QEMU for
+#     x86_64 and aarch64 desktops
 #   - libvirtd (and virtlogd) started without systemd when they are not running
 set -euo pipefail
 packages=(
@@ -11,10 +12,11 @@ packages=(
   dnsmasq-base slapd ldap-utils postgresql chromium fonts-noto-cjk busybox-static cpio e2fsprogs
   xz-utils gettext
   # the guest image builder: bootable disks (MBR + syslinux, GPT + systemd-boot), the
-  # guest agent put in the image, depmod for the kernel's module dependencies; OVMF is
-  # the UEFI firmware libvirt boots UEFI desktops with
-  syslinux syslinux-common mtools dosfstools fdisk systemd-boot-efi qemu-guest-agent kmod
-  ovmf
+  # host's guest agent (which libraries the guest's links), depmod for the kernel's
+  # module dependencies; OVMF is the UEFI firmware libvirt boots UEFI desktops with
+  syslinux syslinux-common mtools dosfstools fdisk qemu-guest-agent kmod ovmf
+  # aarch64 desktops (ARM64 hosts: Kunpeng, Phytium), emulated here: QEMU and AAVMF
+  qemu-system-arm qemu-efi-aarch64
   # xmllint: virt-xml-validate (libvirt-clients, schemas from libvirt0) runs it to check
   # the domain documents in tests/pools/test_domain_xml.py; Debian does not pull it in
   libxml2-utils
@@ -22,6 +24,12 @@ packages=(
 if [[ $(id -u) -ne 0 ]]; then
   echo "bootstrap: run as root (it installs Debian packages and starts libvirtd)" >&2
   exit 1
+fi
+# The aarch64 guest image is built from Debian's arm64 packages (kernel, busybox, agent).
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "bootstrap: enabling Debian's arm64 packages (for the aarch64 guest image)"
+  dpkg --add-architecture arm64
+  apt-get update -q >/dev/null
 fi
 missing=()
 for p in "${packages[@]}"; do

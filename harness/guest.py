@@ -8,12 +8,14 @@ from pathlib import Path
 
 from pools import image_file
 from pools.hypervisor import ImageDisk, file_digest
-from vdi.domain import Firmware, ImageTraits, OsFamily
+from vdi.domain import Arch, Firmware, ImageTraits, OsFamily
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = REPO / "var" / "guest"
 BUILDER = REPO / "deploy" / "guest" / "build-image.sh"
-DISK_NAMES = {Firmware.BIOS: "bios.qcow2", Firmware.UEFI: "uefi.qcow2"}
+DISK_NAMES = {(Firmware.BIOS, Arch.X86_64): "bios.qcow2",
+              (Firmware.UEFI, Arch.X86_64): "uefi.qcow2",
+              (Firmware.UEFI, Arch.AARCH64): "aarch64.qcow2"}
 
 
 class GuestBuildFailed(RuntimeError):
@@ -33,17 +35,19 @@ def build_guest(out: Path = GUEST_DIR, timeout_s: float = 900) -> Path:
     return out
 
 
-def disk_of(path: Path, firmware: Firmware, *, agent: bool = True) -> ImageDisk:
+def disk_of(path: Path, firmware: Firmware, *, agent: bool = True,
+            arch: Arch = Arch.X86_64) -> ImageDisk:
     """A built qcow2 disk as the import describes it (checked the same way)."""
     checked = image_file.inspect(path)
     layout = image_file.boot_layout(image_file.first_sectors(path))
     if layout.firmware is not firmware:
         raise GuestBuildFailed(f"{path} boots through {layout.firmware}, not {firmware}")
     return ImageDisk(path=path, digest=file_digest(path), disk_bytes=checked.disk_bytes,
-                     traits=ImageTraits(firmware, OsFamily.LINUX, agent=agent,
+                     traits=ImageTraits(firmware, OsFamily.LINUX, arch, agent=agent,
                                         boot_delay_s=0 if agent else 5))
 
 
-def guest_disk(firmware: Firmware = Firmware.BIOS, out: Path = GUEST_DIR) -> ImageDisk:
-    """The project's guest disk booting through `firmware`, built if missing."""
-    return disk_of(build_guest(out) / DISK_NAMES[firmware], firmware)
+def guest_disk(firmware: Firmware = Firmware.BIOS, out: Path = GUEST_DIR,
+               arch: Arch = Arch.X86_64) -> ImageDisk:
+    """The project's guest disk of `arch` booting through `firmware`, built if missing."""
+    return disk_of(build_guest(out) / DISK_NAMES[firmware, arch], firmware, arch=arch)

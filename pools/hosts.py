@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pools.hypervisor import HostInfo
-from vdi.domain import DesktopState, Pool, utc_now
+from vdi.domain import Arch, DesktopState, Pool, utc_now
 from vdi.models import DesktopRow, HostRow, PoolRow
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Host:
     status: HostStatus = HostStatus.UNKNOWN
     memory_mib: int = 0
     cpus: int = 0
+    arches: frozenset[Arch] = frozenset()  # the guest architectures it runs, once seen
     last_seen_at: datetime | None = None
     down_since: datetime | None = None
     error: str | None = None
@@ -56,12 +57,20 @@ class Host:
         return self.status is HostStatus.UP and not self.maintenance
 
 
+def arches_of(text: str | None) -> frozenset[Arch]:
+    """The architectures a host record lists (none until it answered; unknown names
+    skipped)."""
+    known = {a.value: a for a in Arch}
+    return frozenset(known[n] for n in (text or "").split(",") if n in known)
+
+
 def host_from_row(row: HostRow) -> Host:
     return Host(uri=row.uri, name=row.name, graphics_listen=row.graphics_listen,
                 storage_pool=row.storage_pool, storage_dir=row.storage_dir,
                 log_dir=row.log_dir, shared_storage=row.shared_storage,
                 maintenance=row.maintenance, status=HostStatus(row.status),
-                memory_mib=row.memory_mib, cpus=row.cpus, last_seen_at=row.last_seen_at,
+                memory_mib=row.memory_mib, cpus=row.cpus, arches=arches_of(row.arches),
+                last_seen_at=row.last_seen_at,
                 down_since=row.down_since, error=row.error)
 
 
@@ -204,6 +213,7 @@ class HostRegistry:
             row.status = HostStatus.UP.value
             row.memory_mib = info.memory_mib
             row.cpus = info.cpus
+            row.arches = ",".join(sorted(a.value for a in info.arches))
             row.last_seen_at = now
             row.down_since = None
             row.error = None

@@ -54,6 +54,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import pytest
+
+from pools.libvirt.host import LibvirtHost
+
 BASE_DIR = Path("/var/lib/vdit-nshost")
 HOSTS_DIR = BASE_DIR / "hosts"
 LOCK_FILE = BASE_DIR / "lock"
@@ -328,6 +332,8 @@ mount --bind "$1/etc" /etc/libvirt
 mount --bind "$1/lib" /var/lib/libvirt
 mount --bind "$1/cache" /var/cache/libvirt
 mount --bind "$1/log" /var/log/libvirt
+shift
+for emulator in "$@"; do mount --bind /dev/null "$emulator"; done
 echo ready
 exec sleep infinity
 """
@@ -341,7 +347,10 @@ class NamespaceHost:
     """
 
     def __init__(self, index: int, *, libvirtd_conf_extra: str = "",
-                 qemu_conf_extra: str = "") -> None:
+                 qemu_conf_extra: str = "", hidden_emulators: Sequence[str] = ()) -> None:
+        """`hidden_emulators`: QEMU binaries (e.g. /usr/bin/qemu-system-aarch64) covered
+        in the host's mount namespace, so its libvirtd does not offer their guests: a
+        host of one architecture beside the machine's own, which runs more."""
         if not 1 <= index <= 200:
             raise ValueError("index must be 1..200")
         self.index = index
@@ -353,6 +362,7 @@ class NamespaceHost:
         self.host_uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.name}.vdit.test"))
         self._libvirtd_conf_extra = libvirtd_conf_extra
         self._qemu_conf_extra = qemu_conf_extra
+        self._hidden = tuple(hidden_emulators)
         self._anchor: subprocess.Popen[bytes] | None = None
         self._virtlogd: subprocess.Popen[bytes] | None = None
         self._libvirtd: subprocess.Popen[bytes] | None = None
@@ -465,7 +475,7 @@ class NamespaceHost:
             self._anchor = subprocess.Popen(
                 ["ip", "netns", "exec", self.name, "unshare", "--mount",
                  "--propagation", "private", "sh", "-c", _ANCHOR_SCRIPT, "anchor",
-                 str(self.dir)],
+                 str(self.dir), *self._hidden],
                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=self._env())
         deadline = time.monotonic() + timeout_s
         while b"ready" not in out.read_bytes():
@@ -613,3 +623,33 @@ def _set_conf(path: Path, keys: Sequence[str], values: dict[str, str], extra: st
     if extra:
         kept.append(extra)
     path.write_text("\n".join(kept) + "\n")
+
+
+@contextlib.contextmanager
+def lone_host(storage_pool: str, *, lock_wait_s: float = 300,
+              hidden_emulators: Sequence[str] = ()) -> Iterator[tuple[NamespaceHost, LibvirtHost]]:
+    """One namespace host (index 1) and the broker's adapter to it (a `LibvirtHost` with
+    storage pool `storage_pool` in the shared folder, TCG): the namespace lock held, a
+    clean slate before and after. Fails the test with the reason when the host cannot
+    start or leaves anything behind."""
+    with exclusive(timeout_s=lock_wait_s):
+        cleanup_leftovers()
+        shared = SharedStorage().create()
+        h = NamespaceHost(1, hidden_emulators=hidden_emulators)
+        try:
+            h.start()
+        except NamespaceHostError as e:
+            cleanup_leftovers()
+            pytest.fail(f"the namespace host could not start: {e}")
+        adapter = LibvirtHost(h.uri, storage_pool=storage_pool, storage_dir=shared.images,
+                              domain_type="qemu", graphics_listen=h.address,
+                              log_dir=shared.logs)
+        try:
+            yield h, adapter
+        finally:
+            adapter.close()
+            h.stop()
+            cleanup_leftovers()
+            left = leftovers()
+            if left:
+                pytest.fail("the namespace host left things behind:\n" + "\n".join(left))

@@ -337,8 +337,9 @@ def _hosts(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
     for h in admin.hosts.hosts():
         flags = ",".join(f for f, on in (("maintenance", h.maintenance),
                                          ("shared", h.shared_storage)) if on) or "-"
+        arches = ",".join(sorted(a.value for a in h.arches)) or "-"
         print(f"{h.name}\t{h.status.value}\t{flags}\t{h.memory_mib} MiB\t{h.cpus} CPUs\t"
-              f"{h.uri}\t{h.error or ''}")
+              f"{arches}\t{h.uri}\t{h.error or ''}")
     return 0
 
 

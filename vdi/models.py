@@ -129,6 +129,8 @@ class HostRow(Base):
     status: Mapped[str] = mapped_column(String(16))  # unknown | up | down
     memory_mib: Mapped[int] = mapped_column(Integer)
     cpus: Mapped[int] = mapped_column(Integer)
+    # the guest architectures it runs, comma-separated (x86_64,aarch64); None until seen
+    arches: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     down_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

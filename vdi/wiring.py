@@ -101,7 +101,7 @@ class Runtime:
                 await task
         await asyncio.to_thread(self.signals.flush)
         if self.api is not None:  # an import half-way records its end before we go
-            await self.api.image_imports.drain()
+            await self.api.image_imports.close()
         self.calls.close()
         if isinstance(self.directory, LdapDirectory):
             self.directory.close()

@@ -105,7 +105,7 @@ def build_domain_xml(spec: DomainSpec) -> str:
         seed = ET.SubElement(devices, "disk", type="file", device="cdrom")
         ET.SubElement(seed, "driver", name="qemu", type="raw")
         ET.SubElement(seed, "source", file=spec.seed_path)
-        ET.SubElement(seed, "target", dev="sdb" if p.arch is Arch.X86_64 else "sdz",
+        ET.SubElement(seed, "target", dev="sdb",
                       bus="sata" if p.arch is Arch.X86_64 else "scsi")
         ET.SubElement(seed, "readonly")
     if spec.nic is not None:

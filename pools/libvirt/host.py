@@ -69,6 +69,7 @@ class LibvirtHost:
         self._conn = HostConnection(uri)
         self._storage = HostStorage(self._conn, storage_pool, storage_dir)
         self._domain_type: str | None = None if domain_type == "auto" else domain_type
+        self._kvm_arches: frozenset[Arch] | None = None  # read once from capabilities
         self._cache_file = None
         if cache_dir is not None:
             safe = "".join(c if c.isalnum() else "_" for c in uri)
@@ -85,8 +86,16 @@ class LibvirtHost:
     # -- domain type ------------------------------------------------------------------
 
     def domain_type(self, image: ImageFiles) -> str:
-        """The domain type that boots here: the setting, else KVM only if a probe guest
-        under KVM reaches its init within a bound, else TCG ('qemu')."""
+        """The domain type that boots `image` here: TCG ('qemu') for an architecture the
+        host offers no KVM for (an aarch64 desktop on an x86 host, whatever the setting);
+        else the setting, else KVM only if a probe guest under KVM reaches its init
+        within a bound, else TCG."""
+        if self._kvm_arches is None:
+            conn = self._conn.get()
+            with self._conn.errors("capabilities"):
+                self._kvm_arches = kvm_arches(conn.getCapabilities())
+        if image.traits.arch not in self._kvm_arches:
+            return "qemu"
         if self._domain_type is None and self._cache_file and self._cache_file.exists():
             cached = self._cache_file.read_text().strip()
             if cached in ("kvm", "qemu"):
@@ -105,10 +114,6 @@ class LibvirtHost:
         machines a Linux guest under KVM hangs after its firmware). An image without an
         agent cannot tell: the host's word is taken."""
         conn = self._conn.get()
-        with self._conn.errors("capabilities"):
-            caps = conn.getCapabilities()
-        if "<domain type='kvm'" not in caps and '<domain type="kvm"' not in caps:
-            return "qemu"
         if not image.traits.agent:
             return "kvm"
         name = f"vdi-probe-kvm-{secrets.token_hex(3)}"
@@ -263,6 +268,12 @@ class LibvirtHost:
             return "disappeared" in str(e) or "disconnected" in str(e)
         return True
 
+    def agent(self, name: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """A guest agent command on desktop `name` (e.g. 'guest-get-host-name'): its
+        'return' value. Raises HypervisorError when the agent does not answer or refuses,
+        DomainNotFound when the desktop is gone. Helpdesk tools and tests go through here."""
+        return agent_command(self._conn, name, command, arguments)
+
     def guest_addresses(self, name: str) -> list[str]:
         try:
             return addresses_of(agent_command(self._conn, name,
@@ -414,6 +425,16 @@ def guest_arches(capabilities_xml: str) -> frozenset[Arch]:
     root = parse_xml(capabilities_xml)
     return frozenset(known[el.get("name", "")] for el in root.findall("./guest/arch")
                      if el.get("name", "") in known)
+
+
+def kvm_arches(capabilities_xml: str) -> frozenset[Arch]:
+    """The architectures a host's capabilities offer KVM for (its own, if /dev/kvm is
+    usable); every other architecture it runs is emulated (TCG)."""
+    known = {a.value: a for a in Arch}
+    root = parse_xml(capabilities_xml)
+    return frozenset(known[arch.get("name", "")] for arch in root.findall("./guest/arch")
+                     if arch.get("name", "") in known
+                     and arch.find("./domain[@type='kvm']") is not None)
 
 
 def _boots_uefi(conn: Any, arch: Arch) -> bool:

@@ -1,6 +1,7 @@
 """A district's golden images, end to end on the running broker, real libvirtd guests and
 Chromium: whole disks imported with `vdi image-import` from raw and vmdk (BIOS) and
-qcow2 (UEFI) each become a pool whose desktop a clerk opens and types into; a clerk who
+qcow2 (UEFI, x86_64 and aarch64) each become a pool whose desktop a clerk opens and
+types into; a clerk who
 connects while the desktop still boots is told it is being prepared and gets the
 desktop once its guest agent answers, never a black screen.
 
@@ -44,17 +45,22 @@ def signed_in_page(browser: Browser, broker: Broker) -> Page:
     return page
 
 
-@pytest.mark.parametrize("image, source, fmt, firmware", [
-    ("gi-raw", "bios.qcow2", "raw", "bios"),
-    ("gi-vmdk", "bios.qcow2", "vmdk", "bios"),
-    ("gi-uefi", "uefi.qcow2", "qcow2", "uefi"),
-], ids=["bios-from-raw", "bios-from-vmdk", "uefi-from-qcow2"])
+@pytest.mark.parametrize("image, source, fmt, firmware, arch", [
+    ("gi-raw", "bios.qcow2", "raw", "bios", "x86_64"),
+    ("gi-vmdk", "bios.qcow2", "vmdk", "bios", "x86_64"),
+    ("gi-uefi", "uefi.qcow2", "qcow2", "uefi", "x86_64"),
+    # an ARM64 (Kunpeng, Phytium) desktop on a host that runs aarch64 guests (TCG here):
+    # AAVMF firmware, virtio-gpu screen, USB keyboard on xhci
+    ("gi-arm", "aarch64.qcow2", "qcow2", "uefi", "aarch64"),
+], ids=["bios-from-raw", "bios-from-vmdk", "uefi-from-qcow2", "aarch64-from-qcow2"])
 def test_an_imported_image_becomes_a_pool_a_clerk_types_into(
         broker: Broker, browser: Browser, tmp_path: Path, image: str, source: str, fmt: str,
-        firmware: str) -> None:
+        firmware: str, arch: str) -> None:
     src = as_format(tmp_path, source, fmt) if fmt != "qcow2" else GUEST / source
-    out = broker.vdi("image-import", image, str(src))
-    assert f"image {image} v1: {firmware}, linux, x86_64" in out, out
+    # the host says it runs both (x86_64 under TCG here; aarch64 always emulated here)
+    assert "aarch64,x86_64" in broker.vdi("hosts")
+    out = broker.vdi("image-import", image, str(src), "--arch", arch)
+    assert f"image {image} v1: {firmware}, linux, {arch}" in out, out
     assert "(checked)" in out and f"image {image} v1 released" in out, out
     broker.vdi("pool-set", image, "--name", f"imported {fmt}", "--image", image,
                "--min-ready", "1", "--max-size", "1", "--group", GROUP)

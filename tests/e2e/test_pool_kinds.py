@@ -65,11 +65,12 @@ def open_desktop(page: Page, broker: Broker, pool_id: str, prefix: str = PREFIX,
 
 def run_in_guest(page: Page, desktop_id: str, command: str, prefix: str = PREFIX) -> str:
     """Type `command` into the guest's shell with its output going to the serial port;
-    return what it printed there. `prefix`: of the broker's domain names."""
+    return what it printed there. `prefix`: of the broker's domain names. The guest's
+    /run/serial is its serial port (ttyS0 on x86_64, ttyAMA0 on aarch64)."""
     done = f"DONE-{secrets.token_hex(3)}"
     log = serial_log(prefix + desktop_id)
     start = len(log.read_text(errors="replace")) if log.exists() else 0
-    type_shell_line(page, f"{command} > /dev/ttyS0 2>&1; echo {done} > /dev/ttyS0")
+    type_shell_line(page, f"{command} > /run/serial 2>&1; echo {done} > /run/serial")
     assert wait_for_text(log, done, 30), f"the guest did not run {command!r}"
     text = log.read_text(errors="replace")
     return text[start:text.index(done, start)]

@@ -1,11 +1,13 @@
 """The guest side of a real desktop, through its QEMU guest agent on the real libvirtd:
 the broker waits for the agent (ready means up), each clone of one image gets its own
 hostname from its NoCloud seed, the seed keeps the name when the desktop is made again,
-and a desktop whose guest never comes up is reported, not waited for forever."""
+a desktop whose guest never comes up is reported, not waited for forever, and a guest
+resumed from a suspend is given the host's time and tells its address."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,13 +16,13 @@ import pytest
 from defusedxml.ElementTree import fromstring as parse_xml
 
 from pools.hypervisor import DesktopSpec, GuestNotUp, ImageDisk, ImageFiles
-from pools.libvirt.agent import agent_command
 from pools.libvirt.host import LibvirtHost
 from pools.seed import desktop_hostname
 from tests.conftest import DomainNames
 
 pytestmark = pytest.mark.real
 BOOT_BOUND_S = 180  # liveness bound for a TCG guest (~10 s here); not a speed test
+SUSPENDED_S = 8
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def test_two_clones_of_one_image_have_their_own_hostnames(
         libvirt_host.create_desktop(s)
     for s in (a, b):
         libvirt_host.wait_until_up(s.name, libvirt_image.traits, BOOT_BOUND_S)
-    seen = {s.hostname: agent_command(libvirt_host._conn, s.name, "guest-get-host-name")
+    seen = {s.hostname: libvirt_host.agent(s.name, "guest-get-host-name")
             ["host-name"] for s in (a, b)}
     assert seen == {a.hostname: a.hostname, b.hostname: b.hostname}
     assert a.hostname != b.hostname
@@ -55,7 +57,7 @@ def test_two_clones_of_one_image_have_their_own_hostnames(
     libvirt_host.destroy_desktop(a.name)
     libvirt_host.create_desktop(a)
     libvirt_host.wait_until_up(a.name, libvirt_image.traits, BOOT_BOUND_S)
-    again = agent_command(libvirt_host._conn, a.name, "guest-get-host-name")["host-name"]
+    again = libvirt_host.agent(a.name, "guest-get-host-name")["host-name"]
     assert again == a.hostname
 
 
@@ -90,3 +92,34 @@ def test_a_uefi_desktop_boots_and_goes_with_its_firmware_variables(
                             capture_output=True, text=True, check=True).stdout.split()
     assert s.name not in listed  # undefined, NVRAM and all
     assert not Path(nvram.text).exists()
+
+
+def guest_clock_lag_s(host: LibvirtHost, name: str) -> float:
+    """How far the guest's clock is behind the host's (seconds; negative: ahead)."""
+    guest_ns = int(host.agent(name, "guest-get-time"))
+    return time.time() - guest_ns / 1e9
+
+
+def test_a_resumed_guest_is_given_the_time_and_tells_its_address(
+        libvirt_host: LibvirtHost, libvirt_image: ImageFiles, domain_names: DomainNames,
+        made: list[str]) -> None:
+    # a user-mode network card: QEMU's own DHCP gives the guest 10.0.2.15
+    s = replace(spec(domain_names, libvirt_image, made, "clock"), network="user")
+    libvirt_host.create_desktop(s)
+    libvirt_host.wait_until_up(s.name, libvirt_image.traits, BOOT_BOUND_S)
+    deadline = time.monotonic() + 60
+    while not (addresses := libvirt_host.guest_addresses(s.name)):
+        assert time.monotonic() < deadline, "the guest reported no address within 60 s"
+        time.sleep(1)
+    assert "10.0.2.15" in addresses, addresses
+    assert abs(guest_clock_lag_s(libvirt_host, s.name)) < 2  # it booted with the host's
+    # suspended to disk (the idle policy's suspend), then resumed a while later: the
+    # guest's clock resumes where it stopped
+    libvirt_host.suspend_desktop(s.name)
+    time.sleep(SUSPENDED_S)
+    libvirt_host.create_desktop(s)
+    libvirt_host.wait_until_up(s.name, libvirt_image.traits, BOOT_BOUND_S)
+    behind = guest_clock_lag_s(libvirt_host, s.name)
+    assert behind > SUSPENDED_S - 2, f"the guest's clock is only {behind:.1f} s behind"
+    assert libvirt_host.sync_guest_clock(s.name)
+    assert abs(guest_clock_lag_s(libvirt_host, s.name)) < 2

@@ -23,7 +23,7 @@ from pools.worker import PoolWorker
 from tests.conftest import ManualClock
 from tests.pools.test_worker import PREFIX, clerk, make_pool
 from vdi.catalog import Catalog
-from vdi.domain import ConsoleEndpoint, Desktop, DesktopState, Pool, PoolKind
+from vdi.domain import Arch, ConsoleEndpoint, Desktop, DesktopState, Pool, PoolKind
 from vdi.models import DesktopRow, JobRow
 
 GIB = 1024
@@ -128,6 +128,9 @@ async def test_desktops_spread_over_both_hosts(rig: Rig) -> None:
     await rig.settle()
     assert {h.name: h.status for h in rig.registry.hosts()} == {
         "a": HostStatus.UP, "b": HostStatus.UP}
+    # what each reported it runs is recorded (for `vdi hosts` and the admin console)
+    assert {h.name: h.arches for h in rig.registry.hosts()} == {
+        "a": {Arch.X86_64}, "b": {Arch.X86_64}}
     assert len(rig.on(rig.a)) == 3 and len(rig.on(rig.b)) == 3
     assert len(rig.a.domains) == 3 and len(rig.b.domains) == 3
 

@@ -19,15 +19,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.admin import Admin, AdminRefused
+from harness.guest import guest_disk
 from pools.hosts import Host
 from pools.hypervisor import Hypervisor, ImageDisk
 from pools.imports import ImportOptions
 from pools.libvirt.host import LibvirtHost
 from tests.conftest import LIBVIRT_URI, TEST_STORAGE_DIR, DomainNames
-from vdi.domain import Firmware
+from tests.nshost import lone_host
+from vdi.domain import Arch, Firmware
 from vdi.models import AuditRow, ImageRow
 
 pytestmark = pytest.mark.real
+
+AARCH64_EMULATOR = "/usr/bin/qemu-system-aarch64"
 
 
 def record(host: LibvirtHost, name: str = "local") -> Host:
@@ -161,13 +165,35 @@ def test_an_image_larger_than_the_storage_left_is_refused(
 
 
 def test_an_architecture_no_host_runs_is_refused(
-        admin: Admin, libvirt_host: LibvirtHost, guest_image: ImageDisk,
-        domain_names: DomainNames, tmp_path: Path) -> None:
-    from vdi.domain import Arch
+        admin: Admin, domain_names: DomainNames, tmp_path: Path,
+        db: sessionmaker[Session]) -> None:
+    # a real x86_64-only host: a libvirtd whose machine has no aarch64 emulator
+    arm = guest_disk(Firmware.UEFI, arch=Arch.AARCH64)
+    with lone_host(f"{domain_names.prefix}x86", hidden_emulators=[AARCH64_EMULATOR]) as (
+            ns, x86_only):
+        facts = x86_only.host_info()
+        assert Arch.X86_64 in facts.arches and Arch.AARCH64 not in facts.arches, facts
+        target = Host(uri=ns.uri, name="x86only", graphics_listen=ns.address,
+                      storage_pool="", storage_dir="", log_dir="")
+        with pytest.raises(AdminRefused, match="no host runs aarch64 guests"):
+            admin.import_image(f"{domain_names.prefix}arm", arm.path,
+                               ImportOptions(arch=Arch.AARCH64), [(target, x86_only)],
+                               tmp_path / "library")
+    assert not (tmp_path / "library").exists() or not any((tmp_path / "library").iterdir())
+    with db() as s:
+        assert not s.scalars(select(ImageRow).where(
+            ImageRow.id == f"{domain_names.prefix}arm")).all()
 
-    if Arch.AARCH64 in libvirt_host.host_info().arches:
-        pytest.fail("this test needs a host without aarch64 guests; this one has them")
-    with pytest.raises(AdminRefused, match="no host runs aarch64 guests"):
-        admin.import_image(f"{domain_names.prefix}arm", guest_image.path,
-                           ImportOptions(arch=Arch.AARCH64),
-                           [(record(libvirt_host), libvirt_host)], tmp_path / "library")
+
+def test_an_aarch64_image_lands_on_a_host_that_runs_aarch64(
+        admin: Admin, libvirt_host: LibvirtHost, domain_names: DomainNames,
+        tmp_path: Path) -> None:
+    arm = guest_disk(Firmware.UEFI, arch=Arch.AARCH64)
+    assert Arch.AARCH64 in libvirt_host.host_info().arches  # qemu-system-arm is installed
+    done = admin.import_image(f"{domain_names.prefix}arm", arm.path,
+                              ImportOptions(arch=Arch.AARCH64),
+                              [(record(libvirt_host), libvirt_host)], tmp_path / "library")
+    traits = done.prepared.disk.traits
+    assert (traits.arch, traits.firmware) == (Arch.AARCH64, Firmware.UEFI)
+    [copy] = done.copies
+    assert sha(Path(copy.files.disk_path)) == done.prepared.disk.digest

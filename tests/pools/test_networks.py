@@ -16,17 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from pools.hypervisor import DesktopSpec, HypervisorError, ImageDisk, NetworkSpec
-from pools.libvirt.agent import agent_command
 from pools.libvirt.host import LibvirtHost
 from pools.seed import desktop_hostname
-from tests.nshost import (
-    NamespaceHost,
-    NamespaceHostError,
-    SharedStorage,
-    cleanup_leftovers,
-    exclusive,
-    leftovers,
-)
+from tests.nshost import NamespaceHost, lone_host
 
 pytestmark = pytest.mark.real
 
@@ -39,36 +31,17 @@ DEPT_B = NetworkSpec("deptb", "10.231.2.0/24")
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[tuple[NamespaceHost, LibvirtHost]]:
-    with exclusive(timeout_s=LOCK_WAIT_S):
-        cleanup_leftovers()
-        shared = SharedStorage().create()
-        h = NamespaceHost(1)
-        try:
-            h.start()
-        except NamespaceHostError as e:
-            cleanup_leftovers()
-            pytest.fail(f"the namespace host could not start: {e}")
-        adapter = LibvirtHost(h.uri, storage_pool=PREFIX + "pool", storage_dir=shared.images,
-                              domain_type="qemu", graphics_listen=h.address,
-                              log_dir=shared.logs)
-        try:
-            yield h, adapter
-        finally:
-            adapter.close()
-            h.stop()
-            cleanup_leftovers()
-            left = leftovers()
-            if left:
-                pytest.fail("the namespace host left things behind:\n" + "\n".join(left))
+    with lone_host(PREFIX + "pool", lock_wait_s=LOCK_WAIT_S) as (h, adapter):
+        yield h, adapter
 
 
 def run_in(adapter: LibvirtHost, name: str, *argv: str, bound_s: float = 30) -> int:
     """Run a program in the guest through its agent; its exit code."""
-    started = agent_command(adapter._conn, name, "guest-exec",
+    started = adapter.agent(name, "guest-exec",
                             {"path": argv[0], "arg": list(argv[1:]), "capture-output": True})
     deadline = time.monotonic() + bound_s
     while True:
-        status = agent_command(adapter._conn, name, "guest-exec-status",
+        status = adapter.agent(name, "guest-exec-status",
                                {"pid": started["pid"]})
         if status.get("exited"):
             out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
