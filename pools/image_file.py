@@ -181,7 +181,31 @@ def boot_layout(first_sectors: bytes) -> BootLayout:
     return BootLayout(firmware, family)
 
 
+def esp_extent(first_sectors: bytes) -> tuple[int, int] | None:
+    """(first sector, sectors) of the disk's EFI system partition, from its GPT or MBR;
+    None when it has none (or the table cannot be read)."""
+    if len(first_sectors) < _SECTOR or first_sectors[510:512] != b"\x55\xaa":
+        return None
+    for i in range(4):
+        entry = first_sectors[446 + 16 * i:446 + 16 * (i + 1)]
+        if entry[4] == _MBR_EFI:
+            start, size = (int.from_bytes(entry[8:12], "little"),
+                           int.from_bytes(entry[12:16], "little"))
+            return (start, size) if start and size else None
+        if entry[4] == _MBR_GPT_PROTECTIVE:
+            for type_, first, last in _gpt_entries(first_sectors) or []:
+                if type_ == ESP and 0 < first <= last:
+                    return first, last - first + 1
+    return None
+
+
 def _gpt_types(first_sectors: bytes) -> set[uuid.UUID] | None:
+    entries = _gpt_entries(first_sectors)
+    return None if entries is None else {t for t, _, _ in entries}
+
+
+def _gpt_entries(first_sectors: bytes) -> list[tuple[uuid.UUID, int, int]] | None:
+    """(type, first sector, last sector) of each used GPT entry; None: no GPT."""
     header = first_sectors[_SECTOR:2 * _SECTOR]
     if header[:8] != b"EFI PART":
         return None
@@ -190,15 +214,16 @@ def _gpt_types(first_sectors: bytes) -> set[uuid.UUID] | None:
     size = int.from_bytes(header[84:88], "little")
     if size < 128 or entries_lba < 2:
         return None
-    types: set[uuid.UUID] = set()
+    found: list[tuple[uuid.UUID, int, int]] = []
     start = entries_lba * _SECTOR
     for i in range(count):
-        entry = first_sectors[start + i * size:start + i * size + 16]
-        if len(entry) < 16:
+        entry = first_sectors[start + i * size:start + i * size + 48]
+        if len(entry) < 48:
             break  # beyond what was read: the usual 128 entries fit in sectors 2..33
-        if entry != bytes(16):
-            types.add(uuid.UUID(bytes_le=entry))
-    return types
+        if entry[:16] != bytes(16):
+            found.append((uuid.UUID(bytes_le=entry[:16]), int.from_bytes(entry[32:40], "little"),
+                          int.from_bytes(entry[40:48], "little")))
+    return found
 
 
 # --- qemu-img (blocks) --------------------------------------------------------------------
@@ -380,11 +405,12 @@ def private_copy(source: Path, dest: Path, progress: Callable[[float], None] | N
             raise
 
 
-def first_sectors(qcow2: Path, count: int = 34) -> bytes:
-    """The first `count` sectors of the disk a qcow2 file holds (its partition tables)."""
+def first_sectors(qcow2: Path, count: int = 34, skip: int = 0) -> bytes:
+    """`count` sectors from sector `skip` of the disk a qcow2 file holds (by default its
+    first ones: the partition tables)."""
     out = qcow2.with_name(qcow2.name + ".head")
     try:
-        done = _qemu_img(["dd", "-f", "qcow2", "-O", "raw", f"bs={_SECTOR}",
+        done = _qemu_img(["dd", "-f", "qcow2", "-O", "raw", f"bs={_SECTOR}", f"skip={skip}",
                           f"count={count}", f"if={qcow2}", f"of={out}"], "dd")
         if done.returncode != 0:
             raise ImageRefused(f"cannot read the start of {qcow2.name}: "

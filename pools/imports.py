@@ -3,7 +3,8 @@ version on every host that can run it.
 
 1. check the file (pools.image_file.inspect: format, nothing outside itself, not corrupt)
 2. convert it to a standalone qcow2 in the broker's image library (progress in %)
-3. read its partition table: firmware (BIOS/UEFI) and OS family, unless the admin said
+3. read its partition table: firmware (BIOS/UEFI) and OS family, and its EFI partition's
+   bootloaders: the architecture, unless the admin said
 4. hash it (SHA-256): the build's identity; the same file imported again is the same version
 5. refuse it when no host runs its architecture or firmware, or has room for it
 6. upload to each host; each host reads its copy back and checks the hash
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pools import image_file
+from pools.esp import bootloader_arches
 from pools.hosts import Host
 from pools.hypervisor import (
     HostInfo,
@@ -36,6 +38,9 @@ from pools.images import ImageStore
 from vdi.domain import Arch, Firmware, ImageTraits, OsFamily
 
 IMAGE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+# the start of an EFI partition read for its bootloaders' names (its folders are near
+# the start: they are made when the partition is)
+ESP_READ_SECTORS = 16 * 2048  # 16 MiB
 # what a stage reports: (stage, percent done); stages: check, convert, digest, upload:<host>
 Progress = Callable[[str, float], None]
 
@@ -47,7 +52,7 @@ class ImportOptions:
     format: str | None = None
     firmware: Firmware | None = None
     os_family: OsFamily | None = None
-    arch: Arch = Arch.X86_64
+    arch: Arch | None = None  # None: read off the EFI partition, else x86_64
     virtio: bool = True
     agent: bool = True
     boot_delay_s: int = 0
@@ -102,7 +107,9 @@ class ImageImporter:
             progress("check", 100.0)
             image_file.convert(copy, checked.format, staged,
                                lambda pct: progress("convert", pct))
-            layout = image_file.boot_layout(image_file.first_sectors(staged))
+            head = image_file.first_sectors(staged)
+            layout = image_file.boot_layout(head)
+            arch = options.arch or _arch_of(staged, head)
             size = staged.stat().st_size
             digest = file_digest(staged, lambda done: progress("digest", 100.0 * done / size))
         except BaseException:
@@ -112,7 +119,7 @@ class ImageImporter:
             copy.unlink(missing_ok=True)
         traits = ImageTraits(
             firmware=options.firmware or layout.firmware,
-            os_family=options.os_family or layout.os_family, arch=options.arch,
+            os_family=options.os_family or layout.os_family, arch=arch,
             virtio=options.virtio, agent=options.agent, boot_delay_s=options.boot_delay_s,
             secure_boot=options.secure_boot)
         if traits.secure_boot and traits.firmware is not Firmware.UEFI:
@@ -160,6 +167,19 @@ class ImageImporter:
             _, files = self.images.publish(host, prepared.image_id, prepared.disk,
                                            version, progress=sent)
             yield HostCopy(record, files)
+
+
+def _arch_of(disk: Path, head: bytes) -> Arch:
+    """The architecture the bootloaders on the disk's EFI partition are built for
+    (`BOOTAA64.EFI`, `grubaa64.efi`: aarch64); x86_64 when it has no EFI partition (a
+    BIOS disk), names no architecture or names both."""
+    extent = image_file.esp_extent(head)
+    if extent is None:
+        return Arch.X86_64
+    start, sectors = extent
+    found = bootloader_arches(image_file.first_sectors(
+        disk, min(sectors, ESP_READ_SECTORS), skip=start))
+    return next(iter(found)) if len(found) == 1 else Arch.X86_64
 
 
 def hosts_that_run(traits: ImageTraits, targets: list[tuple[Host, Hypervisor, HostInfo]]

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                           "partition is uefi, MBR is bios)")
     pub.add_argument("--os", choices=[o.value for o in OsFamily], dest="os_family",
                      help="its OS family (default: windows if it has Microsoft partitions)")
-    pub.add_argument("--arch", choices=[a.value for a in Arch], default=Arch.X86_64.value)
+    pub.add_argument("--arch", choices=[a.value for a in Arch],
+                     help="default: read off the EFI partition's bootloaders, else x86_64")
     pub.add_argument("--no-virtio", action="store_true",
                      help="it has no virtio drivers: SATA disk and e1000 network card")
     pub.add_argument("--no-agent", action="store_true",
@@ -189,7 +190,8 @@ def _image_import(args: argparse.Namespace, settings: Settings, admin: Admin) ->
     make = libvirt_factory(settings)
     options = ImportOptions(
         format=args.format, firmware=Firmware(args.firmware) if args.firmware else None,
-        os_family=OsFamily(args.os_family) if args.os_family else None, arch=Arch(args.arch),
+        os_family=OsFamily(args.os_family) if args.os_family else None,
+        arch=Arch(args.arch) if args.arch else None,
         virtio=not args.no_virtio, agent=not args.no_agent, boot_delay_s=args.boot_delay,
         secure_boot=args.secure_boot)
     bar = ProgressBar(sys.stderr)

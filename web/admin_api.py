@@ -43,7 +43,7 @@ def import_options(data: dict[str, object]) -> ImportOptions:
     return ImportOptions(
         format=fmt, firmware=firmware if isinstance(firmware, Firmware) else None,
         os_family=os_family if isinstance(os_family, OsFamily) else None,
-        arch=arch if isinstance(arch, Arch) else Arch.X86_64, virtio=flag("virtio", True),
+        arch=arch if isinstance(arch, Arch) else None, virtio=flag("virtio", True),
         agent=flag("agent", True), boot_delay_s=delay, secure_boot=flag("secure_boot", False))
 
 

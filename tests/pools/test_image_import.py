@@ -176,9 +176,8 @@ def test_an_architecture_no_host_runs_is_refused(
         target = Host(uri=ns.uri, name="x86only", graphics_listen=ns.address,
                       storage_pool="", storage_dir="", log_dir="")
         with pytest.raises(AdminRefused, match="no host runs aarch64 guests"):
-            admin.import_image(f"{domain_names.prefix}arm", arm.path,
-                               ImportOptions(arch=Arch.AARCH64), [(target, x86_only)],
-                               tmp_path / "library")
+            admin.import_image(f"{domain_names.prefix}arm", arm.path, ImportOptions(),
+                               [(target, x86_only)], tmp_path / "library")
     assert not (tmp_path / "library").exists() or not any((tmp_path / "library").iterdir())
     with db() as s:
         assert not s.scalars(select(ImageRow).where(
@@ -190,8 +189,8 @@ def test_an_aarch64_image_lands_on_a_host_that_runs_aarch64(
         tmp_path: Path) -> None:
     arm = guest_disk(Firmware.UEFI, arch=Arch.AARCH64)
     assert Arch.AARCH64 in libvirt_host.host_info().arches  # qemu-system-arm is installed
-    done = admin.import_image(f"{domain_names.prefix}arm", arm.path,
-                              ImportOptions(arch=Arch.AARCH64),
+    # no --arch: read off the EFI partition (its BOOTAA64.EFI)
+    done = admin.import_image(f"{domain_names.prefix}arm", arm.path, ImportOptions(),
                               [(record(libvirt_host), libvirt_host)], tmp_path / "library")
     traits = done.prepared.disk.traits
     assert (traits.arch, traits.firmware) == (Arch.AARCH64, Firmware.UEFI)
