@@ -29,6 +29,7 @@ from pools.spares import Level, SpareSchedule
 from pools.worker import pool_spare_level
 from vdi import desktops
 from vdi.audit import AuditLog
+from vdi.audit_chain import Verdict
 from vdi.catalog import Catalog
 from vdi.domain import DesktopState, Firmware, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow, PoolRow
@@ -95,6 +96,16 @@ class Admin:
         if pool is None:
             raise AdminRefused(f"no such pool: {pool_id}")
         return pool
+
+    # -- audit -------------------------------------------------------------------------
+
+    def verify_audit(self) -> Verdict:
+        """Check the audit trail's hash chain; the check itself is recorded after it."""
+        verdict = AuditLog(self._db, self._clock).verify()
+        self._audit("audit-verify", "audit", f"{verdict.records} records, "
+                    + ("intact" if verdict.intact else f"{len(verdict.problems)} problem(s)"),
+                    "ok" if verdict.intact else "broken")
+        return verdict
 
     # -- images ------------------------------------------------------------------------
 

@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("networks", help="list the departments' networks")
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
+    au = sub.add_parser("audit", help="the audit trail")
+    au_sub = au.add_subparsers(dest="audit_command", required=True)
+    au_sub.add_parser("verify", help="check the trail's hash chain: names every record "
+                                     "edited, deleted or reordered (exit 1 when any is)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -408,6 +412,18 @@ def _default_host(settings: Settings) -> Host:
                 log_dir="")
 
 
+def _audit(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    verdict = admin.verify_audit()
+    if verdict.intact:
+        print(f"audit trail: {verdict.records} records, chain intact"
+              + (f"; last #{verdict.last_id} {verdict.last_hash}" if verdict.last_id else ""))
+        return 0
+    print(f"audit trail: {verdict.records} records read, the chain is BROKEN:")
+    for problem in verdict.problems:
+        print(f"  {problem}")
+    return 1
+
+
 Command = Callable[[argparse.Namespace, Settings, Admin], int]
 _COMMANDS: dict[str, Command] = {
     "image-import": _image_import, "network-set": _network_set, "networks": _networks,
@@ -416,4 +432,5 @@ _COMMANDS: dict[str, Command] = {
     "pool-policy": _pool_policy, "reclaims": _reclaims, "host-add": _host_add,
     "hosts": _hosts, "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,
     "desktop-remove": _desktop_remove, "pools": _pools, "desktops": _desktops,
+    "audit": _audit,
 }

@@ -35,6 +35,8 @@ from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import DisconnectionError, InvalidRequestError, OperationalError
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
+from vdi.audit import chain_new_records
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_TIMEOUT_S = 30.0
 # A PostgreSQL connection idle in the pool longer than this is checked before use.
@@ -239,10 +241,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions on `engine`. Writes: `with factory.begin() as s:` (module doc)."""
     reader = read_engine(engine)
     if reader is engine:
-        return sessionmaker(engine, expire_on_commit=False)
-    session_class = type(f"{engine.dialect.name.title()}Session", (_RoutingSession,),
-                         {"read_bind": reader})
-    return sessionmaker(engine, class_=session_class, expire_on_commit=False)
+        factory = sessionmaker(engine, expire_on_commit=False)
+    else:
+        session_class = type(f"{engine.dialect.name.title()}Session", (_RoutingSession,),
+                             {"read_bind": reader})
+        factory = sessionmaker(engine, class_=session_class, expire_on_commit=False)
+    # every audit record is chained as it is written (vdi.audit)
+    event.listen(factory, "before_flush", chain_new_records)
+    return factory
 
 
 def alembic_config(url: str) -> Config:

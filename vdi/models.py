@@ -246,7 +246,8 @@ class ConsoleTokenRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only: the code never updates or deletes rows here."""
+    """Append-only (the database refuses UPDATE and DELETE) and hash-chained: ids and
+    hashes are given by vdi.audit.chain_new_records as rows are written."""
 
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -258,6 +259,10 @@ class AuditRow(Base):
     source: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
+    office: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the actor's
+    hash_alg: Mapped[str | None] = mapped_column(String(8), nullable=True)  # sm3 | sha256
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ReclaimRow(Base):
