@@ -14,7 +14,10 @@ from vdi.domain import Permission, Principal, Role
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.STAFF: frozenset(),
     Role.HELPDESK: frozenset({Permission.READ_RECLAIMS}),
-    Role.ADMIN: frozenset({Permission.READ_RECLAIMS, Permission.MANAGE_IMAGES}),
+    Role.SYSTEM_ADMIN: frozenset({Permission.READ_RECLAIMS, Permission.MANAGE_IMAGES}),
+    Role.SECURITY_ADMIN: frozenset(),
+    # reads everything recorded, changes nothing
+    Role.AUDIT_ADMIN: frozenset({Permission.READ_AUDIT, Permission.READ_RECLAIMS}),
 }
 
 

@@ -73,7 +73,7 @@ class Imported:
 
 
 class Admin:
-    def __init__(self, db: sessionmaker[Session], *, actor: str, role: str = "admin",
+    def __init__(self, db: sessionmaker[Session], *, actor: str, role: str = "sysadmin",
                  source: str = "cli", clock: Callable[[], datetime] = utc_now) -> None:
         self._db = db
         self._actor = actor

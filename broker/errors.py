@@ -32,6 +32,13 @@ class NoAccess(BrokerError):
     code = "no_access"
 
 
+class RoleConflict(NoAccess):
+    """The account's groups map to two administrator roles (and nothing else): it holds
+    neither (三员分立)."""
+
+    code = "role_conflict"
+
+
 class NoDesktop(BrokerError):
     """The user holds no desktop in that pool."""
 

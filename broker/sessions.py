@@ -15,6 +15,9 @@ from vdi.domain import Principal, Role, utc_now
 from vdi.models import AuditRow, SessionRow
 
 TOUCH_EVERY = timedelta(seconds=60)
+# a session stored with a role since renamed or dropped keeps the others (the next
+# directory re-check stores the roles as they are now)
+_ROLE_NAMES = frozenset(r.value for r in Role)
 
 
 def hash_secret(value: str) -> str:
@@ -153,7 +156,7 @@ class SessionStore:
 
 def _to_session(row: SessionRow) -> WebSession:
     principal = Principal(username=row.username, display_name=row.display_name,
-                          roles=frozenset(Role(r) for r in row.roles),
+                          roles=frozenset(Role(r) for r in row.roles if r in _ROLE_NAMES),
                           groups=frozenset(row.groups))
     return WebSession(id_hash=row.id_hash, principal=principal, csrf=row.csrf,
                       created_at=row.created_at, checked_at=row.checked_at)

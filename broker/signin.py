@@ -17,8 +17,8 @@ from broker.activity import TunnelRegistry
 from broker.auth.directory import Directory, DirectoryUnavailable, InvalidCredentials
 from broker.auth.throttle import LoginThrottle, Throttled
 from broker.blocking import Blocking
-from broker.errors import NoAccess
-from broker.roles import entitled, roles_for
+from broker.errors import NoAccess, RoleConflict
+from broker.roles import entitled, mapped_roles, roles_for, withheld
 from broker.sessions import SessionStore, WebSession
 from broker.tokens import TokenStore
 from vdi.audit import AuditLog
@@ -182,9 +182,17 @@ class SignIn:
             log.warning("login: directory unavailable: %s", e or "no answer in time")
             await self._record(typed, "-", source, "directory_unavailable")
             raise DirectoryUnavailable(str(e) or "directory did not answer in time") from e
-        roles = roles_for(user.groups, self._role_map)
+        mapped = mapped_roles(user.groups, self._role_map)
+        roles, conflict = mapped - withheld(mapped), withheld(mapped)
         principal = Principal(username=user.username, display_name=user.display_name,
                               roles=roles, groups=user.groups)
+        if conflict:  # 三员分立: recorded at every sign-in until the groups are put right
+            names = ", ".join(sorted(r.value for r in conflict))
+            await self._blocking.db(lambda: self._audit.record(
+                actor=user.username, role=roles_text(principal), action="role-conflict",
+                target="-", source=source, outcome="refused",
+                detail=f"groups map to {names}: no one holds two administrator roles, "
+                       "so none of them is granted"))
         entry = self._audit.row(actor=user.username, role=roles_text(principal),
                                 action="login", target="-", source=source, outcome="ok")
 
@@ -200,7 +208,7 @@ class SignIn:
         opened = await self._blocking.db(open_session)
         if opened is None:
             await self._record(user.username, "-", source, "no_access")
-            raise NoAccess(user.username)
+            raise RoleConflict(user.username) if conflict else NoAccess(user.username)
         self._audit.written(entry)
         cookie, session = opened
         return SignedIn(cookie, session)

@@ -8,9 +8,17 @@ from datetime import UTC, datetime
 
 
 class Role(enum.StrEnum):
+    """From directory groups (broker.roles). The administrator's powers are split three
+    ways (三员分立): no one holds two of the administrator roles."""
+
     STAFF = "staff"
     HELPDESK = "helpdesk"
-    ADMIN = "admin"
+    SYSTEM_ADMIN = "sysadmin"  # pools, images, hosts, networks, desktops
+    SECURITY_ADMIN = "secadmin"  # access policies, role mappings, ending sessions
+    AUDIT_ADMIN = "auditadmin"  # reads and exports the audit trail and reports
+
+
+ADMIN_ROLES = frozenset({Role.SYSTEM_ADMIN, Role.SECURITY_ADMIN, Role.AUDIT_ADMIN})
 
 
 class Permission(enum.StrEnum):
@@ -20,6 +28,7 @@ class Permission(enum.StrEnum):
     SIGNED_IN = "signed_in"  # any live session: the clerk's own desktops and session
     READ_RECLAIMS = "read_reclaims"  # the idle policy's actions on every clerk's desktop
     MANAGE_IMAGES = "manage_images"  # import golden images
+    READ_AUDIT = "read_audit"  # the audit trail and reports (and check its chain)
 
 
 class DesktopState(enum.StrEnum):

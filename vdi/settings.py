@@ -22,7 +22,9 @@ class SettingsError(ValueError):
 class RoleMap:
     """Full group DNs that grant each role (deny by default)."""
 
-    admin: tuple[str, ...] = ()
+    system_admin: tuple[str, ...] = ()
+    security_admin: tuple[str, ...] = ()
+    audit_admin: tuple[str, ...] = ()
     helpdesk: tuple[str, ...] = ()
     staff: tuple[str, ...] = ()
 
@@ -51,6 +53,11 @@ class Settings:
     ldap_user_attr: str = "uid"
     ldap_timeout_s: float = 3.0
     ldap_ca_file: str = ""
+    # the three administrators (三员): system, security, audit; a person in groups of two
+    # of them gets neither. `role_admin_groups` (before the split) counts as system.
+    role_system_admin_groups: tuple[str, ...] = ()
+    role_security_admin_groups: tuple[str, ...] = ()
+    role_audit_admin_groups: tuple[str, ...] = ()
     role_admin_groups: tuple[str, ...] = ()
     role_helpdesk_groups: tuple[str, ...] = ()
     role_staff_groups: tuple[str, ...] = ()
@@ -101,7 +108,9 @@ class Settings:
     @property
     def role_map(self) -> RoleMap:
         return RoleMap(
-            admin=self.role_admin_groups,
+            system_admin=self.role_system_admin_groups + self.role_admin_groups,
+            security_admin=self.role_security_admin_groups,
+            audit_admin=self.role_audit_admin_groups,
             helpdesk=self.role_helpdesk_groups,
             staff=self.role_staff_groups,
         )

@@ -21,7 +21,14 @@ from broker.assignment import (
 )
 from broker.auth.directory import DirectoryUnavailable, InvalidCredentials
 from broker.auth.throttle import Throttled
-from broker.errors import BadRequest, Forbidden, NoAccess, NoDesktop, NotSignedIn
+from broker.errors import (
+    BadRequest,
+    Forbidden,
+    NoAccess,
+    NoDesktop,
+    NotSignedIn,
+    RoleConflict,
+)
 from broker.image_imports import ImportNotFound
 from web.i18n import gettext_for
 
@@ -53,6 +60,10 @@ ANSWERS: dict[type[Exception], Answer] = {
         N_("The directory is unavailable. Try again shortly or call the helpdesk.")),
     NoAccess: Answer(403, "no_access",
                      N_("Your account has no access to this service. Call the helpdesk.")),
+    RoleConflict: Answer(
+        403, "role_conflict",
+        N_("Your account is in the groups of two administrator roles. No one may hold two, "
+           "so neither is granted: ask the security administrator to correct your groups.")),
     PoolNotFound: NOT_FOUND_POOL,
     NotEntitled: NOT_FOUND_POOL,
     NoDesktop: Answer(404, "no_desktop", N_("You have no desktop in this pool.")),

@@ -37,6 +37,8 @@ from web.access import cookie_name
 STAFF_GROUP = f"cn=window-staff,{GROUP_BASE}"
 HELPDESK_GROUP = f"cn=helpdesk,{GROUP_BASE}"
 ADMIN_GROUP = f"cn=vdi-admins,{GROUP_BASE}"
+SECURITY_GROUP = f"cn=vdi-security,{GROUP_BASE}"
+AUDIT_GROUP = f"cn=vdi-auditors,{GROUP_BASE}"
 DOMAIN_PREFIX = "vdit-web-"
 START_TIMEOUT_S = 30.0
 
@@ -186,7 +188,9 @@ def broker_settings(tmp: Path, port: int, slapd_overrides: dict[str, Any],
         "listen_port": port,
         "role_staff_groups": (STAFF_GROUP,),
         "role_helpdesk_groups": (HELPDESK_GROUP,),
-        "role_admin_groups": (ADMIN_GROUP,),
+        "role_system_admin_groups": (ADMIN_GROUP,),
+        "role_security_admin_groups": (SECURITY_GROUP,),
+        "role_audit_admin_groups": (AUDIT_GROUP,),
         "domain_prefix": DOMAIN_PREFIX,
         "worker_interval_s": 0.2,
         "input_flush_s": 0.5,

@@ -1,6 +1,8 @@
 """The role-by-route table: every route of the app, what it declares, and what each of
-anonymous, staff, helpdesk and admin gets from it -- against the real app (real slapd,
-fake host). A route added without a row here fails the first test."""
+anonymous, staff, helpdesk and the three administrators (system, security, audit) gets
+from it -- against the real app (real slapd, fake host). A route added without a row
+here fails the first test. A person in the groups of two administrator roles holds
+neither: refused at sign-in with the reason, and recorded."""
 
 from __future__ import annotations
 
@@ -13,12 +15,19 @@ from tests.web.conftest import FakeHostBroker, SignedIn
 from vdi.domain import Permission, Principal, Role
 from web.access import Access
 
-WHO = ("anonymous", "staff", "helpdesk", "admin")
-USERS = {"staff": "zhangsan", "helpdesk": "wangwu", "admin": "zhaoliu"}
-ANYONE = {w: True for w in WHO}
-SIGNED_IN = {"anonymous": False, "staff": True, "helpdesk": True, "admin": True}
-HELPDESK_OR_ADMIN = {"anonymous": False, "staff": False, "helpdesk": True, "admin": True}
-ADMIN_ONLY = {"anonymous": False, "staff": False, "helpdesk": False, "admin": True}
+WHO = ("anonymous", "staff", "helpdesk", "sysadmin", "secadmin", "auditadmin")
+USERS = {"staff": "zhangsan", "helpdesk": "wangwu", "sysadmin": "zhaoliu",
+         "secadmin": "wujiu", "auditadmin": "zhengshi"}
+
+
+def only(*who: str) -> dict[str, bool]:
+    return {w: w in who for w in WHO}
+
+
+ANYONE = only(*WHO)
+SIGNED_IN = only(*WHO[1:])
+RECLAIMS = only("helpdesk", "sysadmin", "auditadmin")
+SYSTEM_ADMIN = only("sysadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
 TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool]]] = {
@@ -30,11 +39,10 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("POST", "/api/pools/{pool}/logoff"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
     ("GET", "/api/pools/{pool}/status"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("POST", "/api/pools/{pool}/still-here"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
-    ("GET", "/api/admin/reclaims"): (Permission.READ_RECLAIMS, False, False,
-                                     HELPDESK_OR_ADMIN),
-    ("POST", "/api/admin/images"): (Permission.MANAGE_IMAGES, True, False, ADMIN_ONLY),
+    ("GET", "/api/admin/reclaims"): (Permission.READ_RECLAIMS, False, False, RECLAIMS),
+    ("POST", "/api/admin/images"): (Permission.MANAGE_IMAGES, True, False, SYSTEM_ADMIN),
     ("GET", "/api/admin/images/imports/{import_id}"): (Permission.MANAGE_IMAGES, False, False,
-                                                       ADMIN_ONLY),
+                                                       SYSTEM_ADMIN),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
@@ -119,3 +127,15 @@ def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) ->
     out = client.request("DELETE", "/api/session",
                          headers={"X-CSRF-Token": signed.csrf} if signed else {})
     assert out.status_code == (200 if signed else 401)
+
+
+def test_a_person_in_two_administrator_groups_holds_neither(fake: FakeHostBroker) -> None:
+    # fengyi: it-ops (-> vdi-admins: system) and vdi-auditors (audit), no pool
+    r = fake.broker.client().post("/api/session",
+                                  json={"username": "fengyi", "password": "demo2026"})
+    assert r.status_code == 403 and r.json()["error"] == "role_conflict", r.text
+    assert "三员分立" in r.json()["message"]  # Chinese first
+    [conflict] = fake.broker.audit(action="role-conflict")
+    assert conflict.actor == "fengyi" and conflict.outcome == "refused"
+    assert "auditadmin, sysadmin" in conflict.detail
+    assert [a.actor for a in fake.broker.audit(outcome="no_access")] == ["fengyi"]

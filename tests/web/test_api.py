@@ -300,7 +300,7 @@ def test_pool_list_shows_only_entitled_pools(fake: FakeHostBroker) -> None:
     helpdesk = fake.broker.login("wangwu").client.get("/api/pools")
     assert [p["id"] for p in helpdesk.json()["pools"]] == ["tools"]
     admin = fake.broker.login("zhaoliu")
-    assert admin.body["roles"] == ["admin"]
+    assert admin.body["roles"] == ["sysadmin"]
     assert admin.client.get("/api/pools").json() == {"pools": []}
 
 

@@ -89,5 +89,5 @@ def test_new_groups_change_the_roles_of_a_live_session(
                      f"member: uid=sunqi,{USER_BASE}\n")
     wait_for(lambda: me.client.get("/api/admin/reclaims").status_code == 200,
              RECHECK_S + 5, "the new admin role to reach the live session")
-    assert "admin" in me.client.get("/api/session").json()["roles"]
+    assert "sysadmin" in me.client.get("/api/session").json()["roles"]
     assert b.audit(action="session-roles")[-1].actor == "sunqi"

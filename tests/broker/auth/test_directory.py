@@ -50,6 +50,9 @@ FAKE_USERS = {
     "wangwu": (DEMO_PASSWORD, "王五", [group("helpdesk")]),
     "zhaoliu": (DEMO_PASSWORD, "赵六", [group("it-ops")]),
     "zhouba": (DEMO_PASSWORD, "周八", []),
+    "wujiu": (DEMO_PASSWORD, "吴九", [group("vdi-security")]),
+    "zhengshi": (DEMO_PASSWORD, "郑十", [group("vdi-auditors")]),
+    "fengyi": (DEMO_PASSWORD, "冯一", [group("it-ops"), group("vdi-auditors")]),
 }
 FAKE_GROUPS = {
     group("dongjie-window"): [group("window-staff")],
@@ -64,6 +67,9 @@ EXPECTED = {
     "wangwu": ("王五", {"helpdesk"}),
     "zhaoliu": ("赵六", {"it-ops", "vdi-admins"}),
     "zhouba": ("周八", set()),
+    "wujiu": ("吴九", {"vdi-security"}),
+    "zhengshi": ("郑十", {"vdi-auditors"}),
+    "fengyi": ("冯一", {"it-ops", "vdi-admins", "vdi-auditors"}),
 }
 
 INJECTION_USERNAMES = ["*", "zhang*", "*)(uid=*", "zhangsan)(|(uid=*", "\\", "zhangsan\\",

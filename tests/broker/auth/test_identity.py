@@ -166,7 +166,7 @@ def test_a_group_dn_with_an_escaped_comma_grants_its_role(real: LdapDirectory) -
     configured = r"CN=Window\2C East, OU=Groups, DC=District, DC=Example"
     assert roles_for(user.groups, RoleMap(staff=(configured,))) == {Role.STAFF}
     # nested through the escaped DN: east-all lists "Window, East" as a member
-    assert roles_for(user.groups, RoleMap(admin=(EAST_ALL.upper(),))) == {Role.ADMIN}
+    assert roles_for(user.groups, RoleMap(system_admin=(EAST_ALL.upper(),))) == {Role.SYSTEM_ADMIN}
 
 
 def test_the_fake_refuses_two_keys_that_are_one_name() -> None:
