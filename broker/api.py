@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.audit_trail import AuditTrail
 from broker.blocking import Blocking
 from broker.consoles import Consoles
 from broker.image_imports import ImageImports
@@ -53,3 +54,4 @@ class BrokerApi:
     reclaims: ReclaimLog
     health: Health
     image_imports: ImageImports
+    audit_trail: AuditTrail

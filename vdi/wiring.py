@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.activity import TunnelRegistry
 from broker.api import BrokerApi, Health
 from broker.assignment import Assigner
+from broker.audit_trail import AuditTrail
 from broker.auth.directory import Directory
 from broker.auth.ldap import LdapDirectory
 from broker.auth.throttle import LoginThrottle
@@ -171,6 +172,7 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                           vnc_password_valid_s=settings.vnc_password_valid_s,
                           max_cut_text=settings.max_ws_frame_bytes),
         reclaims=ReclaimLog(blocking=blocking, db=db, audit=audit),
+        audit_trail=AuditTrail(blocking=blocking, db=db, audit=audit),
         health=Health(blocking, db),
         image_imports=ImageImports(db, folder=settings.import_dir,
                                    library=Path(settings.state_dir) / "images",

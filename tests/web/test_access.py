@@ -27,6 +27,7 @@ def only(*who: str) -> dict[str, bool]:
 ANYONE = only(*WHO)
 SIGNED_IN = only(*WHO[1:])
 RECLAIMS = only("helpdesk", "sysadmin", "auditadmin")
+AUDIT = only("auditadmin")
 SYSTEM_ADMIN = only("sysadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
@@ -43,6 +44,9 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("POST", "/api/admin/images"): (Permission.MANAGE_IMAGES, True, False, SYSTEM_ADMIN),
     ("GET", "/api/admin/images/imports/{import_id}"): (Permission.MANAGE_IMAGES, False, False,
                                                        SYSTEM_ADMIN),
+    ("GET", "/api/admin/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
+    ("GET", "/api/admin/audit.csv"): (Permission.READ_AUDIT, False, False, AUDIT),
+    ("GET", "/api/admin/audit/verify"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
