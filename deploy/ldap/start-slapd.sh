@@ -5,7 +5,8 @@
 #
 # Idempotent: creates RUN_DIR/{conf,db}, renders slapd.conf.in into RUN_DIR/conf,
 # loads LDIF (default: demo.ldif next to this script) with slapadd only while the
-# database is empty, starts slapd on ldap://127.0.0.1:PORT/ unless the slapd named by
+# database is empty (or, slapd stopped, when the LDIF changed since it was loaded: this
+# is the demo/test directory, its LDIF is its source), starts slapd on ldap://127.0.0.1:PORT/ unless the slapd named by
 # RUN_DIR/slapd.pid is alive, then waits (at most ~10 s) until the broker's service
 # account can bind. Exits non-zero with a message on stderr otherwise.
 # Stop it with stop-slapd.sh RUN_DIR.
@@ -57,6 +58,17 @@ slapd_alive() {
 # Load the LDIF only into an empty database: no data file yet, or one without entries.
 # A database that exists but cannot be read is reported, never overwritten.
 db_empty=no
+ldif_sum=$(sha256sum "$ldif" | cut -d' ' -f1)
+loaded=$run_dir/db/loaded-ldif.sha256
+if [[ -s $run_dir/db/data.mdb && $(cat "$loaded" 2>/dev/null) != "$ldif_sum" ]]; then
+    # this is the demo/test directory: a newer LDIF (new demo accounts) replaces it
+    if slapd_alive; then
+        echo "start-slapd: $ldif changed since it was loaded; stop slapd to reload it" >&2
+    else
+        echo "start-slapd: $ldif changed since it was loaded: reloading"
+        rm -f "$run_dir"/db/*.mdb
+    fi
+fi
 if [[ ! -s $run_dir/db/data.mdb ]]; then
     db_empty=yes
 elif ! dump=$(slapcat -f "$conf" 2>&1); then
@@ -75,6 +87,7 @@ if [[ $db_empty == yes ]]; then
         die "slapadd failed (database left empty):
 $out"
     fi
+    echo "$ldif_sum" > "$loaded"
 fi
 
 if slapd_alive; then
