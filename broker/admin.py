@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.offices import OfficeError, OfficeStore
 from pools.failover import Moves, evacuate
 from pools.hosts import Host, HostError, HostRegistry
 from pools.hypervisor import Hypervisor, HypervisorError, NetworkSpec
@@ -31,7 +32,7 @@ from vdi import desktops
 from vdi.audit import AuditLog
 from vdi.audit_chain import Verdict
 from vdi.catalog import Catalog
-from vdi.domain import DesktopState, Firmware, Pool, PoolKind, utc_now
+from vdi.domain import DesktopState, Firmware, Office, Pool, PoolKind, utc_now
 from vdi.models import DesktopRow, PoolRow
 
 
@@ -63,6 +64,7 @@ class PoolChanges:
     secure_boot: bool | None = None
     network: str | None = None
     user_data: str | None = None
+    office: str | None = None  # an office's id; "none": the district's own
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Admin:
         self.images = ImageStore(db)
         self.hosts = HostRegistry(db)
         self.networks = NetworkStore(db)
+        self.offices = OfficeStore(db, clock)
 
     def _audit(self, action: str, target: str, detail: str, outcome: str = "ok") -> None:
         AuditLog(self._db, self._clock).record(
@@ -98,6 +101,10 @@ class Admin:
         return pool
 
     # -- audit -------------------------------------------------------------------------
+
+    def note(self, action: str, target: str, detail: str) -> None:
+        """Record an action of this admin's that changes nothing (an export, a check)."""
+        self._audit(action, target, detail)
 
     def verify_audit(self) -> Verdict:
         """Check the audit trail's hash chain; the check itself is recorded after it."""
@@ -176,6 +183,10 @@ class Admin:
             if f.name != "follow_released" and getattr(changes, f.name) is not None}
         if changes.follow_released:
             given["image_version"] = None
+        if changes.office == "none":
+            given["office"] = None
+        elif changes.office is not None and self.offices.office(changes.office) is None:
+            raise AdminRefused(f"no such office: {changes.office} (vdi office-set first)")
         pool = dataclasses.replace(base, **given)
         if pool.secure_boot:
             self._check_secure_boot(pool)
@@ -196,6 +207,17 @@ class Admin:
         self._audit("pool-set", pool.id, "created" if before is None else "changed: "
                     + ", ".join(sorted(given)))
         return pool, before is None
+
+    def set_office(self, office: Office) -> bool:
+        """Create or change a street office. True when new. Raises AdminRefused."""
+        try:
+            new = self.offices.save(office)
+        except OfficeError as e:
+            raise AdminRefused(str(e)) from e
+        self._audit("office-set", office.id, ("created" if new else "changed") + (
+            f": {len(office.clerk_groups)} clerk group(s), {len(office.helpdesk_groups)} "
+            "helpdesk group(s)"))
+        return new
 
     def set_network(self, spec: NetworkSpec) -> bool:
         """Create or change a department's network (defined on each host when a desktop

@@ -33,7 +33,7 @@ def pool_from_row(row: PoolRow) -> Pool:
                 entitled_groups=tuple(row.entitled_groups), image_version=row.image_version,
                 hosts=tuple(row.hosts or ()), console=ConsoleKind(row.console_kind),
                 boot_timeout_s=row.boot_timeout_s, secure_boot=row.secure_boot,
-                network=row.network, user_data=row.user_data or "")
+                network=row.network, user_data=row.user_data or "", office=row.office)
 
 
 def desktop_from_row(row: DesktopRow) -> Desktop:
@@ -88,6 +88,7 @@ class Catalog:
             row.secure_boot = pool.secure_boot
             row.network = pool.network
             row.user_data = pool.user_data or None
+            row.office = pool.office
 
     def desktops(self, pool_id: str | None = None,
                  states: Sequence[DesktopState] | None = None) -> list[Desktop]:

@@ -21,6 +21,7 @@ from pools.hosts import Host
 from pools.hypervisor import NetworkSpec
 from pools.image_file import FORMATS
 from pools.imports import ImportOptions
+from vdi import cli_district
 from vdi.catalog import CatalogError
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import Arch, Desktop, Firmware, OsFamily, PoolKind, utc_now
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "network:NAME (see network-set), bridge:NAME (a host "
                                       "bridge), or user (QEMU user-mode: reaches the host's "
                                       "loopback services; not on a broker's host)")
+    ps.add_argument("--office", help="the street office it serves (vdi offices); 'none': "
+                                      "the district's own")
     ps.add_argument("--user-data", type=Path, metavar="FILE",
                     help="customisation data for each desktop's NoCloud seed (cloud-init or "
                          "cloudbase-init: e.g. a domain-join answer); an empty file clears it")
@@ -145,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("networks", help="list the departments' networks")
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
-    au = sub.add_parser("audit", help="the audit trail")
-    au_sub = au.add_subparsers(dest="audit_command", required=True)
-    au_sub.add_parser("verify", help="check the trail's hash chain: names every record "
-                                     "edited, deleted or reordered (exit 1 when any is)")
+    cli_district.add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -297,7 +297,8 @@ def _pool_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int
         hosts=(() if args.host == ["any"] else tuple(args.host)) if args.host is not None
         else None, image_version=version, follow_released=follow,
         boot_timeout_s=args.boot_timeout, secure_boot=args.secure_boot, network=args.network,
-        user_data=_read_text(args.user_data) if args.user_data is not None else None)
+        user_data=_read_text(args.user_data) if args.user_data is not None else None,
+        office=args.office)
     _, created = admin.set_pool(args.pool_id, changes)
     print(f"pool {args.pool_id} {'created' if created else 'saved'}")
     return 0
@@ -412,18 +413,6 @@ def _default_host(settings: Settings) -> Host:
                 log_dir="")
 
 
-def _audit(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
-    verdict = admin.verify_audit()
-    if verdict.intact:
-        print(f"audit trail: {verdict.records} records, chain intact"
-              + (f"; last #{verdict.last_id} {verdict.last_hash}" if verdict.last_id else ""))
-        return 0
-    print(f"audit trail: {verdict.records} records read, the chain is BROKEN:")
-    for problem in verdict.problems:
-        print(f"  {problem}")
-    return 1
-
-
 Command = Callable[[argparse.Namespace, Settings, Admin], int]
 _COMMANDS: dict[str, Command] = {
     "image-import": _image_import, "network-set": _network_set, "networks": _networks,
@@ -432,5 +421,5 @@ _COMMANDS: dict[str, Command] = {
     "pool-policy": _pool_policy, "reclaims": _reclaims, "host-add": _host_add,
     "hosts": _hosts, "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,
     "desktop-remove": _desktop_remove, "pools": _pools, "desktops": _desktops,
-    "audit": _audit,
+    **cli_district.COMMANDS,
 }

@@ -137,6 +137,7 @@ class Pool:
     network: str = "none"
     # customisation data for cloud-init / cloudbase-init (e.g. a domain-join answer)
     user_data: str = ""
+    office: str | None = None  # the street office it serves; None: the district's
 
     @property
     def persistent(self) -> bool:
@@ -159,6 +160,17 @@ class Desktop:
     error: str | None = None  # the last problem noted for the admin
     power: Power = Power.ON
     guest_addresses: tuple[str, ...] = ()  # as its guest agent last told them
+
+
+@dataclass(frozen=True)
+class Office:
+    """A street office: clerks in `clerk_groups` belong to it, helpdesk members in
+    `helpdesk_groups` serve it (full group DNs, nested groups resolved)."""
+
+    id: str
+    name: str
+    clerk_groups: tuple[str, ...] = ()
+    helpdesk_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

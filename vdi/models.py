@@ -76,6 +76,20 @@ class PoolRow(Base):
     network: Mapped[str] = mapped_column(String(80), default="none", server_default="none")
     # the customisation data its desktops' NoCloud seed carries as user-data
     user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the street office it serves (vdi.domain.Office); NULL: the district's
+    office: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class OfficeRow(Base):
+    """A street office (街道办): its clerks and the helpdesk members who serve it are
+    known by their directory groups."""
+
+    __tablename__ = "offices"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    clerk_groups: Mapped[list[str]] = mapped_column(JSON)
+    helpdesk_groups: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ImageReleaseRow(Base):

@@ -1,0 +1,67 @@
+"""The `vdi` commands for street offices and the audit trail: offices made and listed,
+a pool put in an office (an unknown one refused), the trail exported as CSV a
+spreadsheet shows as text, and each of these on record."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.vdi.test_cli import config, database, vdi  # noqa: F401 (the fixture)
+from vdi.audit import AuditLog
+from vdi.db import make_engine, session_factory
+from vdi.models import AuditRow, PoolRow
+
+G = "ou=groups,dc=district,dc=example"
+
+
+def test_offices_and_a_pool_of_one(config: Path,  # noqa: F811
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert vdi(config, "office-set", "dongjie", "--name", "东街街道办", "--clerk-group",
+               f"cn=dongjie-window,{G}", "--helpdesk-group", f"cn=helpdesk,{G}") == 0
+    assert "office dongjie created" in capsys.readouterr().out
+    assert vdi(config, "office-set", "Bad Id", "--name", "x") == 2
+    assert "office id" in capsys.readouterr().err
+    assert vdi(config, "pool-set", "window", "--name", "窗口", "--image", "demo",
+               "--group", f"cn=window-staff,{G}", "--office", "nowhere") == 2
+    assert "no such office: nowhere" in capsys.readouterr().err
+    assert vdi(config, "pool-set", "window", "--name", "窗口", "--image", "demo",
+               "--group", f"cn=window-staff,{G}", "--office", "dongjie") == 0
+    capsys.readouterr()
+    assert vdi(config, "offices") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dongjie\t东街街道办\tclerks: cn=dongjie-window") and \
+        "pools: window" in out
+    assert vdi(config, "pool-set", "window", "--office", "none") == 0
+    engine = make_engine(database(config))
+    with session_factory(engine)() as s:
+        assert s.get(PoolRow, "window").office is None  # type: ignore[union-attr]
+        actions = [a.action for a in s.scalars(select(AuditRow).order_by(AuditRow.id))]
+    assert actions.count("office-set") == 1 and actions.count("pool-set") == 2
+    engine.dispose()
+
+
+def test_the_trail_exported_as_csv(config: Path, tmp_path: Path,  # noqa: F811
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    engine = make_engine(database(config))
+    AuditLog(session_factory(engine)).record(
+        actor="=cmd|' /C calc'!A0", role="-", action="login", target="-", source="10.0.0.9",
+        outcome="denied")
+    out = tmp_path / "audit.csv"
+    assert vdi(config, "audit", "export", "--days", "1", "--out", str(out)) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("\ufeff")
+    rows = list(csv.DictReader(io.StringIO(text[1:])))
+    [denied] = [r for r in rows if r["outcome"] == "denied"]
+    assert denied["actor"] == "'=cmd|' /C calc'!A0" and denied["source"] == "10.0.0.9"
+    assert denied["target"] == "-"  # a lone dash stays as it is
+    assert vdi(config, "audit", "export", "--days", "0") == 2
+    assert "days must be" in capsys.readouterr().err
+    with session_factory(engine)() as s:
+        assert s.scalars(select(AuditRow.action).where(
+            AuditRow.action == "audit-export")).all() == ["audit-export"]
+    engine.dispose()
