@@ -13,8 +13,9 @@ from vdi.domain import Permission, Principal, Role
 # entitled to pools through their groups.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.STAFF: frozenset(),
-    Role.HELPDESK: frozenset({Permission.READ_RECLAIMS}),
-    Role.SYSTEM_ADMIN: frozenset({Permission.READ_RECLAIMS, Permission.MANAGE_IMAGES}),
+    Role.HELPDESK: frozenset({Permission.READ_RECLAIMS, Permission.HELPDESK}),
+    Role.SYSTEM_ADMIN: frozenset({Permission.READ_RECLAIMS, Permission.MANAGE_IMAGES,
+                                  Permission.HELPDESK}),
     Role.SECURITY_ADMIN: frozenset(),
     # reads everything recorded, changes nothing
     Role.AUDIT_ADMIN: frozenset({Permission.READ_AUDIT, Permission.READ_RECLAIMS}),

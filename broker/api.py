@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.audit_trail import AuditTrail
 from broker.blocking import Blocking
 from broker.consoles import Consoles
+from broker.helpdesk import Helpdesk
 from broker.image_imports import ImageImports
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
@@ -55,3 +56,4 @@ class BrokerApi:
     health: Health
     image_imports: ImageImports
     audit_trail: AuditTrail
+    helpdesk: Helpdesk

@@ -29,6 +29,7 @@ class Permission(enum.StrEnum):
     READ_RECLAIMS = "read_reclaims"  # the idle policy's actions on every clerk's desktop
     MANAGE_IMAGES = "manage_images"  # import golden images
     READ_AUDIT = "read_audit"  # the audit trail and reports (and check its chain)
+    HELPDESK = "helpdesk"  # find the clerks of the offices one serves, see their desktops
 
 
 class DesktopState(enum.StrEnum):

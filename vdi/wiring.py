@@ -31,6 +31,7 @@ from broker.auth.ldap import LdapDirectory
 from broker.auth.throttle import LoginThrottle
 from broker.blocking import Blocking
 from broker.consoles import Consoles
+from broker.helpdesk import Helpdesk
 from broker.idle import IdleNotices
 from broker.image_imports import ImageImports
 from broker.portal import Portal
@@ -173,6 +174,8 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                           max_cut_text=settings.max_ws_frame_bytes),
         reclaims=ReclaimLog(blocking=blocking, db=db, audit=audit),
         audit_trail=AuditTrail(blocking=blocking, db=db, audit=audit),
+        helpdesk=Helpdesk(blocking=blocking, db=db, directory=directory, audit=audit,
+                          directory_deadline_s=settings.ldap_timeout_s * 2 + 1),
         health=Health(blocking, db),
         image_imports=ImageImports(db, folder=settings.import_dir,
                                    library=Path(settings.state_dir) / "images",

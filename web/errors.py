@@ -29,6 +29,7 @@ from broker.errors import (
     NotSignedIn,
     RoleConflict,
 )
+from broker.helpdesk import ClerkNotFound
 from broker.image_imports import ImportNotFound
 from web.i18n import gettext_for
 
@@ -85,6 +86,8 @@ ANSWERS: dict[type[Exception], Answer] = {
         N_("This desktop's console type cannot be opened here yet. Call the helpdesk.")),
     AssignmentError: Answer(500, "assignment_failed", N_("Could not assign a desktop.")),
     ImportNotFound: Answer(404, "import_not_found", N_("No such image import.")),
+    ClerkNotFound: Answer(404, "clerk_not_found",
+                          N_("No such clerk among the offices you serve.")),
 }
 # refusals raised by the access seam itself (web.access) register here too
 ANSWERS_BY_CODE: dict[str, Answer] = {

@@ -57,6 +57,9 @@ class DirectoryUser:
     groups: frozenset[str]  # normalize_dn() of every group, nested groups resolved
 
 
+SEARCH_LIMIT = 20  # people a helpdesk search returns at most
+
+
 class DirectoryError(Exception):
     """Base of everything the directory adapters raise."""
 
@@ -92,6 +95,24 @@ class Directory(Protocol):
         BLOCKS (run in a worker thread). Raises DirectoryUnavailable.
         """
         ...
+
+    def search(self, text: str, limit: int = SEARCH_LIMIT) -> list[DirectoryUser]:
+        """People whose account starts with `text` or whose name contains it (Chinese
+        names included), at most `limit`, ordered by account, each with all their
+        groups; [] for blank or unprintable text. For the helpdesk's search.
+
+        BLOCKS (run in a worker thread). Raises DirectoryUnavailable.
+        """
+        ...
+
+
+def search_text(text: str) -> str | None:
+    """The text a search looks for, or None when there is nothing to search for (blank,
+    longer than 64 characters, or holding a control character)."""
+    folded = " ".join(text.split())
+    if not folded or len(folded) > 64 or not folded.isprintable():
+        return None
+    return folded
 
 
 def fold_username(name: str) -> str:

@@ -7,12 +7,14 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from broker.auth.directory import (
+    SEARCH_LIMIT,
     DirectoryUser,
     InvalidCredentials,
     check_credentials_shape,
     fold_username,
     normalize_dn,
     resolve_nested_groups,
+    search_text,
 )
 
 _NO_GROUPS: Mapping[str, Iterable[str]] = MappingProxyType({})
@@ -61,6 +63,17 @@ class FakeDirectory:
         name, _, display, direct = record
         groups = resolve_nested_groups(direct, self._parents_of)
         return DirectoryUser(name, f"uid={name},{self._user_base}", display, groups)
+
+    def search(self, text: str, limit: int = SEARCH_LIMIT) -> list[DirectoryUser]:
+        """See broker.auth.directory.Directory.search (does not block)."""
+        wanted = search_text(text)
+        if wanted is None:
+            return []
+        key = fold_username(wanted)
+        found = sorted(name for name, _, display, _ in self._users.values()
+                       if fold_username(name).startswith(key)
+                       or key in fold_username(display))
+        return [u for u in (self.lookup(n) for n in found[:limit]) if u is not None]
 
     def remove_user(self, username: str) -> None:
         """The account leaves the directory (tests of sessions that follow it)."""

@@ -42,6 +42,7 @@ from ldap3.core.results import RESULT_SIZE_LIMIT_EXCEEDED, RESULT_SUCCESS
 from ldap3.utils.conv import escape_filter_chars
 
 from broker.auth.directory import (
+    SEARCH_LIMIT,
     DirectoryError,
     DirectoryUnavailable,
     DirectoryUser,
@@ -49,6 +50,7 @@ from broker.auth.directory import (
     check_credentials_shape,
     normalize_dn,
     resolve_nested_groups,
+    search_text,
 )
 from vdi.settings import Settings
 
@@ -247,6 +249,42 @@ class LdapDirectory:
             log.warning("directory unavailable (%r): %s", self, e)
             raise
         return DirectoryUser(name, dn, display, groups)
+
+    def search(self, text: str, limit: int = SEARCH_LIMIT) -> list[DirectoryUser]:
+        """See Directory.search. BLOCKS for up to ~2 * ldap_timeout_s."""
+        wanted = search_text(text)
+        if wanted is None:
+            return []
+        deadline = _Deadline(self._timeout_s)
+        attr, esc = self._user_attr, escape_filter_chars(wanted)
+        search_filter = (f"(&(objectClass=inetOrgPerson)(|({attr}={esc}*)(cn=*{esc}*)"
+                         f"(displayName=*{esc}*)))")
+
+        def step(conn: Any) -> list[DirectoryUser]:
+            with _translated("people search"):
+                conn.search(self._user_base, search_filter, search_scope=ldap3.SUBTREE,
+                            dereference_aliases=ldap3.DEREF_NEVER,
+                            attributes=[attr, "displayName", "cn"], size_limit=limit * 2,
+                            time_limit=math.ceil(deadline.step("people search")))
+            if conn.result.get("result") not in (RESULT_SUCCESS, RESULT_SIZE_LIMIT_EXCEEDED):
+                raise DirectoryUnavailable(f"people search: directory answered {conn.result}")
+            people = []
+            for entry in conn.response or ():
+                names = _values(entry, attr) if entry.get("type") == "searchResEntry" else []
+                if len(names) == 1:  # an entry that is no one clear account is left out
+                    display = next(iter(_values(entry, "displayName") + _values(entry, "cn")),
+                                   names[0])
+                    people.append((names[0], str(entry["dn"]), display))
+            return [DirectoryUser(n, dn, d, resolve_nested_groups(
+                self._groups_with_members(conn, [dn], deadline),
+                lambda dns: self._groups_with_members(conn, dns, deadline)))
+                for n, dn, d in sorted(people)[:limit]]
+
+        try:
+            return self._as_service(deadline, step)
+        except DirectoryUnavailable as e:
+            log.warning("directory unavailable (%r): %s", self, e)
+            raise
 
     def close(self) -> None:
         """Unbind the kept service connections. Idempotent; later calls open new ones."""

@@ -28,6 +28,7 @@ ANYONE = only(*WHO)
 SIGNED_IN = only(*WHO[1:])
 RECLAIMS = only("helpdesk", "sysadmin", "auditadmin")
 AUDIT = only("auditadmin")
+HELPDESK = only("helpdesk", "sysadmin")
 SYSTEM_ADMIN = only("sysadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
@@ -47,6 +48,8 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/admin/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit.csv"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit/verify"): (Permission.READ_AUDIT, False, False, AUDIT),
+    ("GET", "/api/helpdesk/clerks"): (Permission.HELPDESK, False, False, HELPDESK),
+    ("GET", "/api/helpdesk/clerks/{username}"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
@@ -96,7 +99,8 @@ def test_the_permission_table_matches_the_route_table() -> None:
 
 def _path(path: str) -> str:
     return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
-            .replace("{import_id}", "1"))
+            .replace("{import_id}", "1").replace("{username}", "zhangsan")
+            + ("?q=zhang" if path == "/api/helpdesk/clerks" else ""))
 
 
 def _call(client: httpx.Client, method: str, path: str, csrf: str | None) -> httpx.Response:

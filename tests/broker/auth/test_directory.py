@@ -348,3 +348,31 @@ def test_ldaps_with_a_certificate_for_another_host_is_refused(
                                                 ldap_ca_file=str(files.ca_cert)))
         with pytest.raises(DirectoryUnavailable, match=r"doesn.t match"):
             directory.authenticate("zhangsan", DEMO_PASSWORD)
+
+
+# ---- the helpdesk's people search (contract) -------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("zhang", ["zhangsan"]),
+    ("ZHANG", ["zhangsan"]),
+    ("张三", ["zhangsan"]),
+    ("三", ["zhangsan"]),  # part of a Chinese name
+    ("王", ["wangwu"]),
+    ("  z  ", ["zhangsan", "zhaoliu", "zhengshi", "zhouba"]),
+    ("*", []),  # a filter character is looked for as itself
+    ("zhang*)(uid=*", []),
+    ("", []),
+    ("\t\n", []),
+    ("zhang\x00", []),
+    ("z" * 65, []),
+])
+def test_search_finds_people_by_account_or_name(directory: Directory, text: str,
+                                                expected: list[str]) -> None:
+    assert [u.username for u in directory.search(text)] == expected
+
+
+def test_search_gives_each_person_with_their_groups_and_stops_at_the_limit(
+        directory: Directory) -> None:
+    [zhaoliu] = directory.search("赵六")
+    assert zhaoliu == directory.lookup("zhaoliu")  # nested groups resolved as for sign-in
+    assert [u.username for u in directory.search("z", limit=2)] == ["zhangsan", "zhaoliu"]

@@ -1,0 +1,139 @@
+"""The helpdesk finds a clerk and sees their desktops and the day's story, within the
+offices it serves (broker.offices): a clerk of another office, or a desktop of another
+office's pool, is answered exactly as one that does not exist. Every look is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.access import roles_text
+from broker.auth.directory import Directory, DirectoryUnavailable, DirectoryUser
+from broker.blocking import Blocking
+from broker.errors import BrokerError
+from broker.offices import OfficeStore, Scope, offices_of, scope_of
+from vdi.audit import AuditLog
+from vdi.catalog import Catalog
+from vdi.domain import Desktop, DesktopState, Office, Principal, utc_now
+from vdi.models import AuditRow, ReclaimRow
+
+T = TypeVar("T")
+TIMELINE_DAYS = 7
+TIMELINE_MAX = 200
+# what a clerk's own records say, as the timeline shows them
+CLERK_ACTIONS = ("login", "logout", "connect", "console", "logoff", "session-end",
+                 "session-roles")
+
+
+class ClerkNotFound(BrokerError):
+    """No such clerk, or one the caller does not serve: the same answer for both."""
+
+
+@dataclass(frozen=True)
+class Clerk:
+    username: str
+    display_name: str
+    offices: tuple[str, ...]  # ids of the offices they belong to
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+    what: str  # an audit action, or reclaim:<action>
+    outcome: str
+    source: str  # the address or counter it came from
+    detail: str
+
+
+@dataclass(frozen=True)
+class ClerkView:
+    clerk: Clerk
+    desktops: tuple[Desktop, ...]
+    events: tuple[Event, ...]  # newest first
+
+
+class Helpdesk:
+    def __init__(self, *, blocking: Blocking, db: sessionmaker[Session], directory: Directory,
+                 audit: AuditLog, directory_deadline_s: float,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self._blocking = blocking
+        self._db = db
+        self._directory = directory
+        self._deadline_s = directory_deadline_s
+        self._audit = audit
+        self._offices = OfficeStore(db)
+        self._catalog = Catalog(db)
+        self._clock = clock
+
+    async def _ask(self, fn: Callable[[str], T], arg: str) -> T:
+        try:
+            return await self._blocking.directory(fn, arg, deadline_s=self._deadline_s)
+        except TimeoutError as e:
+            raise DirectoryUnavailable("the directory did not answer in time") from e
+
+    async def _noted(self, who: Principal, action: str, target: str, source: str,
+                     detail: str) -> None:
+        await self._blocking.db(lambda: self._audit.record(
+            actor=who.username, role=roles_text(who), action=action, target=target,
+            source=source, outcome="ok", detail=detail))
+
+    async def find(self, who: Principal, text: str, source: str) -> list[Clerk]:
+        """The clerks the caller serves whose account starts with `text` or whose name
+        holds it."""
+        offices = await self._blocking.db(self._offices.offices)
+        people = await self._ask(self._directory.search, text)
+        scope = scope_of(who, offices)
+        found = [c for c in (_clerk(u, offices) for u in people) if _serves(scope, c)]
+        await self._noted(who, "helpdesk-search", "-", source,
+                          f"{text[:64]!r}: {len(found)} clerk(s)")
+        return found
+
+    async def clerk(self, who: Principal, username: str, source: str) -> ClerkView:
+        """A clerk the caller serves: their desktops (in pools the caller may see) and
+        the last days' events. Raises ClerkNotFound."""
+        offices = await self._blocking.db(self._offices.offices)
+        user = await self._ask(self._directory.lookup, username)
+        scope = scope_of(who, offices)
+        if user is None or not _serves(scope, clerk := _clerk(user, offices)):
+            raise ClerkNotFound(username)
+        desktops, events = await self._blocking.db(lambda: self._read(clerk.username, scope))
+        await self._noted(who, "helpdesk-view", clerk.username, source,
+                          f"{len(desktops)} desktop(s), {len(events)} event(s)")
+        return ClerkView(clerk, desktops, events)
+
+    def _read(self, username: str, scope: Scope) -> tuple[tuple[Desktop, ...],
+                                                          tuple[Event, ...]]:
+        pools = {p.id: p for p in self._catalog.pools()}
+        desktops = tuple(d for d in self._catalog.desktops()
+                         if d.assigned_user == username and d.state is not DesktopState.DELETED
+                         and d.pool_id in pools and (pools[d.pool_id].office is None
+                                                     or scope.covers(pools[d.pool_id].office)))
+        since = self._clock() - timedelta(days=TIMELINE_DAYS)
+        with self._db() as s:
+            audits = s.scalars(select(AuditRow).where(
+                AuditRow.at >= since, AuditRow.actor == username,
+                or_(*(AuditRow.action == a for a in CLERK_ACTIONS)))
+                .order_by(AuditRow.id.desc()).limit(TIMELINE_MAX)).all()
+            reclaims = s.scalars(select(ReclaimRow).where(
+                ReclaimRow.at >= since, ReclaimRow.username == username)
+                .order_by(ReclaimRow.at.desc()).limit(TIMELINE_MAX)).all()
+        events = [Event(a.at, a.action, a.outcome, a.source, a.detail) for a in audits]
+        events += [Event(r.at, f"reclaim:{r.action}", "ok", r.pool_id, r.reason)
+                   for r in reclaims]
+        events.sort(key=lambda e: e.at, reverse=True)
+        return desktops, tuple(events[:TIMELINE_MAX])
+
+
+def _clerk(user: DirectoryUser, offices: list[Office]) -> Clerk:
+    return Clerk(user.username, user.display_name,
+                 tuple(sorted(offices_of(user.groups, offices))))
+
+
+def _serves(scope: Scope, clerk: Clerk) -> bool:
+    return scope.district or bool(scope.offices & set(clerk.offices))

@@ -1,0 +1,46 @@
+"""The helpdesk's JSON API (the helpdesk console uses it): find a clerk of the offices
+one serves, see their desktops and the last days' events (broker.helpdesk)."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broker.errors import BadRequest
+from broker.helpdesk import Clerk
+from vdi.domain import Permission
+from web.access import Access, Call, route
+
+READ = Access(Permission.HELPDESK)
+
+
+def _clerk(c: Clerk) -> dict[str, object]:
+    return {"username": c.username, "name": c.display_name, "offices": list(c.offices)}
+
+
+async def find(call: Call) -> Response:
+    """?q= an account's start or a part of a name (Chinese names included)."""
+    text = call.request.query_params.get("q", "")
+    if not text.strip() or len(text) > 64:
+        raise BadRequest("Type 1 to 64 characters of an account or a name.")
+    found = await call.api.helpdesk.find(call.signed_in.principal, text, call.source)
+    return JSONResponse({"clerks": [_clerk(c) for c in found]})
+
+
+async def clerk(call: Call) -> Response:
+    view = await call.api.helpdesk.clerk(call.signed_in.principal,
+                                         call.request.path_params["username"], call.source)
+    return JSONResponse({
+        "clerk": _clerk(view.clerk),
+        "desktops": [{"id": d.id, "pool": d.pool_id, "state": d.state.value,
+                      "host": d.host_uri, "addresses": list(d.guest_addresses),
+                      "created": d.created_at.isoformat()}
+                     for d in view.desktops],
+        "events": [{"at": e.at.isoformat(), "what": e.what, "outcome": e.outcome,
+                    "source": e.source, "detail": e.detail} for e in view.events]})
+
+
+routes: list[Route] = [
+    route("/api/helpdesk/clerks", "GET", READ, find),
+    route("/api/helpdesk/clerks/{username}", "GET", READ, clerk),
+]
