@@ -18,6 +18,7 @@ from broker.auth.directory import Directory, DirectoryUnavailable, DirectoryUser
 from broker.blocking import Blocking
 from broker.errors import BrokerError
 from broker.offices import OfficeStore, Scope, offices_of, scope_of
+from pools.calls import HostCalls
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
 from vdi.domain import Desktop, DesktopState, Office, Principal, utc_now
@@ -25,6 +26,7 @@ from vdi.models import AuditRow, ReclaimRow
 
 T = TypeVar("T")
 TIMELINE_DAYS = 7
+SCREEN_NOTE_EVERY = timedelta(minutes=5)
 TIMELINE_MAX = 200
 # what a clerk's own records say, as the timeline shows them
 CLERK_ACTIONS = ("login", "logout", "connect", "console", "logoff", "session-end",
@@ -33,6 +35,10 @@ CLERK_ACTIONS = ("login", "logout", "connect", "console", "logoff", "session-end
 
 class ClerkNotFound(BrokerError):
     """No such clerk, or one the caller does not serve: the same answer for both."""
+
+
+class DesktopNotFound(BrokerError):
+    """No such desktop in use, or one the caller does not serve: the same answer."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,11 @@ class ClerkView:
 
 class Helpdesk:
     def __init__(self, *, blocking: Blocking, db: sessionmaker[Session], directory: Directory,
-                 audit: AuditLog, directory_deadline_s: float,
+                 audit: AuditLog, calls: HostCalls, directory_deadline_s: float,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
+        self._calls = calls
+        self._screens_noted: dict[tuple[str, str], datetime] = {}
         self._db = db
         self._directory = directory
         self._deadline_s = directory_deadline_s
@@ -106,6 +114,42 @@ class Helpdesk:
         await self._noted(who, "helpdesk-view", clerk.username, source,
                           f"{len(desktops)} desktop(s), {len(events)} event(s)")
         return ClerkView(clerk, desktops, events)
+
+    async def screen(self, who: Principal, desktop_id: str, source: str) -> bytes:
+        """The screen of a desktop in use by a clerk the caller serves, as PNG. The first
+        look at a desktop is recorded, then one every SCREEN_NOTE_EVERY while the
+        console refreshes it. Raises DesktopNotFound, HostUnavailable."""
+        desktop = await self._served_desktop(who, desktop_id)
+        png = await self._calls.run(desktop.host_uri,
+                                    lambda host: host.screenshot(desktop.domain_name))
+        key, now = (who.username, desktop.id), self._clock()
+        last = self._screens_noted.get(key)
+        if last is None or now - last >= SCREEN_NOTE_EVERY:
+            self._screens_noted[key] = now
+            await self._noted(who, "helpdesk-screen", desktop.id, source,
+                              f"clerk {desktop.assigned_user}")
+        return png
+
+    async def _served_desktop(self, who: Principal, desktop_id: str) -> Desktop:
+        """A desktop in use whose pool is of an office the caller serves, or of the
+        district and held by a clerk the caller serves. Raises DesktopNotFound."""
+        def read() -> tuple[Desktop | None, str | None, list[Office]]:
+            d = self._catalog.desktop(desktop_id)
+            pool = self._catalog.pool(d.pool_id) if d else None
+            return d, pool.office if pool else None, self._offices.offices()
+        desktop, office, offices = await self._blocking.db(read)
+        scope = scope_of(who, offices)
+        if desktop is None or desktop.assigned_user is None or \
+                desktop.state is not DesktopState.ASSIGNED:
+            raise DesktopNotFound(desktop_id)
+        if office is not None:
+            if scope.covers(office):
+                return desktop
+            raise DesktopNotFound(desktop_id)
+        user = await self._ask(self._directory.lookup, desktop.assigned_user)
+        if user is None or not _serves(scope, _clerk(user, offices)):
+            raise DesktopNotFound(desktop_id)
+        return desktop
 
     def _read(self, username: str, scope: Scope) -> tuple[tuple[Desktop, ...],
                                                           tuple[Event, ...]]:

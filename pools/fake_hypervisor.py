@@ -35,6 +35,7 @@ from pools.hypervisor import (
     ImageDisk,
     ImageFiles,
 )
+from pools.screens import ppm_to_png
 from vdi.domain import Arch, ConsoleEndpoint, Firmware, ImageTraits, OsFamily
 
 FIRST_VNC_PORT = 5900
@@ -83,6 +84,7 @@ class FakeHypervisor:
         self.resets: list[str] = []  # the names reset_desktop was asked of
         self.addresses: dict[str, list[str]] = {}  # what guest_addresses answers
         self.clock_syncs: list[str] = []  # the names sync_guest_clock was asked of
+        self.screenshots: list[str] = []  # the names screenshot was asked of
         self.arches = frozenset({Arch.X86_64})
         self.uefi_arches = frozenset({Arch.X86_64})
         self.storage_free_bytes: int | None = None
@@ -195,6 +197,16 @@ class FakeHypervisor:
             self._domain(name)
             self.clock_syncs.append(name)
             return True
+
+    def screenshot(self, name: str) -> bytes:
+        """A 4x2 screen: black, with the top-left pixel white."""
+        with self._lock:
+            self._answer()
+            dom = self._domain(name)
+            if not dom.running:
+                raise DomainNotFound(f"desktop {name} is not running")
+            self.screenshots.append(name)
+        return ppm_to_png(b"P6 4 2 255\n" + b"\xff" * 3 + b"\x00" * 21)
 
     def reset_desktop(self, name: str) -> None:
         with self._lock:

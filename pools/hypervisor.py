@@ -183,6 +183,11 @@ class Hypervisor(Protocol):
         DomainNotFound."""
         ...
 
+    def screenshot(self, name: str) -> bytes:
+        """The running domain's screen now, as PNG (for the helpdesk). Raises
+        DomainNotFound (also when it is not running), HypervisorError."""
+        ...
+
     def reset_desktop(self, name: str) -> None:
         """Reset the running domain at once (the reset button: the guest boots again, its
         disk kept). Raises DomainNotFound."""

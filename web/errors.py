@@ -30,6 +30,7 @@ from broker.errors import (
     RoleConflict,
 )
 from broker.helpdesk import ClerkNotFound
+from broker.helpdesk import DesktopNotFound as HelpdeskDesktopNotFound
 from broker.image_imports import ImportNotFound
 from web.i18n import gettext_for
 
@@ -88,6 +89,8 @@ ANSWERS: dict[type[Exception], Answer] = {
     ImportNotFound: Answer(404, "import_not_found", N_("No such image import.")),
     ClerkNotFound: Answer(404, "clerk_not_found",
                           N_("No such clerk among the offices you serve.")),
+    HelpdeskDesktopNotFound: Answer(
+        404, "desktop_not_found", N_("No such desktop in use among the offices you serve.")),
 }
 # refusals raised by the access seam itself (web.access) register here too
 ANSWERS_BY_CODE: dict[str, Answer] = {

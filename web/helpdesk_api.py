@@ -40,7 +40,15 @@ async def clerk(call: Call) -> Response:
                     "source": e.source, "detail": e.detail} for e in view.events]})
 
 
+async def screen(call: Call) -> Response:
+    """The desktop's screen now (PNG); the console refreshes it every few seconds."""
+    png = await call.api.helpdesk.screen(call.signed_in.principal,
+                                         call.request.path_params["desktop_id"], call.source)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
 routes: list[Route] = [
     route("/api/helpdesk/clerks", "GET", READ, find),
     route("/api/helpdesk/clerks/{username}", "GET", READ, clerk),
+    route("/api/helpdesk/desktops/{desktop_id}/screen", "GET", READ, screen),
 ]

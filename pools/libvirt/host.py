@@ -47,6 +47,7 @@ from pools.libvirt.domain_xml import (
 from pools.libvirt.network_xml import build_network_xml
 from pools.libvirt.profiles import ProfileError, desktop_mac, profile_for
 from pools.libvirt.storage import HostStorage
+from pools.screens import BadScreenDump, png_size, ppm_to_png
 from pools.seed import nocloud_seed
 from vdi.domain import Arch, ConsoleEndpoint, ConsoleKind, ImageTraits
 from vdi.settings import Settings
@@ -56,6 +57,7 @@ T = TypeVar("T")
 # How long a probe guest under KVM may take to reach its init before KVM counts as not
 # working here (a nested or broken KVM hangs instead of failing).
 KVM_PROBE_BOUND_S = 30
+SCREENSHOT_MAX_BYTES = 3 * 8192 * 8192 + 64  # a PPM of the largest screen, and its header
 
 
 class LibvirtHost:
@@ -301,6 +303,38 @@ class LibvirtHost:
             if not dom.isActive():
                 raise DomainNotFound(f"desktop {name} is not running")
             dom.reset(0)
+
+    def screenshot(self, name: str) -> bytes:
+        dom = self._lookup(name)
+        conn = self._conn.get()
+        with self._conn.errors(f"screenshot of {name}"):
+            if not dom.isActive():
+                raise DomainNotFound(f"desktop {name} is not running")
+            stream = conn.newStream(0)
+            try:
+                mime = dom.screenshot(stream, 0, 0)  # PNG from newer QEMU, else PPM
+                chunks, size = [], 0
+                while chunk := stream.recv(1 << 18):
+                    if not isinstance(chunk, bytes):  # -2: would block (not on a
+                        continue                      # blocking stream; kept safe)
+                    size += len(chunk)
+                    if size > SCREENSHOT_MAX_BYTES:
+                        raise HypervisorError(f"screenshot of {name}: larger than "
+                                              f"{SCREENSHOT_MAX_BYTES} bytes")
+                    chunks.append(chunk)
+                stream.finish()
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                raise
+        data = b"".join(chunks)
+        try:
+            if mime == "image/png":
+                png_size(data)  # a PNG's header, or refused
+                return data
+            return ppm_to_png(data)
+        except BadScreenDump as e:
+            raise HypervisorError(f"screenshot of {name} ({mime}): {e}") from e
 
     def suspend_desktop(self, name: str) -> None:
         dom = self._lookup(name)

@@ -50,6 +50,8 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/admin/audit/verify"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/helpdesk/clerks"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/api/helpdesk/clerks/{username}"): (Permission.HELPDESK, False, False, HELPDESK),
+    ("GET", "/api/helpdesk/desktops/{desktop_id}/screen"): (Permission.HELPDESK, False, False,
+                                                           HELPDESK),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
@@ -100,6 +102,7 @@ def test_the_permission_table_matches_the_route_table() -> None:
 def _path(path: str) -> str:
     return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
             .replace("{import_id}", "1").replace("{username}", "zhangsan")
+            .replace("{desktop_id}", "window-0")
             + ("?q=zhang" if path == "/api/helpdesk/clerks" else ""))
 
 

@@ -1,5 +1,5 @@
-"""The helpdesk finds a clerk of the offices it serves and sees their desktops and the
-last days' events (real app, real slapd, fake host). A clerk of another office, and a
+"""The helpdesk finds a clerk of the offices it serves and sees their desktops, the
+last days' events and the screen of a desktop in use (real app, real slapd, fake host). A clerk of another office, and a
 desktop in another office's pool, are answered exactly as ones that do not exist; a
 helpdesk member who serves no office finds no one; every look is recorded."""
 
@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from broker.offices import OfficeStore
-from tests.web.conftest import GROUP_BASE, HELPDESK_GROUP, FakeHostBroker
+from pools.screens import png_size
+from harness.ldap_server import GROUP_BASE
+from tests.web.conftest import HELPDESK_GROUP, FakeHostBroker
 from vdi.catalog import Catalog
 from vdi.domain import Office
 
@@ -44,6 +46,14 @@ def test_helpdesk_sees_the_clerks_of_its_offices_only(fake: FakeHostBroker) -> N
     assert "login" in whats and "connect" in whats
     assert all(e["source"] for e in view["events"])
 
+    # the clerk's screen, refreshed: a PNG each time, the look recorded once
+    for _ in range(2):
+        shot = helpdesk.client.get(f"/api/helpdesk/desktops/{desktop['id']}/screen")
+        assert shot.status_code == 200 and shot.headers["content-type"] == "image/png"
+        assert png_size(shot.content) == (4, 2)
+    missing = helpdesk.client.get("/api/helpdesk/desktops/window-nothere/screen")
+    assert missing.status_code == 404 and missing.json()["error"] == "desktop_not_found"
+
     # 李四 is 西街's: the same answer as for no one at all
     other = helpdesk.client.get("/api/helpdesk/clerks/lisi")
     nobody = helpdesk.client.get("/api/helpdesk/clerks/nobody-here")
@@ -52,14 +62,19 @@ def test_helpdesk_sees_the_clerks_of_its_offices_only(fake: FakeHostBroker) -> N
 
     # the pool becomes 西街's: 张三's desktop there is out of the helpdesk's sight
     catalog = Catalog(fake.broker.runtime.db)
-    catalog.save_pool(replace(catalog.pool("window"), office="xijie"))  # type: ignore[arg-type]
+    window = catalog.pool("window")
+    assert window is not None
+    catalog.save_pool(replace(window, office="xijie"))
     assert helpdesk.client.get("/api/helpdesk/clerks/zhangsan").json()["desktops"] == []
+    hidden = helpdesk.client.get(f"/api/helpdesk/desktops/{desktop['id']}/screen")
+    assert hidden.status_code == 404 and hidden.json() == missing.json()
 
     # a district-level administrator serves every office
     admin = fake.broker.login("zhaoliu")
     assert names(admin.client.get("/api/helpdesk/clerks", params={"q": "li"})) == ["lisi"]
     assert helpdesk.client.get("/api/helpdesk/clerks", params={"q": ""}).status_code == 400
 
+    assert [a.target for a in fake.broker.audit(action="helpdesk-screen")] == [desktop["id"]]
     looks = fake.broker.audit(action="helpdesk-view")
     assert [(a.actor, a.target) for a in looks] == [("wangwu", "zhangsan")] * 2
     assert len(fake.broker.audit(action="helpdesk-search")) == 4
