@@ -14,9 +14,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.access import roles_text
+from broker.activity import TunnelRegistry
+from broker.assignment import Assigner, NothingToLogOff, PoolNotFound
 from broker.auth.directory import Directory, DirectoryUnavailable, DirectoryUser
 from broker.blocking import Blocking
-from broker.errors import BrokerError
+from broker.errors import BadRequest, BrokerError
 from broker.offices import OfficeStore, Scope, offices_of, scope_of
 from pools.calls import HostCalls
 from vdi.audit import AuditLog
@@ -27,6 +29,8 @@ from vdi.models import AuditRow, ReclaimRow
 T = TypeVar("T")
 TIMELINE_DAYS = 7
 SCREEN_NOTE_EVERY = timedelta(minutes=5)
+ACTIONS = ("reboot", "logoff", "reset")
+REASON_CHARS = (4, 500)
 TIMELINE_MAX = 200
 # what a clerk's own records say, as the timeline shows them
 CLERK_ACTIONS = ("login", "logout", "connect", "console", "logoff", "session-end",
@@ -66,10 +70,15 @@ class ClerkView:
 
 class Helpdesk:
     def __init__(self, *, blocking: Blocking, db: sessionmaker[Session], directory: Directory,
-                 audit: AuditLog, calls: HostCalls, directory_deadline_s: float,
+                 audit: AuditLog, calls: HostCalls, assigner: Assigner,
+                 tunnels: TunnelRegistry, wake_worker: Callable[[], None],
+                 directory_deadline_s: float,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
         self._calls = calls
+        self._assigner = assigner
+        self._tunnels = tunnels
+        self._wake = wake_worker
         self._screens_noted: dict[tuple[str, str], datetime] = {}
         self._db = db
         self._directory = directory
@@ -129,6 +138,47 @@ class Helpdesk:
             await self._noted(who, "helpdesk-screen", desktop.id, source,
                               f"clerk {desktop.assigned_user}")
         return png
+
+    async def act(self, who: Principal, desktop_id: str, action: str, reason: str,
+                  source: str) -> str:
+        """Do `action` to a served clerk's desktop in use, for `reason` (recorded with
+        it): "reboot" (the reset button: the guest starts again, its disk kept),
+        "logoff" (the clerk's use ends: a floating desktop goes back to the pool
+        through a fresh clone, a dedicated one stays theirs; their consoles close),
+        "reset" (a floating desktop made afresh from its image). What was done, for the
+        helpdesk. Raises DesktopNotFound, BadRequest, HostUnavailable."""
+        if action not in ACTIONS:
+            raise BadRequest(f"action: one of {', '.join(ACTIONS)}")
+        reason = " ".join(reason.split())
+        if not REASON_CHARS[0] <= len(reason) <= REASON_CHARS[1] or not reason.isprintable():
+            raise BadRequest(f"Give a reason of {REASON_CHARS[0]} to {REASON_CHARS[1]} "
+                             "characters.")
+        desktop = await self._served_desktop(who, desktop_id)
+        clerk = desktop.assigned_user or "-"
+        if action == "reboot":
+            await self._calls.run(desktop.host_uri,
+                                  lambda host: host.reset_desktop(desktop.domain_name))
+            done = "rebooted"
+        else:
+            pool = await self._blocking.db(self._catalog.pool, desktop.pool_id)
+            if action == "reset" and (pool is None or pool.persistent):
+                raise BadRequest("A dedicated desktop holds its clerk's files: it is never "
+                                 "reset to its image. Reboot it, or log the clerk off.")
+            try:
+                off = await self._blocking.db(self._assigner.log_off, desktop.pool_id, clerk)
+            except (PoolNotFound, NothingToLogOff):
+                raise DesktopNotFound(desktop_id) from None
+            for tunnel in self._tunnels.open_for(desktop_id=desktop.id, username=clerk):
+                self._tunnels.kick(tunnel, "helpdesk")
+            if off.reverted:
+                self._wake()
+            done = ("logged off; the desktop is made afresh from its image" if off.reverted
+                    else "logged off; the desktop stays the clerk's (dedicated)")
+        await self._blocking.db(lambda: self._audit.record(
+            actor=who.username, role=roles_text(who), action=f"helpdesk-{action}",
+            target=desktop.id, source=source, outcome="ok",
+            detail=f"clerk {clerk}: {done}; reason: {reason}"))
+        return done
 
     async def _served_desktop(self, who: Principal, desktop_id: str) -> Desktop:
         """A desktop in use whose pool is of an office the caller serves, or of the

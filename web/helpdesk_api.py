@@ -10,8 +10,10 @@ from broker.errors import BadRequest
 from broker.helpdesk import Clerk
 from vdi.domain import Permission
 from web.access import Access, Call, route
+from web.api import read_json
 
 READ = Access(Permission.HELPDESK)
+ACT = Access(Permission.HELPDESK, csrf=True)
 
 
 def _clerk(c: Clerk) -> dict[str, object]:
@@ -47,8 +49,21 @@ async def screen(call: Call) -> Response:
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
+async def act(call: Call) -> Response:
+    """{"action": "reboot" | "logoff" | "reset", "reason": why (recorded)}."""
+    data = await read_json(call)
+    if data is None or not isinstance(data.get("action"), str) or not isinstance(
+            data.get("reason"), str):
+        raise BadRequest("Send a JSON object with action and reason.")
+    done = await call.api.helpdesk.act(call.signed_in.principal,
+                                       call.request.path_params["desktop_id"],
+                                       str(data["action"]), str(data["reason"]), call.source)
+    return JSONResponse({"done": done})
+
+
 routes: list[Route] = [
     route("/api/helpdesk/clerks", "GET", READ, find),
     route("/api/helpdesk/clerks/{username}", "GET", READ, clerk),
     route("/api/helpdesk/desktops/{desktop_id}/screen", "GET", READ, screen),
+    route("/api/helpdesk/desktops/{desktop_id}/actions", "POST", ACT, act),
 ]

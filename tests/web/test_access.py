@@ -52,6 +52,8 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/helpdesk/clerks/{username}"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/api/helpdesk/desktops/{desktop_id}/screen"): (Permission.HELPDESK, False, False,
                                                            HELPDESK),
+    ("POST", "/api/helpdesk/desktops/{desktop_id}/actions"): (Permission.HELPDESK, True, False,
+                                                             HELPDESK),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),

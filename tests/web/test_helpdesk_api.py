@@ -1,15 +1,18 @@
 """The helpdesk finds a clerk of the offices it serves and sees their desktops, the
-last days' events and the screen of a desktop in use (real app, real slapd, fake host). A clerk of another office, and a
+last days' events and the screen of a desktop in use, and reboots, logs off or resets
+it with a reason (real app, real slapd, fake host). A clerk of another office, and a
 desktop in another office's pool, are answered exactly as ones that do not exist; a
-helpdesk member who serves no office finds no one; every look is recorded."""
+helpdesk member who serves no office finds no one; every look and act is recorded."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import httpx
+
 from broker.offices import OfficeStore
-from pools.screens import png_size
 from harness.ldap_server import GROUP_BASE
+from pools.screens import png_size
 from tests.web.conftest import HELPDESK_GROUP, FakeHostBroker
 from vdi.catalog import Catalog
 from vdi.domain import Office
@@ -78,3 +81,30 @@ def test_helpdesk_sees_the_clerks_of_its_offices_only(fake: FakeHostBroker) -> N
     looks = fake.broker.audit(action="helpdesk-view")
     assert [(a.actor, a.target) for a in looks] == [("wangwu", "zhangsan")] * 2
     assert len(fake.broker.audit(action="helpdesk-search")) == 4
+
+
+def test_helpdesk_acts_on_a_served_desktop_with_a_reason(fake: FakeHostBroker) -> None:
+    OfficeStore(fake.broker.runtime.db).save(EAST)
+    clerk = fake.broker.login("zhangsan")
+    desktop = clerk.connect_when_ready("window")["desktop"]
+    helpdesk = fake.broker.login("wangwu")
+
+    def act(action: str, reason: str = "屏幕卡住，电话报修") -> httpx.Response:
+        return helpdesk.client.post(f"/api/helpdesk/desktops/{desktop}/actions",
+                                    json={"action": action, "reason": reason},
+                                    headers={"X-CSRF-Token": helpdesk.csrf})
+
+    assert act("reboot", "ok").status_code == 400  # a reason says why
+    assert act("format-disk").status_code == 400
+    r = act("reboot")
+    assert r.status_code == 200 and r.json()["done"] == "rebooted", r.text
+    held = Catalog(fake.broker.runtime.db).desktop(desktop)
+    assert held is not None and fake.host.resets == [held.domain_name]
+    r = act("reset")
+    assert r.status_code == 200 and "made afresh" in r.json()["done"]
+    # the desktop is no longer in use by the clerk: nothing more to do to it
+    assert act("reboot").status_code == 404
+    [reboot] = fake.broker.audit(action="helpdesk-reboot")
+    assert reboot.actor == "wangwu" and reboot.target == desktop
+    assert "reason: 屏幕卡住，电话报修" in reboot.detail and "clerk zhangsan" in reboot.detail
+    assert len(fake.broker.audit(action="helpdesk-reset")) == 1
