@@ -14,7 +14,17 @@ from starlette.staticfiles import StaticFiles
 
 from broker.api import BrokerApi
 from vdi.settings import Settings
-from web import admin_api, api, assets, audit_api, console, helpdesk_api, idle_api, pages
+from web import (
+    admin_api,
+    api,
+    assets,
+    audit_api,
+    console,
+    helpdesk_api,
+    idle_api,
+    openapi,
+    pages,
+)
 from web.assets import Assets
 
 HERE = Path(__file__).parent
@@ -24,7 +34,7 @@ App = Starlette
 def all_routes(bundles: Assets) -> list[BaseRoute]:
     return [
         *api.routes, *idle_api.routes, *admin_api.routes, *audit_api.routes,
-        *helpdesk_api.routes, *pages.routes, *console.routes,
+        *helpdesk_api.routes, *openapi.routes, *pages.routes, *console.routes,
         *assets.routes(bundles),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

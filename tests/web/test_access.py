@@ -54,6 +54,7 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
                                                            HELPDESK),
     ("POST", "/api/helpdesk/desktops/{desktop_id}/actions"): (Permission.HELPDESK, True, False,
                                                              HELPDESK),
+    ("GET", "/api/openapi.json"): (None, False, False, ANYONE),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),

@@ -1,0 +1,164 @@
+"""The broker's OpenAPI 3.1 document, generated from the app's routes: each API route's
+method, path, parameters and who may call it come from the route itself (its
+web.access declaration); what the route takes and gives is described once, here, in
+`DOCS` (a route of the API without an entry fails tests/web/test_openapi.py). Served at
+/api/openapi.json; the `vdi` CLI and a district's own tools read it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from web.access import PUBLIC, Access, Call, app_settings, cookie_name, route
+
+Schema = dict[str, Any]
+STRING: Schema = {"type": "string"}
+TEXT64: Schema = {"type": "string", "minLength": 1, "maxLength": 64}
+NUMBER: Schema = {"type": "number"}
+INTEGER: Schema = {"type": "integer"}
+OBJECT: Schema = {"type": "object"}
+ERROR: Schema = {"type": "object", "required": ["error", "message"], "properties": {
+    "error": STRING, "message": STRING}}
+
+
+@dataclass(frozen=True)
+class Doc:
+    summary: str
+    tag: str
+    query: dict[str, Schema] = field(default_factory=dict)
+    body: Schema | None = None
+    ok: int = 200
+    answer: str = "application/json"  # the media type of a successful answer
+
+
+def _body(required: list[str], **props: Schema) -> Schema:
+    return {"type": "object", "required": required, "properties": props}
+
+
+DOCS: dict[tuple[str, str], Doc] = {
+    ("POST", "/api/session"): Doc(
+        "Sign in with the directory account", "session",
+        body=_body(["username", "password"], username=STRING, password=STRING)),
+    ("GET", "/api/session"): Doc("The signed-in user, roles and CSRF token", "session"),
+    ("DELETE", "/api/session"): Doc("Sign out", "session"),
+    ("GET", "/api/pools"): Doc("The pools the user may use, with their desktop", "clerk"),
+    ("POST", "/api/pools/{pool}/connect"): Doc(
+        "A desktop of the pool and a one-time console grant", "clerk"),
+    ("POST", "/api/pools/{pool}/logoff"): Doc("End the use of one's desktop", "clerk"),
+    ("GET", "/api/pools/{pool}/status"): Doc(
+        "One's desktop: an idle warning to count down, or why it went away", "clerk"),
+    ("POST", "/api/pools/{pool}/still-here"): Doc("Answer the idle warning", "clerk"),
+    ("GET", "/api/admin/reclaims"): Doc(
+        "What the idle policy took back, newest first", "admin",
+        query={"hours": NUMBER, "pool": STRING, "user": STRING}),
+    ("POST", "/api/admin/images"): Doc(
+        "Import a golden image file of the import folder (runs in the background)",
+        "admin", ok=202, body=_body(
+            ["image", "file"], image=STRING, file=STRING, format=STRING, firmware=STRING,
+            os=STRING, arch=STRING, virtio={"type": "boolean"}, agent={"type": "boolean"},
+            boot_delay_s=INTEGER, secure_boot={"type": "boolean"})),
+    ("GET", "/api/admin/images/imports/{import_id}"): Doc(
+        "An image import's stage and percentage", "admin"),
+    ("GET", "/api/admin/audit"): Doc(
+        "A page of the audit trail, newest first", "audit",
+        query={"days": NUMBER, "actor": STRING, "action": STRING, "outcome": STRING,
+               "limit": INTEGER, "before": INTEGER}),
+    ("GET", "/api/admin/audit.csv"): Doc(
+        "The audit trail as CSV, oldest first", "audit", answer="text/csv",
+        query={"days": NUMBER, "actor": STRING, "action": STRING, "outcome": STRING}),
+    ("GET", "/api/admin/audit/verify"): Doc("Check the audit trail's hash chain", "audit"),
+    ("GET", "/api/helpdesk/clerks"): Doc(
+        "Find clerks of the offices one serves by account or name", "helpdesk",
+        query={"q": TEXT64}),
+    ("GET", "/api/helpdesk/clerks/{username}"): Doc(
+        "A served clerk's desktops and last days' events", "helpdesk"),
+    ("GET", "/api/helpdesk/desktops/{desktop_id}/screen"): Doc(
+        "The screen of a served clerk's desktop in use", "helpdesk", answer="image/png"),
+    ("POST", "/api/helpdesk/desktops/{desktop_id}/actions"): Doc(
+        "Reboot, log off or reset a served clerk's desktop, with a reason", "helpdesk",
+        body=_body(["action", "reason"],
+                   action={"type": "string", "enum": ["reboot", "logoff", "reset"]},
+                   reason={"type": "string", "minLength": 4, "maxLength": 500})),
+    ("GET", "/api/openapi.json"): Doc("This document", "meta"),
+    ("GET", "/healthz"): Doc("Whether the broker and its database answer", "meta"),
+}
+# the status codes a refusal can have, by what the route needs
+_REFUSALS = {400: "The request is malformed", 404: "Not found (or not yours to see)",
+             429: "Too many attempts", 503: "A part the broker needs does not answer now"}
+
+
+def is_api(path: str) -> bool:
+    return path.startswith("/api/") or path == "/healthz"
+
+
+def document(routes: list[BaseRoute], cookie: str) -> dict[str, Any]:
+    """The OpenAPI document of the API routes among `routes`."""
+    paths: dict[str, dict[str, Any]] = {}
+    for r in routes:
+        if not isinstance(r, Route) or not is_api(r.path):
+            continue
+        access: Access | None = getattr(r.endpoint, "access", None)
+        for method in sorted((r.methods or set()) - {"HEAD"}):
+            doc = DOCS.get((method, r.path))
+            if doc is None or access is None:
+                continue  # tests/web/test_openapi.py fails on such a route
+            paths.setdefault(r.path, {})[method.lower()] = _operation(r.path, method, doc,
+                                                                      access)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "VDI connection broker", "version": "1",
+                 "description": "Sign-in, desktops and consoles for the clerks; the "
+                                "helpdesk's, administrators' and auditors' views."},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR},
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": cookie},
+                "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}}},
+    }
+
+
+def _operation(path: str, method: str, doc: Doc, access: Access) -> dict[str, Any]:
+    params = [{"name": name, "in": "path", "required": True,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+              for name in re.findall(r"{(\w+)}", path)]
+    params += [{"name": name, "in": "query", "required": False, "schema": schema}
+               for name, schema in doc.query.items()]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    responses: dict[str, Any] = {str(doc.ok): {
+        "description": doc.summary,
+        "content": {doc.answer: {"schema": OBJECT if doc.answer == "application/json"
+                                 else STRING}}}}
+    for code, text in _REFUSALS.items():
+        responses[str(code)] = {"description": text, "content": error}
+    if access.permission is not None:
+        responses["401"] = {"description": "Not signed in", "content": error}
+        responses["403"] = {"description": "The role does not allow it, or a missing "
+                                           "CSRF token", "content": error}
+    elif access.origin:
+        responses["403"] = {"description": "From a page of another origin", "content": error}
+    op_id = method.lower() + "_" + re.sub(r"\W+", "_", path).strip("_")
+    op: dict[str, Any] = {"summary": doc.summary, "tags": [doc.tag], "operationId": op_id,
+                          "parameters": params, "responses": responses,
+                          "x-permission": access.permission.value if access.permission
+                          else None}
+    if access.permission is not None:
+        op["security"] = [{"session": [], "csrf": []} if access.csrf else {"session": []}]
+    if doc.body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": doc.body}}}
+    return op
+
+
+async def serve(call: Call) -> Response:
+    request: Request = call.request
+    return JSONResponse(document(request.app.routes,
+                                 cookie_name(app_settings(request))))
+
+
+routes: list[Route] = [route("/api/openapi.json", "GET", PUBLIC, serve)]
