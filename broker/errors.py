@@ -43,3 +43,9 @@ class NoDesktop(BrokerError):
     """The user holds no desktop in that pool."""
 
     code = "no_desktop"
+
+
+class NoMessage(BrokerError):
+    """No such message to this user, or it was acknowledged already."""
+
+    code = "no_message"

@@ -19,6 +19,7 @@ from broker.assignment import Assigner, NothingToLogOff, PoolNotFound
 from broker.auth.directory import Directory, DirectoryUnavailable, DirectoryUser
 from broker.blocking import Blocking
 from broker.errors import BadRequest, BrokerError
+from broker.messages import MESSAGE_CHARS, MessageStore
 from broker.offices import OfficeStore, Scope, offices_of, scope_of
 from pools.calls import HostCalls
 from vdi.audit import AuditLog
@@ -85,6 +86,7 @@ class Helpdesk:
         self._deadline_s = directory_deadline_s
         self._audit = audit
         self._offices = OfficeStore(db)
+        self._messages = MessageStore(db, clock)
         self._catalog = Catalog(db)
         self._clock = clock
 
@@ -179,6 +181,23 @@ class Helpdesk:
             target=desktop.id, source=source, outcome="ok",
             detail=f"clerk {clerk}: {done}; reason: {reason}"))
         return done
+
+    async def message(self, who: Principal, desktop_id: str, text: str,
+                      source: str) -> int:
+        """A message to the clerk of a served desktop in use, shown on their desktop's
+        page until they acknowledge it. Raises DesktopNotFound, BadRequest."""
+        text = text.strip()
+        if not MESSAGE_CHARS[0] <= len(text) <= MESSAGE_CHARS[1] or "\0" in text:
+            raise BadRequest(f"A message has {MESSAGE_CHARS[0]} to {MESSAGE_CHARS[1]} "
+                             "characters.")
+        desktop = await self._served_desktop(who, desktop_id)
+        clerk = desktop.assigned_user or "-"
+        message_id = await self._blocking.db(lambda: self._messages.send(
+            desktop_id=desktop.id, pool_id=desktop.pool_id, username=clerk,
+            sender=who.username, sender_name=who.display_name, text=text))
+        await self._noted(who, "helpdesk-message", desktop.id, source,
+                          f"to {clerk}: {text}")
+        return message_id
 
     async def _served_desktop(self, who: Principal, desktop_id: str) -> Desktop:
         """A desktop in use whose pool is of an office the caller serves, or of the

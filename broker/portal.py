@@ -10,8 +10,9 @@ from broker.access import roles_text
 from broker.activity import TunnelRegistry
 from broker.assignment import Assigner, NothingToLogOff, PoolNotFound
 from broker.blocking import Blocking
-from broker.errors import NoDesktop
+from broker.errors import NoDesktop, NoMessage
 from broker.idle import DesktopStatus, IdleNotices, Notice
+from broker.messages import Message, MessageStore
 from broker.roles import entitled
 from broker.sessions import WebSession
 from vdi.audit import AuditLog
@@ -36,9 +37,10 @@ class LoggedOff:
 class Portal:
     def __init__(self, *, blocking: Blocking, assigner: Assigner, catalog: Catalog,
                  notices: IdleNotices, audit: AuditLog, tunnels: TunnelRegistry,
-                 wake_worker: Callable[[], None],
+                 wake_worker: Callable[[], None], messages: MessageStore,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
+        self._messages = messages
         self._assigner = assigner
         self._catalog = catalog
         self._notices = notices
@@ -98,12 +100,25 @@ class Portal:
                    f"tunnels closed: {closed}"))
         return LoggedOff(done.desktop.id, done.reverted)
 
-    async def status(self, session: WebSession, pool_id: str) -> DesktopStatus:
+    async def status(self, session: WebSession, pool_id: str
+                     ) -> tuple[DesktopStatus, Message | None]:
         """The page's view of its desktop: an idle warning to count down, or why the
-        desktop went away. Raises PoolNotFound."""
+        desktop went away; and the helpdesk's message not yet acknowledged. Raises
+        PoolNotFound."""
         await self.entitled_pool(session, pool_id)
-        return await self._blocking.db(self._notices.status, session.principal.username,
-                                       pool_id)
+        username = session.principal.username
+
+        def read() -> tuple[DesktopStatus, Message | None]:  # one database trip
+            return (self._notices.status(username, pool_id),
+                    self._messages.pending(username, pool_id))
+        return await self._blocking.db(read)
+
+    async def message_seen(self, session: WebSession, pool_id: str, message_id: int) -> None:
+        """The clerk acknowledged the helpdesk's message. Raises PoolNotFound, NoMessage."""
+        await self.entitled_pool(session, pool_id)
+        if not await self._blocking.db(self._messages.seen, message_id,
+                                       session.principal.username):
+            raise NoMessage(str(message_id))
 
     async def still_here(self, session: WebSession, pool_id: str) -> None:
         """The clerk answered the idle warning (counts as input). Raises PoolNotFound,

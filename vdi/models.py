@@ -357,3 +357,20 @@ class LoginAttemptRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class HelpdeskMessageRow(Base):
+    """A message from the helpdesk to a clerk at their desktop, shown on the desktop's
+    page until the clerk acknowledges it."""
+
+    __tablename__ = "helpdesk_messages"
+    __table_args__ = (Index("ix_helpdesk_messages_user", "username", "seen_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    desktop_id: Mapped[str] = mapped_column(String(64))
+    pool_id: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String(128))
+    sender: Mapped[str] = mapped_column(String(128))
+    sender_name: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

@@ -34,6 +34,7 @@ from broker.consoles import Consoles
 from broker.helpdesk import Helpdesk
 from broker.idle import IdleNotices
 from broker.image_imports import ImageImports
+from broker.messages import MessageStore
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.sessions import SessionStore
@@ -166,7 +167,8 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                       recheck_s=settings.session_recheck_s,
                       grant_confirm_s=settings.console_grant_confirm_s),
         portal=Portal(blocking=blocking, assigner=assigner, catalog=catalog, notices=notices,
-                      audit=audit, tunnels=tunnels, wake_worker=wake),
+                      audit=audit, tunnels=tunnels, wake_worker=wake,
+                      messages=MessageStore(db)),
         consoles=Consoles(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                           assigner=assigner, notices=notices, audit=audit, tunnels=tunnels,
                           calls=calls, wake_worker=wake,

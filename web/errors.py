@@ -26,6 +26,7 @@ from broker.errors import (
     Forbidden,
     NoAccess,
     NoDesktop,
+    NoMessage,
     NotSignedIn,
     RoleConflict,
 )
@@ -69,6 +70,7 @@ ANSWERS: dict[type[Exception], Answer] = {
     PoolNotFound: NOT_FOUND_POOL,
     NotEntitled: NOT_FOUND_POOL,
     NoDesktop: Answer(404, "no_desktop", N_("You have no desktop in this pool.")),
+    NoMessage: Answer(404, "no_message", N_("No such message.")),
     DesktopNotReady: Answer(
         503, "desktop_starting",
         N_("A desktop is being prepared for you. This takes a few seconds."), 2),

@@ -61,9 +61,21 @@ async def act(call: Call) -> Response:
     return JSONResponse({"done": done})
 
 
+async def message(call: Call) -> Response:
+    """{"text": the message}: shown on the clerk's desktop page until acknowledged."""
+    data = await read_json(call)
+    if data is None or not isinstance(data.get("text"), str):
+        raise BadRequest("Send a JSON object with text.")
+    message_id = await call.api.helpdesk.message(
+        call.signed_in.principal, call.request.path_params["desktop_id"], str(data["text"]),
+        call.source)
+    return JSONResponse({"message": message_id})
+
+
 routes: list[Route] = [
     route("/api/helpdesk/clerks", "GET", READ, find),
     route("/api/helpdesk/clerks/{username}", "GET", READ, clerk),
     route("/api/helpdesk/desktops/{desktop_id}/screen", "GET", READ, screen),
     route("/api/helpdesk/desktops/{desktop_id}/actions", "POST", ACT, act),
+    route("/api/helpdesk/desktops/{desktop_id}/messages", "POST", ACT, message),
 ]

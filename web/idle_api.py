@@ -8,6 +8,7 @@ from datetime import datetime
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from broker.errors import BadRequest
 from broker.reclaims import parse_hours
 from vdi.domain import Permission
 from web.access import CHANGE, READ, Access, Call, route
@@ -20,7 +21,8 @@ def iso(t: datetime | None) -> str | None:
 async def desktop_status(call: Call) -> Response:
     """The page's view of its desktop: an idle warning to count down, or why the
     desktop went away. `now` lets the page correct its own clock."""
-    st = await call.api.portal.status(call.signed_in, call.request.path_params["pool"])
+    st, message = await call.api.portal.status(call.signed_in,
+                                               call.request.path_params["pool"])
     now = call.api.portal.clock()
     warning = None
     if st.warning is not None:
@@ -30,7 +32,10 @@ async def desktop_status(call: Call) -> Response:
     return JSONResponse({"now": iso(now), "desktop": st.desktop_id,
                          "power": st.power.value if st.power else None,
                          "warning": warning,
-                         "notice": st.notice.as_json() if st.notice else None})
+                         "notice": st.notice.as_json() if st.notice else None,
+                         "message": {"id": message.id, "from": message.sender_name,
+                                     "text": message.text, "at": iso(message.at)}
+                         if message else None})
 
 
 async def still_here(call: Call) -> Response:
@@ -50,8 +55,18 @@ async def reclaims(call: Call) -> Response:
          "reason": r.reason, "seen_at": iso(r.seen_at)} for r in found]})
 
 
+async def message_seen(call: Call) -> Response:
+    raw = call.request.path_params["message_id"]
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadRequest("The request is malformed.")
+    await call.api.portal.message_seen(call.signed_in, call.request.path_params["pool"],
+                                       int(raw))
+    return JSONResponse({"ok": True})
+
+
 routes: list[Route] = [
     route("/api/pools/{pool}/status", "GET", READ, desktop_status),
     route("/api/pools/{pool}/still-here", "POST", CHANGE, still_here),
+    route("/api/pools/{pool}/messages/{message_id}/seen", "POST", CHANGE, message_seen),
     route("/api/admin/reclaims", "GET", Access(Permission.READ_RECLAIMS), reclaims),
 ]

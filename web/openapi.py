@@ -84,6 +84,11 @@ DOCS: dict[tuple[str, str], Doc] = {
         body=_body(["action", "reason"],
                    action={"type": "string", "enum": ["reboot", "logoff", "reset"]},
                    reason={"type": "string", "minLength": 4, "maxLength": 500})),
+    ("POST", "/api/helpdesk/desktops/{desktop_id}/messages"): Doc(
+        "A message shown on the clerk's desktop page until acknowledged", "helpdesk",
+        body=_body(["text"], text={"type": "string", "minLength": 1, "maxLength": 500})),
+    ("POST", "/api/pools/{pool}/messages/{message_id}/seen"): Doc(
+        "Acknowledge the helpdesk's message", "clerk"),
     ("GET", "/api/openapi.json"): Doc("This document", "meta"),
     ("GET", "/healthz"): Doc("Whether the broker and its database answer", "meta"),
 }

@@ -42,6 +42,8 @@ JS_STRINGS = (
     N_("No keyboard or mouse input for a while. Your desktop will be taken back when the "
        "time runs out."),
     N_("Time left: {time}"),
+    # the helpdesk's message on the desktop page (desktop.js)
+    N_("Message from the helpdesk ({name}):"),
     N_("Your desktop was disconnected at {time}."),
     N_("Your desktop was logged off at {time} and reset for the next clerk."),
     N_("Your desktop was shut down at {time}. Your files are kept; connecting starts it again."),

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 PREFIX = "vdit-e2e-"
 STAFF_GROUP = "cn=window-staff,ou=groups,dc=district,dc=example"
+HELPDESK_GROUP = "cn=helpdesk,ou=groups,dc=district,dc=example"
 
 
 class BlipProxy(LoopbackRelay):
@@ -91,6 +92,7 @@ def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int,
         "VDI_STORAGE_DIR": "/var/lib/libvirt/images/vdi-test",
         "VDI_DOMAIN_TYPE": os.environ.get("VDI_TEST_DOMAIN_TYPE", "qemu"),
         "VDI_ROLE_STAFF_GROUPS": STAFF_GROUP,
+        "VDI_ROLE_HELPDESK_GROUPS": HELPDESK_GROUP,
         "VDI_WORKER_INTERVAL_S": "1",
     })
     return env

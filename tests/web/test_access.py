@@ -54,6 +54,10 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
                                                            HELPDESK),
     ("POST", "/api/helpdesk/desktops/{desktop_id}/actions"): (Permission.HELPDESK, True, False,
                                                              HELPDESK),
+    ("POST", "/api/helpdesk/desktops/{desktop_id}/messages"): (Permission.HELPDESK, True,
+                                                              False, HELPDESK),
+    ("POST", "/api/pools/{pool}/messages/{message_id}/seen"): (Permission.SIGNED_IN, True,
+                                                              False, SIGNED_IN),
     ("GET", "/api/openapi.json"): (None, False, False, ANYONE),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
@@ -105,7 +109,7 @@ def test_the_permission_table_matches_the_route_table() -> None:
 def _path(path: str) -> str:
     return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
             .replace("{import_id}", "1").replace("{username}", "zhangsan")
-            .replace("{desktop_id}", "window-0")
+            .replace("{desktop_id}", "window-0").replace("{message_id}", "1")
             + ("?q=zhang" if path == "/api/helpdesk/clerks" else ""))
 
 

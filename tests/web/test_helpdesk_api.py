@@ -108,3 +108,33 @@ def test_helpdesk_acts_on_a_served_desktop_with_a_reason(fake: FakeHostBroker) -
     assert reboot.actor == "wangwu" and reboot.target == desktop
     assert "reason: 屏幕卡住，电话报修" in reboot.detail and "clerk zhangsan" in reboot.detail
     assert len(fake.broker.audit(action="helpdesk-reset")) == 1
+
+
+def test_a_message_from_the_helpdesk_waits_on_the_clerks_page_until_seen(
+        fake: FakeHostBroker) -> None:
+    OfficeStore(fake.broker.runtime.db).save(EAST)
+    clerk = fake.broker.login("zhangsan")
+    desktop = clerk.connect_when_ready("window")["desktop"]
+    helpdesk = fake.broker.login("wangwu")
+    send = f"/api/helpdesk/desktops/{desktop}/messages"
+    csrf = {"X-CSRF-Token": helpdesk.csrf}
+    assert helpdesk.client.post(send, json={"text": ""}, headers=csrf).status_code == 400
+    assert helpdesk.client.post(send, json={"text": "x" * 501}, headers=csrf
+                                ).status_code == 400
+    r = helpdesk.client.post(send, json={"text": "五分钟后重启您的桌面，请先保存。"},
+                             headers=csrf)
+    assert r.status_code == 200, r.text
+
+    status = clerk.client.get("/api/pools/window/status").json()
+    message = status["message"]
+    assert message["text"] == "五分钟后重启您的桌面，请先保存。" and message["from"] == "王五"
+    # another clerk cannot acknowledge it for them
+    other = fake.broker.login("sunqi")
+    seen = f"/api/pools/window/messages/{message['id']}/seen"
+    refused = other.client.post(seen, headers={"X-CSRF-Token": other.csrf})
+    assert refused.status_code == 404 and refused.json()["error"] == "no_message"
+    assert clerk.client.post(seen, headers={"X-CSRF-Token": clerk.csrf}).status_code == 200
+    assert clerk.client.get("/api/pools/window/status").json()["message"] is None
+    assert clerk.client.post(seen, headers={"X-CSRF-Token": clerk.csrf}).status_code == 404
+    [sent] = fake.broker.audit(action="helpdesk-message")
+    assert sent.actor == "wangwu" and "五分钟后重启" in sent.detail

@@ -18,6 +18,11 @@ const idleText = document.getElementById("idle-text");
 const idleCountdown = document.getElementById("idle-countdown");
 const stillHereButton = document.getElementById("still-here");
 const noticeBox = document.getElementById("notice");
+const messageBox = document.getElementById("helpdesk-message");
+const messageFrom = document.getElementById("helpdesk-from");
+const messageText = document.getElementById("helpdesk-text");
+const messageOk = document.getElementById("helpdesk-ok");
+let messageId = null; // the helpdesk's message shown, until the clerk says OK
 const STATUS_EVERY_MS = 5000;
 let statusTimer = null;
 let countdownTimer = null;
@@ -76,7 +81,25 @@ async function pollStatus() {
   const st = await readStatus();
   if (!statusTimer) return; // the console closed while asking: nothing to warn about
   if (st && st.warning) showWarning(st.warning, st.now); else if (st) hideWarning();
+  if (st && st.message && st.message.id !== messageId) showMessage(st.message);
 }
+
+// -- a message from the helpdesk ------------------------------------------------------
+
+function showMessage(message) {
+  messageId = message.id;
+  messageFrom.textContent = fill(t("Message from the helpdesk ({name}):"), { name: message.from });
+  messageText.textContent = message.text; // text, never markup
+  messageBox.hidden = false;
+  messageOk.focus();
+}
+
+messageOk.addEventListener("click", async () => {
+  messageBox.hidden = true;
+  const id = messageId;
+  await api("POST", `${poolPath}/messages/${encodeURIComponent(id)}/seen`, {}, csrf);
+  if (rfb) rfb.focus();
+});
 
 function watchStatus(on) {
   if (statusTimer) { clearInterval(statusTimer); statusTimer = null; }
