@@ -19,6 +19,7 @@ from broker.helpdesk import Helpdesk
 from broker.image_imports import ImageImports
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
+from broker.security_admin import SecurityAdmin
 from broker.signin import SignIn
 
 log = logging.getLogger(__name__)
@@ -57,3 +58,4 @@ class BrokerApi:
     image_imports: ImageImports
     audit_trail: AuditTrail
     helpdesk: Helpdesk
+    security: SecurityAdmin

@@ -15,6 +15,7 @@ from vdi.domain import Principal, Role, utc_now
 from vdi.models import AuditRow, SessionRow
 
 TOUCH_EVERY = timedelta(seconds=60)
+HANDLE_CHARS = 16  # a session's handle for administrators: never the cookie or its hash
 # a session stored with a role since renamed or dropped keeps the others (the next
 # directory re-check stores the roles as they are now)
 _ROLE_NAMES = frozenset(r.value for r in Role)
@@ -148,10 +149,45 @@ class SessionStore:
                                                SessionRow.ended_at.is_(None))
                       .values(ended_at=now))
 
+    def live(self, limit: int = 1000) -> list[LiveSession]:
+        """The live sessions, newest first (for the security administrator)."""
+        now = self._clock()
+        with self._sessions() as s:
+            return [LiveSession(r.id_hash[:HANDLE_CHARS], r.username, r.display_name,
+                                tuple(r.roles), r.source, r.created_at, r.last_seen_at)
+                    for r in s.scalars(select(SessionRow).where(
+                        SessionRow.ended_at.is_(None),
+                        SessionRow.last_seen_at >= now - self._idle,
+                        SessionRow.created_at >= now - self._absolute)
+                        .order_by(SessionRow.created_at.desc()).limit(limit))]
+
+    def by_handle(self, handle: str) -> WebSession | None:
+        """The live session whose handle (the start of its hash) this is, if exactly one."""
+        if len(handle) != HANDLE_CHARS or not all(c in "0123456789abcdef" for c in handle):
+            return None
+        with self._sessions() as s:
+            rows = s.scalars(select(SessionRow).where(
+                SessionRow.id_hash.startswith(handle), SessionRow.ended_at.is_(None))
+                .limit(2)).all()
+        if len(rows) != 1 or not self.is_live(rows[0].id_hash):
+            return None
+        return _to_session(rows[0])
+
     def live_for_user(self, username: str) -> list[str]:
         with self._sessions() as s:
             return list(s.scalars(select(SessionRow.id_hash).where(
                 SessionRow.username == username, SessionRow.ended_at.is_(None))))
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    handle: str
+    username: str
+    display_name: str
+    roles: tuple[str, ...]
+    source: str
+    created_at: datetime
+    last_seen_at: datetime
 
 
 def _to_session(row: SessionRow) -> WebSession:

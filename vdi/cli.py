@@ -285,7 +285,8 @@ def _pool_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int
     if args.image_version is not None:
         if args.image_version == "released":
             follow = True
-        elif args.image_version.isdigit() and int(args.image_version) > 0:
+        elif args.image_version.isascii() and args.image_version.isdigit() \
+                and 0 < int(args.image_version) < 1 << 31:
             version = int(args.image_version)
         else:
             raise AdminRefused("--image-version: a version number or 'released'")

@@ -30,6 +30,7 @@ class Permission(enum.StrEnum):
     MANAGE_IMAGES = "manage_images"  # import golden images
     READ_AUDIT = "read_audit"  # the audit trail and reports (and check its chain)
     HELPDESK = "helpdesk"  # find the clerks of the offices one serves, see their desktops
+    MANAGE_SESSIONS = "manage_sessions"  # see who is signed in from where; end a session
 
 
 class DesktopState(enum.StrEnum):

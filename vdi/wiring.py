@@ -37,6 +37,7 @@ from broker.image_imports import ImageImports
 from broker.messages import MessageStore
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
+from broker.security_admin import SecurityAdmin
 from broker.sessions import SessionStore
 from broker.signals import ConsoleSignals
 from broker.signin import SignIn
@@ -176,6 +177,8 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                           max_cut_text=settings.max_ws_frame_bytes),
         reclaims=ReclaimLog(blocking=blocking, db=db, audit=audit),
         audit_trail=AuditTrail(blocking=blocking, db=db, audit=audit),
+        security=SecurityAdmin(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
+                               tunnels=tunnels, audit=audit),
         helpdesk=Helpdesk(blocking=blocking, db=db, directory=directory, audit=audit,
                           calls=calls, assigner=assigner, tunnels=tunnels, wake_worker=wake,
                           directory_deadline_s=settings.ldap_timeout_s * 2 + 1),

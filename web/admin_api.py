@@ -10,7 +10,7 @@ from broker.errors import BadRequest
 from pools.imports import ImportOptions
 from vdi.domain import Arch, Firmware, OsFamily, Permission
 from web.access import Access, Call, route
-from web.api import read_json
+from web.api import id_param, read_json
 
 START = Access(Permission.MANAGE_IMAGES, csrf=True)
 READ_IMPORTS = Access(Permission.MANAGE_IMAGES)
@@ -61,10 +61,7 @@ async def start_import(call: Call) -> Response:
 
 
 async def import_status(call: Call) -> Response:
-    raw = call.request.path_params["import_id"]
-    if not raw.isdigit() or len(raw) > 12:
-        raise BadRequest("The request is malformed.")
-    st = call.api.image_imports.status(int(raw))
+    st = call.api.image_imports.status(id_param(call, "import_id"))
     return JSONResponse({"import": st.id, "image": st.image_id, "file": st.source,
                          "state": st.state, "stage": st.stage, "percent": st.percent,
                          "message": st.message, "version": st.version,

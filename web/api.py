@@ -36,6 +36,16 @@ def session_body(session: WebSession) -> dict[str, Any]:
             "roles": sorted(r.value for r in p.roles), "csrf": session.csrf}
 
 
+def id_param(call: Call, name: str) -> int:
+    """A path parameter that is a record's number: 1 to 12 ASCII digits (not any
+    character Unicode calls a digit, such as "³", which int() refuses). Raises
+    BadRequest."""
+    raw = call.request.path_params[name]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise BadRequest("The request is malformed.")
+    return int(raw)
+
+
 async def read_json(call: Call) -> dict[str, Any] | None:
     """The body as a JSON object, or None: malformed, not an object, or over MAX_BODY
     (read no further than that, whatever Content-Length claims)."""

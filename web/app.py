@@ -24,6 +24,7 @@ from web import (
     idle_api,
     openapi,
     pages,
+    security_api,
 )
 from web.assets import Assets
 
@@ -34,7 +35,8 @@ App = Starlette
 def all_routes(bundles: Assets) -> list[BaseRoute]:
     return [
         *api.routes, *idle_api.routes, *admin_api.routes, *audit_api.routes,
-        *helpdesk_api.routes, *openapi.routes, *pages.routes, *console.routes,
+        *helpdesk_api.routes, *security_api.routes, *openapi.routes, *pages.routes,
+        *console.routes,
         *assets.routes(bundles),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

@@ -33,6 +33,7 @@ from broker.errors import (
 from broker.helpdesk import ClerkNotFound
 from broker.helpdesk import DesktopNotFound as HelpdeskDesktopNotFound
 from broker.image_imports import ImportNotFound
+from broker.security_admin import SessionNotFound
 from web.i18n import gettext_for
 
 
@@ -71,6 +72,7 @@ ANSWERS: dict[type[Exception], Answer] = {
     NotEntitled: NOT_FOUND_POOL,
     NoDesktop: Answer(404, "no_desktop", N_("You have no desktop in this pool.")),
     NoMessage: Answer(404, "no_message", N_("No such message.")),
+    SessionNotFound: Answer(404, "session_not_found", N_("No such session is signed in.")),
     DesktopNotReady: Answer(
         503, "desktop_starting",
         N_("A desktop is being prepared for you. This takes a few seconds."), 2),

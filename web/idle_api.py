@@ -8,10 +8,10 @@ from datetime import datetime
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from broker.errors import BadRequest
 from broker.reclaims import parse_hours
 from vdi.domain import Permission
 from web.access import CHANGE, READ, Access, Call, route
+from web.api import id_param
 
 
 def iso(t: datetime | None) -> str | None:
@@ -56,11 +56,8 @@ async def reclaims(call: Call) -> Response:
 
 
 async def message_seen(call: Call) -> Response:
-    raw = call.request.path_params["message_id"]
-    if not raw.isdigit() or len(raw) > 12:
-        raise BadRequest("The request is malformed.")
     await call.api.portal.message_seen(call.signed_in, call.request.path_params["pool"],
-                                       int(raw))
+                                       id_param(call, "message_id"))
     return JSONResponse({"ok": True})
 
 

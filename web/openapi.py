@@ -89,6 +89,11 @@ DOCS: dict[tuple[str, str], Doc] = {
         body=_body(["text"], text={"type": "string", "minLength": 1, "maxLength": 500})),
     ("POST", "/api/pools/{pool}/messages/{message_id}/seen"): Doc(
         "Acknowledge the helpdesk's message", "clerk"),
+    ("GET", "/api/security/sessions"): Doc(
+        "Who is signed in, from where, using which desktop", "security"),
+    ("POST", "/api/security/sessions/{handle}/end"): Doc(
+        "End a session, with a reason", "security",
+        body=_body(["reason"], reason={"type": "string", "minLength": 4, "maxLength": 500})),
     ("GET", "/api/openapi.json"): Doc("This document", "meta"),
     ("GET", "/healthz"): Doc("Whether the broker and its database answer", "meta"),
 }

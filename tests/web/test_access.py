@@ -29,6 +29,7 @@ SIGNED_IN = only(*WHO[1:])
 RECLAIMS = only("helpdesk", "sysadmin", "auditadmin")
 AUDIT = only("auditadmin")
 HELPDESK = only("helpdesk", "sysadmin")
+SECURITY = only("secadmin")
 SYSTEM_ADMIN = only("sysadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
@@ -58,6 +59,9 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
                                                               False, HELPDESK),
     ("POST", "/api/pools/{pool}/messages/{message_id}/seen"): (Permission.SIGNED_IN, True,
                                                               False, SIGNED_IN),
+    ("GET", "/api/security/sessions"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
+    ("POST", "/api/security/sessions/{handle}/end"): (Permission.MANAGE_SESSIONS, True, False,
+                                                      SECURITY),
     ("GET", "/api/openapi.json"): (None, False, False, ANYONE),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
@@ -110,6 +114,7 @@ def _path(path: str) -> str:
     return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
             .replace("{import_id}", "1").replace("{username}", "zhangsan")
             .replace("{desktop_id}", "window-0").replace("{message_id}", "1")
+            .replace("{handle}", "0" * 16)
             + ("?q=zhang" if path == "/api/helpdesk/clerks" else ""))
 
 

@@ -82,3 +82,15 @@ def test_a_fuzz_run_finds_no_server_error(fake: FakeHostBroker, who: str) -> Non
     assert not failures, "\n".join(failures[:20])
     assert sum(statuses.values()) >= len(DOCS) * 3, statuses  # the run did run
     print(who, dict(sorted(statuses.items())))
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/api/pools/window/messages/%C2%B3/seen"),  # "³": a digit to str.isdigit
+    ("GET", "/api/admin/images/imports/%C2%B3"),
+    ("GET", "/api/admin/images/imports/%D9%A3"),  # Arabic-Indic three
+])
+def test_what_the_fuzz_run_found_stays_fixed(fake: FakeHostBroker, method: str,
+                                             path: str) -> None:
+    admin = fake.broker.login("zhaoliu")
+    r = admin.client.request(method, path, headers={"X-CSRF-Token": admin.csrf})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request", r.text
