@@ -25,6 +25,8 @@ from vdi.models import AuditRow
 MAX_ROWS = 1000  # one page of the trail
 MAX_EXPORT_ROWS = 200_000
 MAX_DAYS = 400
+# what makes a spreadsheet (Excel, WPS) read a cell as a formula; full-width forms too
+FORMULA_STARTS = frozenset("=+-@\t\r\n＝＋－＠")
 COLUMNS = ("id", "at", "actor", "role", "office", "action", "target", "source", "outcome",
            "detail", "hash_alg", "hash")
 
@@ -44,12 +46,15 @@ class Filter:
     @classmethod
     def parse(cls, params: dict[str, str], *, limit_max: int = MAX_ROWS) -> Filter:
         """From a request's query; raises BadRequest naming what is wrong."""
+        raw_limit, raw_before = params.get("limit", "200"), params.get("before") or None
+        if not all(v.isascii() and v.isdigit() and len(v) <= 12
+                   for v in (raw_limit, raw_before) if v is not None):
+            raise BadRequest("limit and before must be whole numbers.")
         try:
             days = float(params.get("days", "7"))
-            limit = int(params.get("limit", "200"))
-            before = int(params["before"]) if params.get("before") else None
         except ValueError:
-            raise BadRequest("days, limit and before must be numbers.") from None
+            raise BadRequest("days must be a number.") from None
+        limit, before = int(raw_limit), int(raw_before) if raw_before else None
         if not math.isfinite(days) or not 0 < days <= MAX_DAYS:
             raise BadRequest(f"days must be more than 0 and at most {MAX_DAYS}.")
         if not 0 < limit <= limit_max or (before is not None and before < 1):
@@ -85,7 +90,7 @@ def cell(value: object) -> str:
     (a lone "-", the trail's "none", is left as it is)."""
     text = "" if value is None else value.isoformat() if isinstance(value, datetime) \
         else str(value)
-    formula = len(text) > 1 and text[0] in ("=", "+", "-", "@", "\t", "\r")
+    formula = len(text) > 1 and text[0] in FORMULA_STARTS
     return "'" + text if formula else text
 
 

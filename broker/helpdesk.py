@@ -22,15 +22,17 @@ from broker.errors import BadRequest, BrokerError
 from broker.messages import MESSAGE_CHARS, MessageStore
 from broker.offices import OfficeStore, Scope, offices_of, scope_of
 from pools.calls import HostCalls
+from pools.hypervisor import DomainNotFound, Hypervisor, HypervisorError
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
 from vdi.domain import Desktop, DesktopState, Office, Principal, utc_now
-from vdi.models import AuditRow, ReclaimRow
+from vdi.models import AuditRow, ReclaimRow, SessionRow
 
 T = TypeVar("T")
 TIMELINE_DAYS = 7
 SCREEN_NOTE_EVERY = timedelta(minutes=5)
 ACTIONS = ("reboot", "logoff", "reset")
+SEARCH_WIDE, SEARCH_SHOWN = 100, 20
 REASON_CHARS = (4, 500)
 TIMELINE_MAX = 200
 # what a clerk's own records say, as the timeline shows them
@@ -44,6 +46,15 @@ class ClerkNotFound(BrokerError):
 
 class DesktopNotFound(BrokerError):
     """No such desktop in use, or one the caller does not serve: the same answer."""
+
+
+class DesktopNotRunning(BrokerError):
+    """The desktop is the clerk's but not running now (suspended or shut down by the
+    idle policy): it has no screen to show and nothing to reboot."""
+
+
+class HostNotAnswering(BrokerError):
+    """The desktop's host does not answer now."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +117,12 @@ class Helpdesk:
         """The clerks the caller serves whose account starts with `text` or whose name
         holds it."""
         offices = await self._blocking.db(self._offices.offices)
-        people = await self._ask(self._directory.search, text)
+        # more people than are shown, so that those of other offices do not crowd out
+        # the caller's own (the scope is applied to the groups the directory gives)
+        people = await self._ask(lambda t: self._directory.search(t, SEARCH_WIDE), text)
         scope = scope_of(who, offices)
-        found = [c for c in (_clerk(u, offices) for u in people) if _serves(scope, c)]
+        found = [c for c in (_clerk(u, offices) for u in people)
+                 if _serves(scope, c)][:SEARCH_SHOWN]
         await self._noted(who, "helpdesk-search", "-", source,
                           f"{text[:64]!r}: {len(found)} clerk(s)")
         return found
@@ -131,9 +145,11 @@ class Helpdesk:
         look at a desktop is recorded, then one every SCREEN_NOTE_EVERY while the
         console refreshes it. Raises DesktopNotFound, HostUnavailable."""
         desktop = await self._served_desktop(who, desktop_id)
-        png = await self._calls.run(desktop.host_uri,
-                                    lambda host: host.screenshot(desktop.domain_name))
+        png = await self._on_host(desktop, lambda host: host.screenshot(desktop.domain_name))
         key, now = (who.username, desktop.id), self._clock()
+        if len(self._screens_noted) > 1000:  # forget looks long past
+            self._screens_noted = {k: t for k, t in self._screens_noted.items()
+                                   if now - t < SCREEN_NOTE_EVERY}
         last = self._screens_noted.get(key)
         if last is None or now - last >= SCREEN_NOTE_EVERY:
             self._screens_noted[key] = now
@@ -158,8 +174,7 @@ class Helpdesk:
         desktop = await self._served_desktop(who, desktop_id)
         clerk = desktop.assigned_user or "-"
         if action == "reboot":
-            await self._calls.run(desktop.host_uri,
-                                  lambda host: host.reset_desktop(desktop.domain_name))
+            await self._on_host(desktop, lambda host: host.reset_desktop(desktop.domain_name))
             done = "rebooted"
         else:
             pool = await self._blocking.db(self._catalog.pool, desktop.pool_id)
@@ -199,14 +214,30 @@ class Helpdesk:
                           f"to {clerk}: {text}")
         return message_id
 
+    async def _on_host(self, desktop: Desktop, fn: Callable[[Hypervisor], T]) -> T:
+        try:
+            return await self._calls.run(desktop.host_uri, fn)
+        except DomainNotFound as e:
+            raise DesktopNotRunning(desktop.id) from e
+        except HypervisorError as e:  # HostUnavailable among them
+            raise HostNotAnswering(str(e)) from e
+
     async def _served_desktop(self, who: Principal, desktop_id: str) -> Desktop:
         """A desktop in use whose pool is of an office the caller serves, or of the
         district and held by a clerk the caller serves. Raises DesktopNotFound."""
-        def read() -> tuple[Desktop | None, str | None, list[Office]]:
+        def read() -> tuple[Desktop | None, str | None, list[Office], list[str]]:
             d = self._catalog.desktop(desktop_id)
             pool = self._catalog.pool(d.pool_id) if d else None
-            return d, pool.office if pool else None, self._offices.offices()
-        desktop, office, offices = await self._blocking.db(read)
+            groups: list[str] = []
+            if d is not None and d.assigned_user and pool is not None and pool.office is None:
+                with self._db() as s:
+                    groups = s.scalars(select(SessionRow.groups).where(
+                        SessionRow.username == d.assigned_user)
+                        .order_by(SessionRow.created_at.desc()).limit(1)).first() or []
+            return d, pool.office if pool else None, self._offices.offices(), groups
+        # one database trip, and no directory lookup: how long the answer takes, or a
+        # directory outage, never tells an unserved desktop from a missing one
+        desktop, office, offices, groups = await self._blocking.db(read)
         scope = scope_of(who, offices)
         if desktop is None or desktop.assigned_user is None or \
                 desktop.state is not DesktopState.ASSIGNED:
@@ -215,8 +246,9 @@ class Helpdesk:
             if scope.covers(office):
                 return desktop
             raise DesktopNotFound(desktop_id)
-        user = await self._ask(self._directory.lookup, desktop.assigned_user)
-        if user is None or not _serves(scope, _clerk(user, offices)):
+        # a district pool's desktop: served when its clerk (as their newest session
+        # recorded their groups) belongs to an office the caller serves
+        if not (scope.district or scope.offices & offices_of(groups, offices)):
             raise DesktopNotFound(desktop_id)
         return desktop
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -97,8 +97,9 @@ def chain_new_records(session: Session, _context: Any, _instances: Any) -> None:
     new = [o for o in session.new if isinstance(o, AuditRow)]
     if not new:
         return
+    postgres = session.get_bind().dialect.name == "postgresql"
     with session.no_autoflush:
-        if session.get_bind().dialect.name == "postgresql":
+        if postgres:
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
         last = session.execute(select(AuditRow.id, AuditRow.hash)
                                .order_by(AuditRow.id.desc()).limit(1)).first()
@@ -107,7 +108,13 @@ def chain_new_records(session: Session, _context: Any, _instances: Any) -> None:
     for row in new:
         last_id += 1
         row.id = last_id
+        if row.at.tzinfo is not None:  # hashed as it reads back: UTC
+            row.at = row.at.astimezone(UTC)
         row.detail = row.detail or ""
         row.hash_alg, row.prev_hash = algorithm, prev
         row.hash = chain_hash(algorithm, prev, content_of(row))
         prev = row.hash
+    if postgres:  # the sequence follows, so an insert that takes its id from it still fits
+        with session.no_autoflush:
+            session.execute(text("SELECT setval(pg_get_serial_sequence('audit', 'id'), :id)"),
+                            {"id": last_id})

@@ -30,7 +30,7 @@ from broker.errors import (
     NotSignedIn,
     RoleConflict,
 )
-from broker.helpdesk import ClerkNotFound
+from broker.helpdesk import ClerkNotFound, DesktopNotRunning, HostNotAnswering
 from broker.helpdesk import DesktopNotFound as HelpdeskDesktopNotFound
 from broker.image_imports import ImportNotFound
 from broker.security_admin import SessionNotFound
@@ -95,6 +95,13 @@ ANSWERS: dict[type[Exception], Answer] = {
                           N_("No such clerk among the offices you serve.")),
     HelpdeskDesktopNotFound: Answer(
         404, "desktop_not_found", N_("No such desktop in use among the offices you serve.")),
+    DesktopNotRunning: Answer(
+        409, "desktop_not_running",
+        N_("The desktop is not running now (suspended or shut down while idle).")),
+    HostNotAnswering: Answer(
+        503, "host_unavailable",
+        N_("The desktop servers are not answering. Try again shortly or call the helpdesk."),
+        10),
 }
 # refusals raised by the access seam itself (web.access) register here too
 ANSWERS_BY_CODE: dict[str, Answer] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -167,3 +167,11 @@ def test_vdi_audit_verify_names_an_edited_record(
                            .order_by(AuditRow.id)).all()
     assert [c.outcome for c in checks] == ["ok", "broken"]
     engine.dispose()
+
+
+def test_a_clock_in_another_zone_still_verifies(db: sessionmaker[Session]) -> None:
+    beijing = timezone(timedelta(hours=8))
+    audit = AuditLog(db, clock=lambda: datetime(2026, 12, 8, 9, 0, tzinfo=beijing))
+    audit.record(actor="a", role="staff", action="login", target="-", source="-",
+                 outcome="ok")
+    assert audit.verify().intact

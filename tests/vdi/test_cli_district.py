@@ -65,3 +65,10 @@ def test_the_trail_exported_as_csv(config: Path, tmp_path: Path,  # noqa: F811
         assert s.scalars(select(AuditRow.action).where(
             AuditRow.action == "audit-export")).all() == ["audit-export"]
     engine.dispose()
+
+
+def test_full_width_formula_starts_are_text_too() -> None:
+    from broker.audit_trail import cell
+
+    assert [cell(v) for v in ("＝1+1", "＠SUM(A1)", "\nx", "-", "-1+2", "张三")] == [
+        "'＝1+1", "'＠SUM(A1)", "'\nx", "-", "'-1+2", "张三"]

@@ -36,6 +36,9 @@ def test_the_audit_administrator_reads_exports_and_checks_the_trail(
     assert older["records"][0]["id"] < everything["records"][-1]["id"]
     assert auditor.client.get("/api/admin/audit", params={"days": "0"}).status_code == 400
     assert auditor.client.get("/api/admin/audit", params={"limit": "x"}).status_code == 400
+    for huge in ("99999999999999999999", "³"):  # beyond SQLite's integers; not ASCII
+        for path in ("/api/admin/audit", "/api/admin/audit.csv"):
+            assert auditor.client.get(path, params={"before": huge}).status_code == 400
 
     exported = auditor.client.get("/api/admin/audit.csv")
     assert exported.status_code == 200

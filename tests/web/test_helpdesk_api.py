@@ -138,3 +138,22 @@ def test_a_message_from_the_helpdesk_waits_on_the_clerks_page_until_seen(
     assert clerk.client.post(seen, headers={"X-CSRF-Token": clerk.csrf}).status_code == 404
     [sent] = fake.broker.audit(action="helpdesk-message")
     assert sent.actor == "wangwu" and "五分钟后重启" in sent.detail
+
+
+def test_a_desktop_not_running_or_a_host_down_is_said_so(fake: FakeHostBroker) -> None:
+    OfficeStore(fake.broker.runtime.db).save(EAST)
+    clerk = fake.broker.login("zhangsan")
+    desktop = clerk.connect_when_ready("window")["desktop"]
+    helpdesk = fake.broker.login("wangwu")
+    held = Catalog(fake.broker.runtime.db).desktop(desktop)
+    assert held is not None
+    fake.host.suspend_desktop(held.domain_name)  # as the idle policy suspends one
+    shot = helpdesk.client.get(f"/api/helpdesk/desktops/{desktop}/screen")
+    assert shot.status_code == 409 and shot.json()["error"] == "desktop_not_running"
+    reboot = helpdesk.client.post(f"/api/helpdesk/desktops/{desktop}/actions",
+                                  json={"action": "reboot", "reason": "屏幕卡住了"},
+                                  headers={"X-CSRF-Token": helpdesk.csrf})
+    assert reboot.status_code == 409
+    fake.host.crash()
+    down = helpdesk.client.get(f"/api/helpdesk/desktops/{desktop}/screen")
+    assert down.status_code == 503 and down.json()["error"] == "host_unavailable"

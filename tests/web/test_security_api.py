@@ -5,6 +5,7 @@ console grants are gone, and the end is recorded (real app, real slapd, fake hos
 from __future__ import annotations
 
 from tests.web.conftest import FakeHostBroker
+from web.access import cookie_name
 
 
 def test_the_security_administrator_ends_a_clerks_session(fake: FakeHostBroker) -> None:
@@ -17,7 +18,12 @@ def test_the_security_administrator_ends_a_clerks_session(fake: FakeHostBroker) 
     assert len(mine) == 1 and mine[0]["desktops"] == [desktop]
     assert mine[0]["name"] == "张三" and mine[0]["source"] == "127.0.0.1"
     handle = mine[0]["handle"]
-    assert len(handle) == 16 and handle not in clerk.cookie  # neither the cookie nor its hash
+    assert len(handle) == 16
+    # the handle signs no one in: not as the cookie, nor as the start of one
+    for value in (handle, handle * 4):
+        stranger = fake.broker.client()
+        stranger.cookies.set(cookie_name(fake.broker.settings), value)
+        assert stranger.get("/api/pools").status_code == 401
 
     end = f"/api/security/sessions/{handle}/end"
     csrf = {"X-CSRF-Token": security.csrf}
