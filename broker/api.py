@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.audit_trail import AuditTrail
 from broker.blocking import Blocking
 from broker.consoles import Consoles
+from broker.dashboard import DashboardView
 from broker.helpdesk import Helpdesk
 from broker.image_imports import ImageImports
 from broker.portal import Portal
@@ -59,3 +60,4 @@ class BrokerApi:
     audit_trail: AuditTrail
     helpdesk: Helpdesk
     security: SecurityAdmin
+    dashboard: DashboardView

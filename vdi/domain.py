@@ -31,6 +31,7 @@ class Permission(enum.StrEnum):
     READ_AUDIT = "read_audit"  # the audit trail and reports (and check its chain)
     HELPDESK = "helpdesk"  # find the clerks of the offices one serves, see their desktops
     MANAGE_SESSIONS = "manage_sessions"  # see who is signed in from where; end a session
+    VIEW_SERVICE = "view_service"  # the dashboard: pools, hosts, alerts
 
 
 class DesktopState(enum.StrEnum):

@@ -31,6 +31,7 @@ from broker.auth.ldap import LdapDirectory
 from broker.auth.throttle import LoginThrottle
 from broker.blocking import Blocking
 from broker.consoles import Consoles
+from broker.dashboard import DashboardView
 from broker.helpdesk import Helpdesk
 from broker.idle import IdleNotices
 from broker.image_imports import ImageImports
@@ -177,6 +178,8 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                           max_cut_text=settings.max_ws_frame_bytes),
         reclaims=ReclaimLog(blocking=blocking, db=db, audit=audit),
         audit_trail=AuditTrail(blocking=blocking, db=db, audit=audit),
+        dashboard=DashboardView(blocking=blocking, db=db,
+                                console_stale_s=settings.console_stale_s),
         security=SecurityAdmin(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                                tunnels=tunnels, audit=audit),
         helpdesk=Helpdesk(blocking=blocking, db=db, directory=directory, audit=audit,

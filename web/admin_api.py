@@ -68,7 +68,24 @@ async def import_status(call: Call) -> Response:
                          "started_by": st.started_by, "started_at": st.started_at.isoformat()})
 
 
+async def dashboard(call: Call) -> Response:
+    """Each pool's desktops by what they do, each host's load and state, alerts."""
+    d = await call.api.dashboard.read()
+    return JSONResponse({
+        "at": d.at.isoformat(),
+        "pools": [{"id": p.id, "name": p.name, "office": p.office, "min_ready": p.min_ready,
+                   "max_size": p.max_size, **p.counts} for p in d.pools],
+        "hosts": [{"name": h.name, "uri": h.uri, "status": h.status,
+                   "maintenance": h.maintenance, "memory_mib": h.memory_mib,
+                   "memory_used_mib": h.memory_used_mib, "cpus": h.cpus,
+                   "vcpus_used": h.vcpus_used, "arches": list(h.arches), "error": h.error}
+                  for h in d.hosts],
+        "alerts": [{"kind": a.kind, "target": a.target, "detail": a.detail}
+                   for a in d.alerts]})
+
+
 routes: list[Route] = [
+    route("/api/admin/dashboard", "GET", Access(Permission.VIEW_SERVICE), dashboard),
     route("/api/admin/images", "POST", START, start_import),
     route("/api/admin/images/imports/{import_id}", "GET", READ_IMPORTS, import_status),
 ]

@@ -56,6 +56,8 @@ DOCS: dict[tuple[str, str], Doc] = {
     ("GET", "/api/admin/reclaims"): Doc(
         "What the idle policy took back, newest first", "admin",
         query={"hours": NUMBER, "pool": STRING, "user": STRING}),
+    ("GET", "/api/admin/dashboard"): Doc(
+        "Each pool's desktops by what they do, each host's load and state, alerts", "admin"),
     ("POST", "/api/admin/images"): Doc(
         "Import a golden image file of the import folder (runs in the background)",
         "admin", ok=202, body=_body(

@@ -43,6 +43,7 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/pools/{pool}/status"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("POST", "/api/pools/{pool}/still-here"): (Permission.SIGNED_IN, True, False, SIGNED_IN),
     ("GET", "/api/admin/reclaims"): (Permission.READ_RECLAIMS, False, False, RECLAIMS),
+    ("GET", "/api/admin/dashboard"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
     ("POST", "/api/admin/images"): (Permission.MANAGE_IMAGES, True, False, SYSTEM_ADMIN),
     ("GET", "/api/admin/images/imports/{import_id}"): (Permission.MANAGE_IMAGES, False, False,
                                                        SYSTEM_ADMIN),
