@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from broker.access import allows
 from vdi.domain import Permission
 from web.access import PUBLIC, Access, Call, cookie_name, route
 from web.i18n import LANG_COOKIE, LANGUAGES, pick_language, translations
@@ -44,6 +45,15 @@ JS_STRINGS = (
     N_("Time left: {time}"),
     # the helpdesk's message on the desktop page (desktop.js)
     N_("Message from the helpdesk ({name}):"),
+    # the helpdesk console (helpdesk.js)
+    N_("Searching…"),
+    N_("No clerk found among the offices you serve."),
+    N_("Street office: {offices}"),
+    N_("No desktop in use."),
+    N_("Pool {pool} · {state} · {addresses}"),
+    N_("Why? ({action}; it is recorded)"),
+    N_("Done."),
+    N_("Message sent."),
     N_("Your desktop was disconnected at {time}."),
     N_("Your desktop was logged off at {time} and reset for the next clerk."),
     N_("Your desktop was shut down at {time}. Your files are kept; connecting starts it again."),
@@ -53,6 +63,10 @@ JS_STRINGS = (
     N_("{n} min"),
     N_("{n} s"),
 )
+
+
+# the consoles a signed-in person's roles open, linked from their start page
+CONSOLES = (("/helpdesk", Permission.HELPDESK),)
 
 
 def _environment(lang: str) -> Environment:
@@ -89,7 +103,8 @@ async def home(call: Call) -> Response:
     session = await call.api.signin.session(call.request.cookies.get(cookie_name(call.settings)))
     if session is None:
         return render(call.request, "login.html")
-    return render(call.request, "portal.html", user=session.principal)
+    consoles = [href for href, permission in CONSOLES if allows(session.principal, permission)]
+    return render(call.request, "portal.html", user=session.principal, consoles=consoles)
 
 
 async def desktop_page(call: Call) -> Response:
@@ -100,7 +115,13 @@ async def desktop_page(call: Call) -> Response:
                   csrf=call.signed_in.csrf)
 
 
+async def helpdesk_page(call: Call) -> Response:
+    return render(call.request, "helpdesk.html", user=call.signed_in.principal,
+                  csrf=call.signed_in.csrf)
+
+
 routes: list[Route] = [
     route("/", "GET", PUBLIC, home),
+    route("/helpdesk", "GET", Access(Permission.HELPDESK, redirect="/"), helpdesk_page),
     route("/desktop/{pool}", "GET", Access(Permission.SIGNED_IN, redirect="/"), desktop_page),
 ]

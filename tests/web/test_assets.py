@@ -62,7 +62,8 @@ def test_only_bundles_and_maps_are_served(client: TestClient) -> None:
 def test_missing_build_is_a_clear_start_up_error(tmp_path: Path) -> None:
     (tmp_path / "dist").mkdir()
     (tmp_path / "dist" / "login.js").write_text("")
-    with pytest.raises(RuntimeError, match=r"desktop\.js, portal\.js missing.*make setup"):
+    with pytest.raises(RuntimeError,
+                       match=r"desktop\.js, portal\.js, helpdesk\.js missing.*make setup"):
         Assets(tmp_path / "dist")
 
 
