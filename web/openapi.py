@@ -2,7 +2,7 @@
 method, path, parameters and who may call it come from the route itself (its
 web.access declaration); what the route takes and gives is described once, here, in
 `DOCS` (a route of the API without an entry fails tests/web/test_openapi.py). Served at
-/api/openapi.json; the `vdi` CLI and a district's own tools read it."""
+/api/openapi.json to anyone signed in; the `vdi` CLI and a district's own tools read it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from web.access import PUBLIC, Access, Call, app_settings, cookie_name, route
+from web.access import READ, Access, Call, app_settings, cookie_name, route
 
 Schema = dict[str, Any]
 STRING: Schema = {"type": "string"}
@@ -173,4 +173,5 @@ async def serve(call: Call) -> Response:
                                  cookie_name(app_settings(request))))
 
 
-routes: list[Route] = [route("/api/openapi.json", "GET", PUBLIC, serve)]
+# for those signed in: the list of routes is nothing a stranger needs
+routes: list[Route] = [route("/api/openapi.json", "GET", READ, serve)]

@@ -63,7 +63,7 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/security/sessions"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
     ("POST", "/api/security/sessions/{handle}/end"): (Permission.MANAGE_SESSIONS, True, False,
                                                       SECURITY),
-    ("GET", "/api/openapi.json"): (None, False, False, ANYONE),
+    ("GET", "/api/openapi.json"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),

@@ -24,7 +24,8 @@ EXAMPLES = 25  # per operation and role; a few thousand requests in all
 
 
 def served(fake: FakeHostBroker) -> dict[str, Any]:
-    r = fake.broker.client().get("/api/openapi.json")
+    assert fake.broker.client().get("/api/openapi.json").status_code == 401
+    r = fake.broker.login("zhangsan").client.get("/api/openapi.json")
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     doc: dict[str, Any] = r.json()
     return doc
