@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.access import roles_text
@@ -24,9 +24,9 @@ from broker.offices import OfficeStore, Scope, offices_of, scope_of
 from pools.calls import HostCalls
 from pools.hypervisor import DomainNotFound, Hypervisor, HypervisorError
 from vdi.audit import AuditLog
-from vdi.catalog import Catalog
+from vdi.catalog import Catalog, desktop_from_row
 from vdi.domain import Desktop, DesktopState, Office, Principal, utc_now
-from vdi.models import AuditRow, ReclaimRow, SessionRow
+from vdi.models import AuditRow, DesktopRow, PoolRow, ReclaimRow, SessionRow
 
 T = TypeVar("T")
 TIMELINE_DAYS = 7
@@ -254,16 +254,20 @@ class Helpdesk:
 
     def _read(self, username: str, scope: Scope) -> tuple[tuple[Desktop, ...],
                                                           tuple[Event, ...]]:
-        pools = {p.id: p for p in self._catalog.pools()}
-        desktops = tuple(d for d in self._catalog.desktops()
-                         if d.assigned_user == username and d.state is not DesktopState.DELETED
-                         and d.pool_id in pools and (pools[d.pool_id].office is None
-                                                     or scope.covers(pools[d.pool_id].office)))
         since = self._clock() - timedelta(days=TIMELINE_DAYS)
         with self._db() as s:
+            # the clerk's own desktops only, with their pools' offices: one query, not
+            # every desktop of the district
+            held = s.execute(select(DesktopRow, PoolRow.office).join(
+                PoolRow, PoolRow.id == DesktopRow.pool_id).where(
+                DesktopRow.assigned_user == username,
+                DesktopRow.state != DesktopState.DELETED.value)
+                .order_by(DesktopRow.created_at)).all()
+            desktops = tuple(desktop_from_row(row) for row, office in held
+                             if office is None or scope.covers(office))
             audits = s.scalars(select(AuditRow).where(
                 AuditRow.at >= since, AuditRow.actor == username,
-                or_(*(AuditRow.action == a for a in CLERK_ACTIONS)))
+                AuditRow.action.in_(CLERK_ACTIONS))
                 .order_by(AuditRow.id.desc()).limit(TIMELINE_MAX)).all()
             reclaims = s.scalars(select(ReclaimRow).where(
                 ReclaimRow.at >= since, ReclaimRow.username == username)
