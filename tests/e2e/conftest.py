@@ -24,7 +24,10 @@ from harness.relay import LoopbackRelay
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-PREFIX = "vdit-e2e-"
+# Brokers run side by side (two checkouts testing at once) each need their own prefix:
+# a session removes every domain carrying its prefix.
+PREFIX = os.environ.get("VDI_E2E_PREFIX", "vdit-e2e-")
+assert PREFIX.startswith("vdit-"), "VDI_E2E_PREFIX must start with vdit-"
 STAFF_GROUP = "cn=window-staff,ou=groups,dc=district,dc=example"
 HELPDESK_GROUP = "cn=helpdesk,ou=groups,dc=district,dc=example"
 
