@@ -23,7 +23,7 @@ from pools.images import ImageStore, ReleaseError
 from pools.imports import HostCopy, ImageImporter, ImportOptions, Prepared, Progress, host_facts
 from pools.jobs.queue import JobKind, active_job_desktops, enqueue
 from pools.networks import NetworkError, NetworkStore
-from pools.policy_file import PoolPolicy, read_policy_file
+from pools.policy_file import PoolPolicy, parse_policy, read_policy_file
 from pools.reclaim import PolicyError
 from pools.shifts import ReclaimPolicy
 from pools.spares import Level, SpareSchedule
@@ -282,11 +282,25 @@ class Admin:
             policy = read_policy_file(file, persistent=pool.persistent, max_size=pool.max_size)
         except PolicyError as e:
             raise AdminRefused(f"{file}: {e}") from e
+        self._store_policy(pool, policy, f"from {file.name}")
+
+    def set_pool_policy_data(self, pool_id: str, data: object) -> PoolPolicy:
+        """Replace the pool's policy from its JSON form (the policy file's tables: calendar,
+        shifts, spares), checked whole first by the same rules as the file."""
+        pool = self._pool(pool_id)
+        try:
+            policy = parse_policy(data, persistent=pool.persistent, max_size=pool.max_size)
+        except PolicyError as e:
+            raise AdminRefused(f"policy: {e}") from e
+        self._store_policy(pool, policy, "from the admin console")
+        return policy
+
+    def _store_policy(self, pool: Pool, policy: PoolPolicy, origin: str) -> None:
         with self._db.begin() as s:
             s.execute(update(PoolRow).where(PoolRow.id == pool.id).values(
                 reclaim_policy=policy.reclaim.to_json(),
                 spare_schedule=policy.spares.to_json() if policy.spares else None))
-        self._audit("pool-policy", pool.id, f"from {file.name}")
+        self._audit("pool-policy", pool.id, origin)
 
     def spare_levels(self) -> list[tuple[Pool, Level]]:
         """Each pool with the spare level it should have now, and why."""

@@ -22,6 +22,7 @@ from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
 from broker.signin import SignIn
+from broker.system_admin import SystemAdmin
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +62,4 @@ class BrokerApi:
     helpdesk: Helpdesk
     security: SecurityAdmin
     dashboard: DashboardView
+    system_admin: SystemAdmin

@@ -84,6 +84,24 @@ class ImageImports:
             raise BadRequest("Name a file in the import folder.")
         return path
 
+    async def files(self) -> list[str]:
+        """The names of the import folder's files an import may name (subfolders too,
+        at most 500), sorted; an absent folder has none."""
+        def scan() -> list[str]:
+            folder = self.folder.resolve()
+            if not folder.is_dir():
+                return []
+            names: list[str] = []
+            for path in sorted(folder.rglob("*")):
+                if len(names) >= 500:
+                    break
+                with contextlib.suppress(BadRequest, OSError):
+                    name = str(path.relative_to(folder))
+                    self.source_file(name)
+                    names.append(name)
+            return names
+        return await asyncio.to_thread(scan)
+
     async def start(self, who: Principal, image_id: str, file_name: str,
                     options: ImportOptions) -> int:
         """Check the request, record the import and run it in the background; its id.

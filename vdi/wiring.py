@@ -42,6 +42,7 @@ from broker.security_admin import SecurityAdmin
 from broker.sessions import SessionStore
 from broker.signals import ConsoleSignals
 from broker.signin import SignIn
+from broker.system_admin import SystemAdmin
 from broker.tokens import TokenStore
 from pools.calls import HostCalls
 from pools.hosts import Host, HostRegistry, Limits
@@ -180,6 +181,7 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
         audit_trail=AuditTrail(blocking=blocking, db=db, audit=audit),
         dashboard=DashboardView(blocking=blocking, db=db,
                                 console_stale_s=settings.console_stale_s),
+        system_admin=SystemAdmin(blocking=blocking, db=db, wake_worker=wake),
         security=SecurityAdmin(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                                tunnels=tunnels, audit=audit),
         helpdesk=Helpdesk(blocking=blocking, db=db, directory=directory, audit=audit,

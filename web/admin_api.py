@@ -1,12 +1,15 @@
-"""The admin's JSON API (the admin console uses it): importing golden images, with the
-progress of each import. Access is declared beside each route (web.access)."""
+"""The admin's JSON API (the admin console uses it): the dashboard; golden images, their
+versions, importing one with its progress, releasing, rolling back and trying a version in
+a pool. Access is declared beside each route (web.access)."""
 
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from broker.admin_views import ImageView
 from broker.errors import BadRequest
+from broker.system_admin import AdminInvalid
 from pools.imports import ImportOptions
 from vdi.domain import Arch, Firmware, OsFamily, Permission
 from web.access import Access, Call, route
@@ -14,6 +17,7 @@ from web.api import id_param, read_json
 
 START = Access(Permission.MANAGE_IMAGES, csrf=True)
 READ_IMPORTS = Access(Permission.MANAGE_IMAGES)
+CHANGE_IMAGES = Access(Permission.MANAGE_IMAGES, csrf=True)
 
 
 def import_options(data: dict[str, object]) -> ImportOptions:
@@ -84,8 +88,75 @@ async def dashboard(call: Call) -> Response:
                    for a in d.alerts]})
 
 
+def image_json(i: ImageView) -> dict[str, object]:
+    return {"id": i.id, "released": i.released, "following": list(i.following),
+            "versions": [{"version": v.version, "state": v.state, "digest": v.digest,
+                          "firmware": v.firmware, "os": v.os_family, "arch": v.arch,
+                          "secure_boot": v.secure_boot, "disk_bytes": v.disk_bytes,
+                          "imported_by": v.imported_by,
+                          "imported_at": v.imported_at.isoformat(), "hosts": list(v.hosts),
+                          "trial_pools": list(v.trial_pools)} for v in i.versions]}
+
+
+async def images(call: Call) -> Response:
+    """Every image with its versions: released, the one before, trials."""
+    found = await call.api.system_admin.images()
+    return JSONResponse({"images": [image_json(i) for i in found]})
+
+
+async def import_files(call: Call) -> Response:
+    """The files of the import folder that an import may name."""
+    names = await call.api.image_imports.files()
+    return JSONResponse({"files": names})
+
+
+def _version(data: dict[str, object], key: str = "version") -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 1 << 31:
+        raise AdminInvalid(f"{key}: a version number (1 or more)")
+    return value
+
+
+async def release(call: Call) -> Response:
+    """{"version": n}: the pools that follow the image get it (as their desktops are
+    made afresh)."""
+    data = await read_json(call)
+    if data is None:
+        raise AdminInvalid("send a JSON object with version")
+    image = call.request.path_params["image"]
+    before = await call.api.system_admin.release(call.signed_in.principal, call.source,
+                                                 image, _version(data))
+    return JSONResponse({"image": image, "released": data["version"], "before": before})
+
+
+async def rollback(call: Call) -> Response:
+    """Release the newest version older than the released one."""
+    image = call.request.path_params["image"]
+    was, now = await call.api.system_admin.rollback(call.signed_in.principal, call.source,
+                                                    image)
+    return JSONResponse({"image": image, "released": now, "before": was})
+
+
+async def trial(call: Call) -> Response:
+    """{"pool": id, "version": n}: that pool runs the version whatever is released;
+    {"pool": id, "version": null}: it follows the released version again."""
+    data = await read_json(call)
+    if data is None or not isinstance(data.get("pool"), str) or "version" not in data:
+        raise AdminInvalid("send a JSON object with pool and version (a number, or null)")
+    version = None if data["version"] is None else _version(data)
+    image = call.request.path_params["image"]
+    await call.api.system_admin.trial(call.signed_in.principal, call.source, image,
+                                      str(data["pool"]), version)
+    return JSONResponse({"image": image, "pool": data["pool"], "version": version})
+
+
 routes: list[Route] = [
     route("/api/admin/dashboard", "GET", Access(Permission.VIEW_SERVICE), dashboard),
+    route("/api/admin/images", "GET", Access(Permission.VIEW_SERVICE), images),
     route("/api/admin/images", "POST", START, start_import),
+    route("/api/admin/images/files", "GET", READ_IMPORTS, import_files),
+    route("/api/admin/images/{image}/release", "POST", CHANGE_IMAGES, release),
+    route("/api/admin/images/{image}/rollback", "POST", CHANGE_IMAGES, rollback),
+    route("/api/admin/images/{image}/trial", "POST", CHANGE_IMAGES, trial),
     route("/api/admin/images/imports/{import_id}", "GET", READ_IMPORTS, import_status),
 ]

@@ -16,6 +16,8 @@ from broker.api import BrokerApi
 from vdi.settings import Settings
 from web import (
     admin_api,
+    admin_hosts_api,
+    admin_pools_api,
     api,
     assets,
     audit_api,
@@ -34,7 +36,8 @@ App = Starlette
 
 def all_routes(bundles: Assets) -> list[BaseRoute]:
     return [
-        *api.routes, *idle_api.routes, *admin_api.routes, *audit_api.routes,
+        *api.routes, *idle_api.routes, *admin_api.routes, *admin_pools_api.routes,
+        *admin_hosts_api.routes, *audit_api.routes,
         *helpdesk_api.routes, *security_api.routes, *openapi.routes, *pages.routes,
         *console.routes,
         *assets.routes(bundles),

@@ -34,6 +34,7 @@ from broker.helpdesk import ClerkNotFound, DesktopNotRunning, HostNotAnswering
 from broker.helpdesk import DesktopNotFound as HelpdeskDesktopNotFound
 from broker.image_imports import ImportNotFound
 from broker.security_admin import SessionNotFound
+from broker.system_admin import AdminConflict, AdminError, AdminInvalid, AdminNotFound
 from web.i18n import gettext_for
 
 
@@ -91,6 +92,10 @@ ANSWERS: dict[type[Exception], Answer] = {
         N_("This desktop's console type cannot be opened here yet. Call the helpdesk.")),
     AssignmentError: Answer(500, "assignment_failed", N_("Could not assign a desktop.")),
     ImportNotFound: Answer(404, "import_not_found", N_("No such image import.")),
+    # the system administrator's operations: the operation's own explanation follows
+    AdminInvalid: Answer(400, "invalid", N_("A value is not valid:")),
+    AdminNotFound: Answer(404, "not_found", N_("Not found:")),
+    AdminConflict: Answer(409, "conflict", N_("Not done:")),
     ClerkNotFound: Answer(404, "clerk_not_found",
                           N_("No such clerk among the offices you serve.")),
     HelpdeskDesktopNotFound: Answer(
@@ -140,16 +145,23 @@ def error_response(conn: HTTPConnection, error: Exception) -> JSONResponse:
         a = Answer(a.status, a.code, str(error))
     if isinstance(error, Throttled):  # when one more attempt would be let through
         a = Answer(a.status, a.code, a.message, max(1, error.retry_after_s))
+    if isinstance(error, AdminError):
+        return json_error(conn, a, detail=error.detail)
     if isinstance(error, Queued) and error.place is not None and a.code in QUEUE_MESSAGES:
         return json_error(conn, a, place=error.place)
     return json_error(conn, a)
 
 
-def json_error(conn: HTTPConnection, a: Answer, place: int | None = None) -> JSONResponse:
-    """The refusal as JSON; with `place`, the clerk's place in the pool's queue too."""
+def json_error(conn: HTTPConnection, a: Answer, place: int | None = None,
+               detail: str | None = None) -> JSONResponse:
+    """The refusal as JSON; with `place`, the clerk's place in the pool's queue too; with
+    `detail`, the operation's explanation after the message (and on its own)."""
     _ = gettext_for(conn).gettext
     headers = {"Retry-After": str(a.retry_after)} if a.retry_after is not None else None
     body: dict[str, object] = {"error": a.code, "message": _(a.message)}
+    if detail is not None:
+        body["message"] = f"{body['message']} {detail}"
+        body["detail"] = detail
     if place is not None:
         body["place"] = place
         body["message"] = f"{body['message']} {_(QUEUE_MESSAGES[a.code]) % {'place': place}}"

@@ -22,6 +22,9 @@ TEXT64: Schema = {"type": "string", "minLength": 1, "maxLength": 64}
 NUMBER: Schema = {"type": "number"}
 INTEGER: Schema = {"type": "integer"}
 OBJECT: Schema = {"type": "object"}
+BOOLEAN: Schema = {"type": "boolean"}
+VERSION: Schema = {"type": "integer", "minimum": 1}
+TEXTS: Schema = {"type": "array", "items": STRING, "maxItems": 100}
 ERROR: Schema = {"type": "object", "required": ["error", "message"], "properties": {
     "error": STRING, "message": STRING}}
 
@@ -38,6 +41,18 @@ class Doc:
 
 def _body(required: list[str], **props: Schema) -> Schema:
     return {"type": "object", "required": required, "properties": props}
+
+
+# what a pool is made of, as the admin console sends it
+POOL: dict[str, Schema] = {
+    "id": STRING, "name": STRING, "image": STRING,
+    "kind": {"type": "string", "enum": ["floating", "dedicated"]}, "vcpus": INTEGER,
+    "memory_mib": INTEGER, "min_ready": INTEGER, "max_size": INTEGER, "groups": TEXTS,
+    "hosts": TEXTS, "image_version": {"type": ["integer", "null"]},
+    "boot_timeout_s": INTEGER, "secure_boot": BOOLEAN, "network": STRING,
+    "user_data": STRING, "office": {"type": ["string", "null"]},
+    "policy": {"type": "object", "description": "the policy file's tables: calendar, "
+               "shifts, spares (docs/idle-policy.md)"}}
 
 
 DOCS: dict[tuple[str, str], Doc] = {
@@ -66,6 +81,42 @@ DOCS: dict[tuple[str, str], Doc] = {
             boot_delay_s=INTEGER, secure_boot={"type": "boolean"})),
     ("GET", "/api/admin/images/imports/{import_id}"): Doc(
         "An image import's stage and percentage", "admin"),
+    ("GET", "/api/admin/images"): Doc(
+        "Every image with its versions: released, the one before, trials", "admin"),
+    ("GET", "/api/admin/images/files"): Doc(
+        "The files of the import folder an import may name", "admin"),
+    ("POST", "/api/admin/images/{image}/release"): Doc(
+        "Release a version to the pools that follow the image", "admin",
+        body=_body(["version"], version=VERSION)),
+    ("POST", "/api/admin/images/{image}/rollback"): Doc(
+        "Release the newest version older than the released one", "admin"),
+    ("POST", "/api/admin/images/{image}/trial"): Doc(
+        "Pin a pool to a version (a trial), or with null let it follow the release",
+        "admin", body=_body(["pool", "version"], pool=STRING,
+                            version={"type": ["integer", "null"], "minimum": 1})),
+    ("GET", "/api/admin/pools"): Doc("Every pool with its idle policy and spares", "admin"),
+    ("POST", "/api/admin/pools"): Doc(
+        "Create a pool", "admin", ok=201, body=_body(["id", "name", "image"], **POOL)),
+    ("GET", "/api/admin/pools/{pool}"): Doc("A pool with its idle policy and spares",
+                                            "admin"),
+    ("PATCH", "/api/admin/pools/{pool}"): Doc(
+        "Change a pool: only the values sent", "admin", body=_body([], **POOL)),
+    ("GET", "/api/admin/hosts"): Doc("Every host with its state and load", "admin"),
+    ("POST", "/api/admin/hosts"): Doc(
+        "Register a host, or change how it is reached", "admin", ok=201,
+        body=_body(["uri", "name", "graphics_listen"], uri=STRING, name=STRING,
+                   graphics_listen=STRING, storage_pool=STRING, storage_dir=STRING,
+                   log_dir=STRING, shared_storage=BOOLEAN)),
+    ("POST", "/api/admin/hosts/{host}/maintenance"): Doc(
+        "Maintenance on or off, or drain (on, and the desktops moved off)", "admin",
+        body=_body(["mode"], mode={"type": "string", "enum": ["on", "off", "drain"]})),
+    ("GET", "/api/admin/desktops"): Doc(
+        "Every desktop: state, clerk, host, addresses, age", "admin"),
+    ("POST", "/api/admin/desktops/{desktop_id}/remove"): Doc(
+        "Remove a desktop (the pool makes a fresh one when it needs one)", "admin",
+        body=_body(["even_if_held"], even_if_held=BOOLEAN)),
+    ("GET", "/api/admin/sessions"): Doc(
+        "Who is signed in, from where, using which desktop (read only)", "admin"),
     ("GET", "/api/admin/audit"): Doc(
         "A page of the audit trail, newest first", "audit",
         query={"days": NUMBER, "actor": STRING, "action": STRING, "outcome": STRING,
@@ -101,6 +152,7 @@ DOCS: dict[tuple[str, str], Doc] = {
 }
 # the status codes a refusal can have, by what the route needs
 _REFUSALS = {400: "The request is malformed", 404: "Not found (or not yours to see)",
+             409: "Not possible as things are (the message says why)",
              429: "Too many attempts", 503: "A part the broker needs does not answer now"}
 
 

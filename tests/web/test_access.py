@@ -47,6 +47,27 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("POST", "/api/admin/images"): (Permission.MANAGE_IMAGES, True, False, SYSTEM_ADMIN),
     ("GET", "/api/admin/images/imports/{import_id}"): (Permission.MANAGE_IMAGES, False, False,
                                                        SYSTEM_ADMIN),
+    ("GET", "/api/admin/images"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
+    ("GET", "/api/admin/images/files"): (Permission.MANAGE_IMAGES, False, False, SYSTEM_ADMIN),
+    ("POST", "/api/admin/images/{image}/release"): (Permission.MANAGE_IMAGES, True, False,
+                                                    SYSTEM_ADMIN),
+    ("POST", "/api/admin/images/{image}/rollback"): (Permission.MANAGE_IMAGES, True, False,
+                                                     SYSTEM_ADMIN),
+    ("POST", "/api/admin/images/{image}/trial"): (Permission.MANAGE_IMAGES, True, False,
+                                                  SYSTEM_ADMIN),
+    ("GET", "/api/admin/pools"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
+    ("POST", "/api/admin/pools"): (Permission.MANAGE_SERVICE, True, False, SYSTEM_ADMIN),
+    ("GET", "/api/admin/pools/{pool}"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
+    ("PATCH", "/api/admin/pools/{pool}"): (Permission.MANAGE_SERVICE, True, False,
+                                           SYSTEM_ADMIN),
+    ("GET", "/api/admin/hosts"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
+    ("POST", "/api/admin/hosts"): (Permission.MANAGE_SERVICE, True, False, SYSTEM_ADMIN),
+    ("POST", "/api/admin/hosts/{host}/maintenance"): (Permission.MANAGE_SERVICE, True, False,
+                                                      SYSTEM_ADMIN),
+    ("GET", "/api/admin/desktops"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
+    ("POST", "/api/admin/desktops/{desktop_id}/remove"): (Permission.MANAGE_SERVICE, True,
+                                                          False, SYSTEM_ADMIN),
+    ("GET", "/api/admin/sessions"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
     ("GET", "/api/admin/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit.csv"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit/verify"): (Permission.READ_AUDIT, False, False, AUDIT),
@@ -116,7 +137,8 @@ def _path(path: str) -> str:
     return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
             .replace("{import_id}", "1").replace("{username}", "zhangsan")
             .replace("{desktop_id}", "window-0").replace("{message_id}", "1")
-            .replace("{handle}", "0" * 16)
+            .replace("{handle}", "0" * 16).replace("{image}", "guest")
+            .replace("{host}", "local")
             + ("?q=zhang" if path == "/api/helpdesk/clerks" else ""))
 
 
