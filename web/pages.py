@@ -1,4 +1,4 @@
-"""HTML pages: sign-in, the clerk's portal and the desktop page."""
+"""HTML pages: sign-in, the clerk's portal, the desktop page and the consoles."""
 
 from __future__ import annotations
 
@@ -62,11 +62,111 @@ JS_STRINGS = (
     N_("Reason: it stayed disconnected for {duration}."),
     N_("{n} min"),
     N_("{n} s"),
+    # the system administrator's console (admin.js, admin/*.js)
+    N_("{n} of at most {max}"),
+    N_("{n} of at most {max} desktops · keeps {min} ready"),
+    N_("Memory"),
+    N_("vCPUs"),
+    N_("No pool yet: create one under Pools."),
+    N_("No host has been seen yet."),
+    N_("Nothing needs attention."),
+    N_("Updated {time}"),
+    N_("Desktop {id} belongs to {clerk}. Remove it with its disk? Everything on it is lost."),
+    N_("Remove desktop {id}? The pool makes a fresh one when it needs one."),
+    N_("Desktop {id} is being removed."),
+    N_("Remove"),
+    N_("No desktop."),
+    N_("End maintenance"),
+    N_("Host {host} takes desktops again."),
+    N_("Maintenance"),
+    N_("Stop placing new desktops on {host}?"),
+    N_("Host {host} is in maintenance: no new desktop goes there."),
+    N_("Drain"),
+    N_("Drain {host}? Its desktops are moved to other hosts (dedicated ones live-migrated)."),
+    N_("Host {host} is being drained."),
+    N_("{field} is needed."),
+    N_("Host {host} added; the broker asks it for its capacity within seconds."),
+    N_("Release"),
+    N_("Release {image} v{version}? Pools that follow the image get it as their desktops "
+       "are made afresh."),
+    N_("{image} v{version} released."),
+    N_("Try in pool"),
+    N_("Try in pool…"),
+    N_("Pool {pool} now runs v{version} (a trial)."),
+    N_("End the trial"),
+    N_("Pool {pool} follows the released version again."),
+    N_("released: v{version}"),
+    N_("not released"),
+    N_("Roll back"),
+    N_("Roll {image} back to the version released before?"),
+    N_("{image} is back at v{version}."),
+    N_("Pools following the release: {pools}"),
+    N_("Version"),
+    N_("State"),
+    N_("Kind"),
+    N_("Disk"),
+    N_("Hosts"),
+    N_("Imported"),
+    N_("Trial in"),
+    N_("No image imported yet."),
+    N_("Choose a file…"),
+    N_("The import folder is empty."),
+    N_("Imported as v{version}."),
+    N_("Image {image} imported."),
+    N_("The import failed: {message}"),
+    N_("Choose a file and name the image."),
+    N_("Checking the file"),
+    N_("Copying"),
+    N_("Converting"),
+    N_("Checking the contents"),
+    N_("Uploading to {host}"),
+    N_("Done"),
+    N_("{vcpus} vCPU · {memory} MiB · {min}-{max} desktops"),
+    N_("{image} v{version} (trial)"),
+    N_("District"),
+    N_("Edit"),
+    N_("Pool {id}"),
+    N_("New pool"),
+    N_("Pool ID: 1-32 letters, digits or '-'."),
+    N_("Give the pool a name."),
+    N_("Name the image the pool runs."),
+    N_("{field}: a whole number."),
+    N_("Saved."),
+    N_("Pool created."),
+    N_("Staff"),
+    N_("Nobody is signed in."),
+    N_("Desktops in use"),
+    N_("No desktop was in use that day."),
+    N_("No usage figures for this day."),
+    N_("{n} h"),
+    N_("{n} d"),
+    N_("Ready"),
+    N_("Booting"),
+    N_("In use"),
+    N_("Disconnected"),
+    N_("Reclaiming"),
+    N_("Failed"),
+    N_("Deleted"),
+    N_("Up"),
+    N_("Down"),
+    N_("Not seen yet"),
+    N_("Released"),
+    N_("Previous"),
+    N_("Available"),
+    N_("Floating"),
+    N_("Dedicated"),
+    N_("Desktop failed"),
+    N_("Host down"),
+    N_("Host in maintenance"),
+    N_("System administrator"),
+    N_("Security administrator"),
+    N_("Audit administrator"),
+    N_("Helpdesk"),
 )
 
 
 # the consoles a signed-in person's roles open, linked from their start page
-CONSOLES = (("/helpdesk", Permission.HELPDESK),)
+CONSOLES = (("/helpdesk", Permission.HELPDESK), ("/admin", Permission.VIEW_SERVICE))
 
 
 def _environment(lang: str) -> Environment:
@@ -120,8 +220,22 @@ async def helpdesk_page(call: Call) -> Response:
                   csrf=call.signed_in.csrf)
 
 
+# what the idle policy may do, as the pool form offers it (pools.reclaim.Action)
+POLICY_ACTIONS = (("nothing", N_("Nothing")), ("disconnect", N_("Disconnect")),
+                  ("log_off", N_("Log off")), ("shut_down", N_("Shut down")),
+                  ("suspend", N_("Suspend")))
+
+
+async def admin_page(call: Call) -> Response:
+    gt = translations(pick_language(call.request)).gettext
+    return render(call.request, "admin.html", user=call.signed_in.principal,
+                  csrf=call.signed_in.csrf,
+                  actions=[(value, gt(name)) for value, name in POLICY_ACTIONS])
+
+
 routes: list[Route] = [
     route("/", "GET", PUBLIC, home),
     route("/helpdesk", "GET", Access(Permission.HELPDESK, redirect="/"), helpdesk_page),
+    route("/admin", "GET", Access(Permission.VIEW_SERVICE, redirect="/"), admin_page),
     route("/desktop/{pool}", "GET", Access(Permission.SIGNED_IN, redirect="/"), desktop_page),
 ]
