@@ -18,6 +18,7 @@ from broker.consoles import Consoles
 from broker.dashboard import DashboardView
 from broker.helpdesk import Helpdesk
 from broker.image_imports import ImageImports
+from broker.metering import Metering
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
@@ -61,3 +62,4 @@ class BrokerApi:
     helpdesk: Helpdesk
     security: SecurityAdmin
     dashboard: DashboardView
+    metering: Metering

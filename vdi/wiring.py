@@ -36,6 +36,7 @@ from broker.helpdesk import Helpdesk
 from broker.idle import IdleNotices
 from broker.image_imports import ImageImports
 from broker.messages import MessageStore
+from broker.metering import Metering
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
@@ -180,6 +181,9 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
         audit_trail=AuditTrail(blocking=blocking, db=db, audit=audit),
         dashboard=DashboardView(blocking=blocking, db=db,
                                 console_stale_s=settings.console_stale_s),
+        metering=Metering(blocking=blocking, db=db, audit=audit,
+                          timezone=settings.report_timezone,
+                          console_stale_s=settings.console_stale_s),
         security=SecurityAdmin(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                                tunnels=tunnels, audit=audit),
         helpdesk=Helpdesk(blocking=blocking, db=db, directory=directory, audit=audit,

@@ -74,6 +74,17 @@ DOCS: dict[tuple[str, str], Doc] = {
         "The audit trail as CSV, oldest first", "audit", answer="text/csv",
         query={"days": NUMBER, "actor": STRING, "action": STRING, "outcome": STRING}),
     ("GET", "/api/admin/audit/verify"): Doc("Check the audit trail's hash chain", "audit"),
+    ("GET", "/api/admin/metering"): Doc(
+        "Desktop-hours and sessions per office or pool over a range of days", "reports",
+        query={"from": STRING, "to": STRING, "by": {"type": "string",
+                                                    "enum": ["office", "pool"]}}),
+    ("GET", "/api/admin/metering.csv"): Doc(
+        "The metering report as CSV", "reports", answer="text/csv",
+        query={"from": STRING, "to": STRING, "by": {"type": "string",
+                                                    "enum": ["office", "pool"]}}),
+    ("GET", "/api/admin/usage"): Doc(
+        "Desktops in use at each step of one day, up to now", "admin",
+        query={"day": STRING, "step_s": INTEGER}),
     ("GET", "/api/helpdesk/clerks"): Doc(
         "Find clerks of the offices one serves by account or name", "helpdesk",
         query={"q": TEXT64}),

@@ -31,6 +31,7 @@ AUDIT = only("auditadmin")
 HELPDESK = only("helpdesk", "sysadmin")
 SECURITY = only("secadmin")
 SYSTEM_ADMIN = only("sysadmin")
+METERING = only("sysadmin", "auditadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
 TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool]]] = {
@@ -50,6 +51,9 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/admin/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit.csv"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit/verify"): (Permission.READ_AUDIT, False, False, AUDIT),
+    ("GET", "/api/admin/metering"): (Permission.READ_METERING, False, False, METERING),
+    ("GET", "/api/admin/metering.csv"): (Permission.READ_METERING, False, False, METERING),
+    ("GET", "/api/admin/usage"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
     ("GET", "/api/helpdesk/clerks"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/api/helpdesk/clerks/{username}"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/api/helpdesk/desktops/{desktop_id}/screen"): (Permission.HELPDESK, False, False,
