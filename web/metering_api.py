@@ -19,10 +19,10 @@ def report_json(r: Report) -> dict[str, object]:
     return {
         "from": r.first.isoformat(), "to": r.last.isoformat(), "by": r.by,
         "lines": [{"key": line.key, "name": line.name, "sessions": line.sessions,
-                   "hours": round(line.hours, 2), "clerks": line.clerks} for line in r.lines],
-        "total": {"sessions": r.total_sessions, "hours": round(r.total_hours, 2)},
+                   "hours": round(line.hours, 4), "clerks": line.clerks} for line in r.lines],
+        "total": {"sessions": r.total_sessions, "hours": round(r.total_hours, 4)},
         "daily": [{"day": day.isoformat(),
-                   "hours": {k: round(v, 2) for k, v in sorted(r.daily[day].items())}}
+                   "hours": {k: round(v, 4) for k, v in sorted(r.daily[day].items())}}
                   for day in sorted(r.daily)]}
 
 

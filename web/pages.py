@@ -62,11 +62,31 @@ JS_STRINGS = (
     N_("Reason: it stayed disconnected for {duration}."),
     N_("{n} min"),
     N_("{n} s"),
+    # the audit trail and the metering report (audit.js)
+    N_("Loading…"),
+    N_("No record matches."),
+    N_("Checking…"),
+    N_("The chain is intact: {n} records, none edited, deleted or reordered."),
+    N_("The chain is broken: {problems}"),
+    N_("Succeeded"),
+    N_("Refused"),
+    N_("Failed"),
+    N_("Broken"),
+    N_("District"),
+    N_("Desktop-hours"),
+    N_("Desktop pool"),
+    N_("Street office"),
+    N_("No desktop was used in these days."),
 )
 
 
-# the consoles a signed-in person's roles open, linked from their start page
-CONSOLES = (("/helpdesk", Permission.HELPDESK),)
+# the consoles a signed-in person's roles open, linked from their start page (the first
+# one they may open of those that lead to the same place)
+CONSOLES = (
+    ("/helpdesk", Permission.HELPDESK, N_("Helpdesk console")),
+    ("/audit", Permission.READ_AUDIT, N_("Audit trail and reports")),
+    ("/reports", Permission.READ_METERING, N_("Desktop use reports")),
+)
 
 
 def _environment(lang: str) -> Environment:
@@ -103,7 +123,10 @@ async def home(call: Call) -> Response:
     session = await call.api.signin.session(call.request.cookies.get(cookie_name(call.settings)))
     if session is None:
         return render(call.request, "login.html")
-    consoles = [href for href, permission in CONSOLES if allows(session.principal, permission)]
+    consoles = [(href, label) for href, permission, label in CONSOLES
+                if allows(session.principal, permission)]
+    if any(href == "/audit" for href, _ in consoles):  # the audit page has the reports
+        consoles = [(href, label) for href, label in consoles if href != "/reports"]
     return render(call.request, "portal.html", user=session.principal, consoles=consoles)
 
 
@@ -120,8 +143,22 @@ async def helpdesk_page(call: Call) -> Response:
                   csrf=call.signed_in.csrf)
 
 
+async def audit_page(call: Call) -> Response:
+    return render(call.request, "audit.html", user=call.signed_in.principal,
+                  show_audit=True, title=translations(pick_language(call.request)).gettext(
+                      "Audit trail and reports"))
+
+
+async def reports_page(call: Call) -> Response:
+    return render(call.request, "audit.html", user=call.signed_in.principal,
+                  show_audit=False, title=translations(pick_language(call.request)).gettext(
+                      "Desktop use reports"))
+
+
 routes: list[Route] = [
     route("/", "GET", PUBLIC, home),
     route("/helpdesk", "GET", Access(Permission.HELPDESK, redirect="/"), helpdesk_page),
+    route("/audit", "GET", Access(Permission.READ_AUDIT, redirect="/"), audit_page),
+    route("/reports", "GET", Access(Permission.READ_METERING, redirect="/"), reports_page),
     route("/desktop/{pool}", "GET", Access(Permission.SIGNED_IN, redirect="/"), desktop_page),
 ]

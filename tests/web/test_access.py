@@ -72,6 +72,8 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("GET", "/helpdesk"): (Permission.HELPDESK, False, False, HELPDESK),
+    ("GET", "/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
+    ("GET", "/reports"): (Permission.READ_METERING, False, False, METERING),
     ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
     # the one-time token is the websocket's credential (tests/web/test_console.py)
     ("WS", "/console/{token}"): (None, False, True, ANYONE),
@@ -144,7 +146,7 @@ def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) ->
         redirected = r.status_code == 303 and r.headers["location"] == "/"
         if may[who]:
             assert not refused and not redirected, f"{who} {method} {path}: {r.status_code}"
-        elif path.startswith(("/desktop/", "/helpdesk")):
+        elif path.startswith(("/desktop/", "/helpdesk", "/audit", "/reports")):
             assert redirected, f"{who} {method} {path}: {r.status_code}"
         else:
             assert refused, f"{who} {method} {path}: {r.status_code} {r.text[:200]}"
