@@ -77,6 +77,17 @@ JS_STRINGS = (
     N_("Desktop pool"),
     N_("Street office"),
     N_("No desktop was used in these days."),
+    # the security administrator's sessions page (security.js)
+    N_("Clerk"),
+    N_("Helpdesk"),
+    N_("System administrator"),
+    N_("Security administrator"),
+    N_("Audit administrator"),
+    N_("End session"),
+    N_("{n} signed in."),
+    N_("No one matches."),
+    N_("Why end the session of {name}? (it is recorded)"),
+    N_("The session of {name} was ended."),
 )
 
 
@@ -86,6 +97,7 @@ CONSOLES = (
     ("/helpdesk", Permission.HELPDESK, N_("Helpdesk console")),
     ("/audit", Permission.READ_AUDIT, N_("Audit trail and reports")),
     ("/reports", Permission.READ_METERING, N_("Desktop use reports")),
+    ("/security", Permission.MANAGE_SESSIONS, N_("Who is signed in")),
 )
 
 
@@ -155,10 +167,16 @@ async def reports_page(call: Call) -> Response:
                       "Desktop use reports"))
 
 
+async def security_page(call: Call) -> Response:
+    return render(call.request, "security.html", user=call.signed_in.principal,
+                  csrf=call.signed_in.csrf)
+
+
 routes: list[Route] = [
     route("/", "GET", PUBLIC, home),
     route("/helpdesk", "GET", Access(Permission.HELPDESK, redirect="/"), helpdesk_page),
     route("/audit", "GET", Access(Permission.READ_AUDIT, redirect="/"), audit_page),
     route("/reports", "GET", Access(Permission.READ_METERING, redirect="/"), reports_page),
+    route("/security", "GET", Access(Permission.MANAGE_SESSIONS, redirect="/"), security_page),
     route("/desktop/{pool}", "GET", Access(Permission.SIGNED_IN, redirect="/"), desktop_page),
 ]

@@ -74,6 +74,7 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/helpdesk"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/reports"): (Permission.READ_METERING, False, False, METERING),
+    ("GET", "/security"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
     ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
     # the one-time token is the websocket's credential (tests/web/test_console.py)
     ("WS", "/console/{token}"): (None, False, True, ANYONE),
@@ -146,7 +147,8 @@ def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) ->
         redirected = r.status_code == 303 and r.headers["location"] == "/"
         if may[who]:
             assert not refused and not redirected, f"{who} {method} {path}: {r.status_code}"
-        elif path.startswith(("/desktop/", "/helpdesk", "/audit", "/reports")):
+        elif path.startswith(("/desktop/", "/helpdesk", "/audit", "/reports",
+                                  "/security")):
             assert redirected, f"{who} {method} {path}: {r.status_code}"
         else:
             assert refused, f"{who} {method} {path}: {r.status_code} {r.text[:200]}"
