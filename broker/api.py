@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.access_policy import PolicyStore
 from broker.audit_trail import AuditTrail
 from broker.blocking import Blocking
 from broker.consoles import Consoles
@@ -63,3 +64,4 @@ class BrokerApi:
     security: SecurityAdmin
     dashboard: DashboardView
     metering: Metering
+    policy: PolicyStore

@@ -107,6 +107,19 @@ DOCS: dict[tuple[str, str], Doc] = {
     ("POST", "/api/security/sessions/{handle}/end"): Doc(
         "End a session, with a reason", "security",
         body=_body(["reason"], reason={"type": "string", "minLength": 4, "maxLength": 500})),
+    ("GET", "/api/security/policy"): Doc(
+        "The access policy (admin networks, session limits, role groups), its version and "
+        "the settings that apply where it is silent", "security"),
+    ("PUT", "/api/security/policy"): Doc(
+        "Change the access policy (compare-and-set on its version), with a reason",
+        "security", body=_body(
+            ["policy", "version", "reason"], version=INTEGER,
+            reason={"type": "string", "minLength": 4, "maxLength": 500},
+            policy={"type": "object", "properties": {
+                "admin_networks": {"type": "array", "items": STRING},
+                "session_idle_s": {"type": ["integer", "null"]},
+                "session_absolute_s": {"type": ["integer", "null"]},
+                "role_groups": {"type": ["object", "null"]}}})),
     ("GET", "/api/openapi.json"): Doc("This document", "meta"),
     ("GET", "/healthz"): Doc("Whether the broker and its database answer", "meta"),
 }

@@ -75,6 +75,8 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/reports"): (Permission.READ_METERING, False, False, METERING),
     ("GET", "/security"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
+    ("GET", "/api/security/policy"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
+    ("PUT", "/api/security/policy"): (Permission.MANAGE_SESSIONS, True, False, SECURITY),
     ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
     # the one-time token is the websocket's credential (tests/web/test_console.py)
     ("WS", "/console/{token}"): (None, False, True, ANYONE),
