@@ -16,10 +16,11 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.HELPDESK: frozenset({Permission.READ_RECLAIMS, Permission.HELPDESK}),
     Role.SYSTEM_ADMIN: frozenset({Permission.READ_RECLAIMS, Permission.MANAGE_IMAGES,
                                   Permission.HELPDESK, Permission.VIEW_SERVICE,
-                                  Permission.MANAGE_SERVICE}),
+                                  Permission.READ_METERING, Permission.MANAGE_SERVICE}),
     Role.SECURITY_ADMIN: frozenset({Permission.MANAGE_SESSIONS}),
     # reads everything recorded, changes nothing
-    Role.AUDIT_ADMIN: frozenset({Permission.READ_AUDIT, Permission.READ_RECLAIMS}),
+    Role.AUDIT_ADMIN: frozenset({Permission.READ_AUDIT, Permission.READ_RECLAIMS,
+                                 Permission.READ_METERING}),
 }
 
 

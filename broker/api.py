@@ -12,12 +12,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.access_policy import PolicyStore
 from broker.audit_trail import AuditTrail
 from broker.blocking import Blocking
 from broker.consoles import Consoles
 from broker.dashboard import DashboardView
 from broker.helpdesk import Helpdesk
 from broker.image_imports import ImageImports
+from broker.metering import Metering
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
@@ -62,4 +64,6 @@ class BrokerApi:
     helpdesk: Helpdesk
     security: SecurityAdmin
     dashboard: DashboardView
+    metering: Metering
+    policy: PolicyStore
     system_admin: SystemAdmin

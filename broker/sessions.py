@@ -36,11 +36,21 @@ class WebSession:
 
 class SessionStore:
     def __init__(self, sessions: sessionmaker[Session], *, idle_s: int, absolute_s: int,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now,
+                 limits: Callable[[], tuple[int, int]] | None = None) -> None:
+        """`limits`: (idle, absolute) seconds as they are now (the security
+        administrator's policy); without it, `idle_s` and `absolute_s` for ever."""
         self._sessions = sessions
-        self._idle = timedelta(seconds=idle_s)
-        self._absolute = timedelta(seconds=absolute_s)
+        self._limits = limits or (lambda: (idle_s, absolute_s))
         self._clock = clock
+
+    @property
+    def _idle(self) -> timedelta:
+        return timedelta(seconds=self._limits()[0])
+
+    @property
+    def _absolute(self) -> timedelta:
+        return timedelta(seconds=self._limits()[1])
 
     def create(self, principal: Principal, source: str, *, audit: AuditRow | None = None
                ) -> tuple[str, WebSession]:

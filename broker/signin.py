@@ -41,7 +41,8 @@ class SignedIn:
 class SignIn:
     def __init__(self, *, blocking: Blocking, directory: Directory, throttle: LoginThrottle,
                  sessions: SessionStore, tokens: TokenStore, catalog: Catalog,
-                 audit: AuditLog, tunnels: TunnelRegistry, role_map: RoleMap,
+                 audit: AuditLog, tunnels: TunnelRegistry,
+                 role_map: Callable[[], RoleMap],
                  directory_deadline_s: float, recheck_s: float, grant_confirm_s: float,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
@@ -103,7 +104,7 @@ class SignIn:
         self._directory_down_until = None
         principal = None
         if user is not None:
-            roles = roles_for(user.groups, self._role_map)
+            roles = roles_for(user.groups, self._role_map())
             principal = Principal(username=user.username, display_name=user.display_name,
                                   roles=roles, groups=user.groups)
 
@@ -182,7 +183,7 @@ class SignIn:
             log.warning("login: directory unavailable: %s", e or "no answer in time")
             await self._record(typed, "-", source, "directory_unavailable")
             raise DirectoryUnavailable(str(e) or "directory did not answer in time") from e
-        mapped = mapped_roles(user.groups, self._role_map)
+        mapped = mapped_roles(user.groups, self._role_map())
         roles, conflict = mapped - withheld(mapped), withheld(mapped)
         principal = Principal(username=user.username, display_name=user.display_name,
                               roles=roles, groups=user.groups)

@@ -81,6 +81,14 @@ class PgServer:
             if result.returncode != 0:
                 raise PgError(f"{name} failed during a restart:\n{result.stdout}")
 
+    def protect_audit(self) -> str:
+        """Run deploy/postgres/protect-audit.sh (after migrating): the audit table gets
+        an owner of its own. Its output; PgError when it fails."""
+        result = self._script("protect-audit.sh", str(self.run_dir), str(self.port))
+        if result.returncode != 0:
+            raise PgError(f"protect-audit.sh failed:\n{result.stdout}")
+        return result.stdout
+
     def stop(self) -> None:
         """Stop the server and delete its directory. Idempotent."""
         if not self.run_dir.exists():

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Update, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from vdi import uses
 from vdi.catalog import desktop_from_row
 from vdi.db import rows_changed
 from vdi.domain import ConsoleEndpoint, ConsoleKind, Desktop, DesktopState, Power
@@ -54,6 +55,16 @@ _NO_WARNING: dict[str, Any] = {"warned_at": None, "warning_deadline": None}
 def _cas(s: Session, *where: ColumnElement[bool], **values: Any) -> bool:
     """UPDATE desktops SET values WHERE all of `where`; True if a row matched."""
     return bool(rows_changed(s.execute(_update(*where).values(**values))))
+
+
+def _cas_closing(s: Session, desktop_id: str, now: datetime, *where: ColumnElement[bool],
+                 **values: Any) -> bool:
+    """`_cas` for a change that closes the desktop's consoles: its use (vdi.uses) ends
+    with it."""
+    changed = _cas(s, *where, **values)
+    if changed:
+        uses.end(s, desktop_id, now)
+    return changed
 
 
 def _update(*where: ColumnElement[bool]) -> Update:
@@ -142,11 +153,11 @@ def recall_spare(s: Session, desktop_id: str, now: datetime) -> bool:
 def log_off(s: Session, desktop_id: str, username: str, now: datetime) -> bool:
     """assigned to `username` -> reclaiming: the clerk gives a floating desktop back (the
     caller adds the revert job). Their consoles count as closed; the warning goes."""
-    return _cas(s, DesktopRow.id == desktop_id,
-                DesktopRow.state == DesktopState.ASSIGNED.value,
-                DesktopRow.assigned_user == username,
-                state=DesktopState.RECLAIMING.value, assigned_user=None, updated_at=now,
-                **_NO_CONSOLE, **_NO_WARNING)
+    return _cas_closing(s, desktop_id, now, DesktopRow.id == desktop_id,
+                        DesktopRow.state == DesktopState.ASSIGNED.value,
+                        DesktopRow.assigned_user == username,
+                        state=DesktopState.RECLAIMING.value, assigned_user=None,
+                        updated_at=now, **_NO_CONSOLE, **_NO_WARNING)
 
 
 def reclaim_on_host(s: Session, desktop_id: str, *, state: DesktopState, host_uri: str,
@@ -154,10 +165,10 @@ def reclaim_on_host(s: Session, desktop_id: str, *, state: DesktopState, host_ur
     """`state` on `host_uri` (as the caller read it) -> reclaiming: a floating desktop
     whose host is down or drained, or whose domain vanished, is remade (the caller adds
     the job). Its clerk, if any, loses it and reconnects into another."""
-    return _cas(s, DesktopRow.id == desktop_id, DesktopRow.state == state.value,
-                DesktopRow.host_uri == host_uri,
-                state=DesktopState.RECLAIMING.value, assigned_user=None, updated_at=now,
-                **_NO_CONSOLE, **_NO_WARNING)
+    return _cas_closing(s, desktop_id, now, DesktopRow.id == desktop_id,
+                        DesktopRow.state == state.value, DesktopRow.host_uri == host_uri,
+                        state=DesktopState.RECLAIMING.value, assigned_user=None,
+                        updated_at=now, **_NO_CONSOLE, **_NO_WARNING)
 
 
 def start_removal(s: Session, desktop_id: str, *, state: DesktopState, owner: str | None,
@@ -167,19 +178,20 @@ def start_removal(s: Session, desktop_id: str, *, state: DesktopState, owner: st
     clerk got it, who must not lose it without the admin naming them."""
     if state is DesktopState.DELETED:
         return False
-    return _cas(s, DesktopRow.id == desktop_id, DesktopRow.state == state.value,
-                _same(DesktopRow.assigned_user, owner),
-                state=DesktopState.RECLAIMING.value, assigned_user=None, updated_at=now,
-                **_NO_CONSOLE, **_NO_WARNING)
+    return _cas_closing(s, desktop_id, now, DesktopRow.id == desktop_id,
+                        DesktopRow.state == state.value, _same(DesktopRow.assigned_user, owner),
+                        state=DesktopState.RECLAIMING.value, assigned_user=None,
+                        updated_at=now, **_NO_CONSOLE, **_NO_WARNING)
 
 
 def mark_deleted(s: Session, desktop_id: str, now: datetime) -> bool:
     """reclaiming | error (one that never came up) -> deleted: its domain and disk are
     gone; the row stays for history, with the last problem noted (why it was removed)."""
-    return _cas(s, DesktopRow.id == desktop_id,
-                DesktopRow.state.in_((DesktopState.RECLAIMING.value, DesktopState.ERROR.value)),
-                state=DesktopState.DELETED.value, **_endpoint(None),
-                updated_at=now, **_NO_CLERK)
+    return _cas_closing(s, desktop_id, now, DesktopRow.id == desktop_id,
+                        DesktopRow.state.in_((DesktopState.RECLAIMING.value,
+                                              DesktopState.ERROR.value)),
+                        state=DesktopState.DELETED.value, **_endpoint(None),
+                        updated_at=now, **_NO_CLERK)
 
 
 def boot_failed(s: Session, desktop_id: str, message: str, now: datetime) -> bool:
@@ -312,16 +324,16 @@ def withdraw_warning(s: Session, read: AsRead, now: datetime) -> bool:
 def kick_console(s: Session, read: AsRead, now: datetime) -> bool:
     """The idle policy disconnects the clerk: consoles opened before now are closed by
     the brokers holding them (`kicked_at`), and the disconnected grace starts now."""
-    return _cas(s, read.unchanged(), kicked_at=now, last_disconnect_at=now, updated_at=now,
-                **_NO_CONSOLE, **_NO_WARNING)
+    return _cas_closing(s, read.desktop_id, now, read.unchanged(), kicked_at=now,
+                        last_disconnect_at=now, updated_at=now, **_NO_CONSOLE, **_NO_WARNING)
 
 
 def log_off_idle(s: Session, read: AsRead, now: datetime) -> bool:
     """assigned -> reclaiming: the idle policy logs the clerk off a floating desktop
     (the caller adds the revert job); their consoles are closed."""
-    return _cas(s, read.unchanged(), state=DesktopState.RECLAIMING.value,
-                assigned_user=None, kicked_at=now, last_disconnect_at=now, updated_at=now,
-                **_NO_CONSOLE, **_NO_WARNING)
+    return _cas_closing(s, read.desktop_id, now, read.unchanged(),
+                        state=DesktopState.RECLAIMING.value, assigned_user=None, kicked_at=now,
+                        last_disconnect_at=now, updated_at=now, **_NO_CONSOLE, **_NO_WARNING)
 
 
 def power_down(s: Session, read: AsRead, power: Power, now: datetime) -> bool:
@@ -329,8 +341,9 @@ def power_down(s: Session, read: AsRead, power: Power, now: datetime) -> bool:
     that stays its clerk's (the caller adds the power job); their consoles are closed."""
     if power is Power.ON:
         raise ValueError("power_down needs Power.OFF or Power.SUSPENDED")
-    return _cas(s, read.unchanged(), power=power.value, kicked_at=now,
-                last_disconnect_at=now, updated_at=now, **_NO_CONSOLE, **_NO_WARNING)
+    return _cas_closing(s, read.desktop_id, now, read.unchanged(), power=power.value,
+                        kicked_at=now, last_disconnect_at=now, updated_at=now, **_NO_CONSOLE,
+                        **_NO_WARNING)
 
 
 def still_here(s: Session, pool_id: str, username: str, now: datetime) -> bool:
@@ -356,14 +369,18 @@ def open_console(s: Session, desktop_id: str, username: str, kind: ConsoleKind,
         DesktopRow.console_port.is_not(None))
         .values(console_since=now, console_seen_at=now)
         .returning(DesktopRow)).first()
-    return desktop_from_row(row) if row is not None else None
+    if row is None:
+        return None
+    uses.begin(s, desktop_id, username, now)
+    return desktop_from_row(row)
 
 
 def close_console(s: Session, desktop_id: str, username: str, now: datetime) -> bool:
     """The last console of this broker on the desktop closed (another broker's heartbeat
     says if it still holds one). Only while the desktop is still `username`'s."""
-    return _cas(s, DesktopRow.id == desktop_id, DesktopRow.assigned_user == username,
-                last_disconnect_at=now, **_NO_CONSOLE)
+    return _cas_closing(s, desktop_id, now, DesktopRow.id == desktop_id,
+                        DesktopRow.assigned_user == username, last_disconnect_at=now,
+                        **_NO_CONSOLE)
 
 
 def record_input(s: Session, desktop_id: str, at: datetime) -> bool:
@@ -379,6 +396,7 @@ def console_heartbeat(s: Session, desktop_ids: Collection[str], now: datetime) -
     `now` (never back in time). Returns how many desktops were touched."""
     if not desktop_ids:
         return 0
+    uses.seen(s, desktop_ids, now)
     return rows_changed(s.execute(_update(
         DesktopRow.id.in_(list(desktop_ids)), DesktopRow.state == DesktopState.ASSIGNED.value,
         or_(DesktopRow.console_seen_at.is_(None), DesktopRow.console_seen_at < now))

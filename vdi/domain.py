@@ -32,6 +32,7 @@ class Permission(enum.StrEnum):
     HELPDESK = "helpdesk"  # find the clerks of the offices one serves, see their desktops
     MANAGE_SESSIONS = "manage_sessions"  # see who is signed in from where; end a session
     VIEW_SERVICE = "view_service"  # the dashboard: pools, hosts, alerts
+    READ_METERING = "read_metering"  # desktop-hours and sessions per office and pool
     MANAGE_SERVICE = "manage_service"  # change pools, hosts and desktops
 
 

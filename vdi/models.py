@@ -374,3 +374,34 @@ class HelpdeskMessageRow(Base):
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class DesktopUseRow(Base):
+    """One console use of a desktop: from a clerk's console opening to its closing (or
+    the desktop being taken back). Metering adds these up per office and pool. The pool
+    and its office are those of the time of use; `seen_at` follows the console's
+    heartbeat, so a use whose broker died ends at its last sign of life."""
+
+    __tablename__ = "desktop_uses"
+    __table_args__ = (Index("ix_desktop_uses_started", "started_at"),
+                      Index("ix_desktop_uses_open", "desktop_id", "ended_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    desktop_id: Mapped[str] = mapped_column(String(64))
+    pool_id: Mapped[str] = mapped_column(String(64))
+    office: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    username: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class AccessPolicyRow(Base):
+    """The security administrator's access policy (broker.access_policy): one row,
+    id 1, changed by compare-and-set on `version`."""
+
+    __tablename__ = "access_policy"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_by: Mapped[str] = mapped_column(String(128))

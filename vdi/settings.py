@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class SettingsError(ValueError):
@@ -104,6 +105,9 @@ class Settings:
     reclaim_interval_s: float = 5.0
     console_stale_s: float = 60.0  # a console no broker reported for this long is closed
     shutdown_grace_s: float = 60.0  # a guest that ignores the power button is forced off
+
+    # reports: the district's days (metering adds up desktop-hours per calendar day)
+    report_timezone: str = "Asia/Shanghai"
 
     @property
     def role_map(self) -> RoleMap:
@@ -209,6 +213,11 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     settings = Settings(**values)
     if settings.domain_type not in ("auto", "kvm", "qemu"):
         raise SettingsError("setting 'domain_type' must be auto, kvm or qemu")
+    try:
+        ZoneInfo(settings.report_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"setting 'report_timezone' is not a known time zone: "
+                            f"{settings.report_timezone!r} (e.g. Asia/Shanghai)") from None
     if settings.console_stale_s < 3 * settings.input_flush_s:
         raise SettingsError("setting 'console_stale_s' must be at least three times "
                             "'input_flush_s' (the open consoles' heartbeat), or open "

@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.access_policy import PolicyStore
 from broker.activity import TunnelRegistry
 from broker.api import BrokerApi, Health
 from broker.assignment import Assigner
@@ -36,6 +37,7 @@ from broker.helpdesk import Helpdesk
 from broker.idle import IdleNotices
 from broker.image_imports import ImageImports
 from broker.messages import MessageStore
+from broker.metering import Metering
 from broker.portal import Portal
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
@@ -139,12 +141,16 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
     blocking = Blocking()
     if directory is None and role is not Role.WORKER:
         directory = LdapDirectory(settings)
+    audit = AuditLog(db)
+    policy = PolicyStore(blocking=blocking, db=db, audit=audit, role_map=settings.role_map,
+                         session_idle_s=settings.session_idle_s,
+                         session_absolute_s=settings.session_absolute_s)
     sessions = SessionStore(db, idle_s=settings.session_idle_s,
-                            absolute_s=settings.session_absolute_s)
+                            absolute_s=settings.session_absolute_s,
+                            limits=policy.session_limits)
     tokens = TokenStore(db, ttl_s=settings.console_token_ttl_s)
     assigner = Assigner(db, limits=limits)
     catalog = Catalog(db)
-    audit = AuditLog(db)
     tunnels = TunnelRegistry(settings.max_tunnels_per_user)
     notices = IdleNotices(db)
     worker = PoolWorker(db, calls, images, domain_prefix=settings.domain_prefix,
@@ -165,7 +171,7 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
     api = None if directory is None else BrokerApi(
         signin=SignIn(blocking=blocking, directory=directory, throttle=LoginThrottle(db),
                       sessions=sessions, tokens=tokens, catalog=catalog, audit=audit,
-                      tunnels=tunnels, role_map=settings.role_map,
+                      tunnels=tunnels, role_map=policy.role_map,
                       directory_deadline_s=settings.ldap_timeout_s * 3 + 1,
                       recheck_s=settings.session_recheck_s,
                       grant_confirm_s=settings.console_grant_confirm_s),
@@ -181,6 +187,10 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
         audit_trail=AuditTrail(blocking=blocking, db=db, audit=audit),
         dashboard=DashboardView(blocking=blocking, db=db,
                                 console_stale_s=settings.console_stale_s),
+        policy=policy,
+        metering=Metering(blocking=blocking, db=db, audit=audit,
+                          timezone=settings.report_timezone,
+                          console_stale_s=settings.console_stale_s),
         system_admin=SystemAdmin(blocking=blocking, db=db, wake_worker=wake),
         security=SecurityAdmin(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                                tunnels=tunnels, audit=audit),
@@ -228,6 +238,7 @@ def build_app(settings: Settings, *, directory: Directory | None = None,
         assert runtime.api is not None
         app.state.runtime = runtime
         await runtime.start(role)
+        await runtime.api.policy.current()  # the access policy before the first request
         log.info("broker ready at %s (%s)", settings.public_url, role.value)
         try:
             yield runtime.api

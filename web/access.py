@@ -15,6 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.access import allows
+from broker.access_policy import NetworkRefused
 from broker.api import BrokerApi
 from broker.errors import BrokerError, Forbidden, NotSignedIn
 from broker.sessions import WebSession
@@ -105,12 +106,17 @@ async def admit(request: Request, access: Access) -> Call:
     if access.origin and not origin_allowed(request, settings):
         raise BadOrigin()
     session = None
+    source = client_address(request)
     if access.permission is not None:
+        policy = await api.policy.current()  # read again every few seconds at most
         session = await api.signin.session(request.cookies.get(cookie_name(settings)))
         if session is None:
             raise NotSignedIn()
         if not allows(session.principal, access.permission):
             raise Forbidden(access.permission.value)
+        if access.permission is not Permission.SIGNED_IN and not policy.admits(source):
+            await api.policy.refused(session.principal, request.url.path, source)
+            raise NetworkRefused()
         if access.csrf and not csrf_ok(request, session):
             raise CsrfFailed()
         if access.fresh:  # only for a request that passed every other check
@@ -119,7 +125,7 @@ async def admit(request: Request, access: Access) -> Call:
                 raise NotSignedIn()
             if not allows(session.principal, access.permission):
                 raise Forbidden(access.permission.value)
-    return Call(request, api, settings, session, client_address(request))
+    return Call(request, api, settings, session, source)
 
 
 def broker_api(conn: HTTPConnection) -> BrokerApi:

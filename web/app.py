@@ -24,6 +24,7 @@ from web import (
     console,
     helpdesk_api,
     idle_api,
+    metering_api,
     openapi,
     pages,
     security_api,
@@ -37,8 +38,8 @@ App = Starlette
 def all_routes(bundles: Assets) -> list[BaseRoute]:
     return [
         *api.routes, *idle_api.routes, *admin_api.routes, *admin_pools_api.routes,
-        *admin_hosts_api.routes, *audit_api.routes,
-        *helpdesk_api.routes, *security_api.routes, *openapi.routes, *pages.routes,
+        *admin_hosts_api.routes, *audit_api.routes, *helpdesk_api.routes,
+        *security_api.routes, *metering_api.routes, *openapi.routes, *pages.routes,
         *console.routes,
         *assets.routes(bundles),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

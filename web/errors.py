@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
+from broker.access_policy import LockoutRefused, NetworkRefused, PolicyChanged
 from broker.assignment import (
     AssignmentError,
     ConsoleUnsupported,
@@ -107,6 +108,17 @@ ANSWERS: dict[type[Exception], Answer] = {
         503, "host_unavailable",
         N_("The desktop servers are not answering. Try again shortly or call the helpdesk."),
         10),
+    NetworkRefused: Answer(
+        403, "network_not_allowed",
+        N_("Administrator and helpdesk pages are not open from this network. Ask the "
+           "security administrator.")),
+    LockoutRefused: Answer(
+        409, "would_lock_out",
+        N_("This change would take away your own access: keep your own network in the "
+           "admin networks and a group of yours in the security administrator's groups.")),
+    PolicyChanged: Answer(
+        409, "policy_changed",
+        N_("Someone changed the policy meanwhile. Reload it and make your change again.")),
 }
 # refusals raised by the access seam itself (web.access) register here too
 ANSWERS_BY_CODE: dict[str, Answer] = {
@@ -125,7 +137,27 @@ BAD_REQUEST_MESSAGES = (N_("Send a JSON object with username and password."),
                         N_("Send a JSON object with image and file."),
                         N_("Name a file in the import folder."),
                         N_("An import option is not valid."),
-                        N_("The request is malformed."))
+                        N_("The request is malformed."),
+                        # the security administrator's policy (broker.access_policy)
+                        N_("admin_networks must list at most 64 networks such as "
+                           "10.20.0.0/16."),
+                        N_("session_idle_s must be empty or 60 to 86400 seconds."),
+                        N_("session_absolute_s must be empty or 300 to 604800 seconds."),
+                        N_("session_idle_s must not be longer than session_absolute_s."),
+                        N_("role_groups must be empty, or list for each role at most 50 "
+                           "group DNs such as cn=helpdesk,ou=groups,dc=example."),
+                        N_("role_groups.security_admin must name a group: without one no "
+                           "one could change this policy again."),
+                        N_("Give a reason of 4 to 500 characters."),
+                        N_("Send a JSON object with policy, version and reason."),
+                        # metering (broker.metering)
+                        N_("from must be a date as YYYY-MM-DD."),
+                        N_("to must be a date as YYYY-MM-DD."),
+                        N_("day must be a date as YYYY-MM-DD."),
+                        N_("from must not be after to."),
+                        N_("A report covers at most 366 days."),
+                        N_("by must be office or pool."),
+                        N_("step_s must be one of 60, 300, 900, 1800, 3600."))
 UNKNOWN = Answer(500, "internal_error", N_("Something went wrong. Try again or call the helpdesk."))
 
 

@@ -125,6 +125,17 @@ DOCS: dict[tuple[str, str], Doc] = {
         "The audit trail as CSV, oldest first", "audit", answer="text/csv",
         query={"days": NUMBER, "actor": STRING, "action": STRING, "outcome": STRING}),
     ("GET", "/api/admin/audit/verify"): Doc("Check the audit trail's hash chain", "audit"),
+    ("GET", "/api/admin/metering"): Doc(
+        "Desktop-hours and sessions per office or pool over a range of days", "reports",
+        query={"from": STRING, "to": STRING, "by": {"type": "string",
+                                                    "enum": ["office", "pool"]}}),
+    ("GET", "/api/admin/metering.csv"): Doc(
+        "The metering report as CSV", "reports", answer="text/csv",
+        query={"from": STRING, "to": STRING, "by": {"type": "string",
+                                                    "enum": ["office", "pool"]}}),
+    ("GET", "/api/admin/usage"): Doc(
+        "Desktops in use at each step of one day, up to now", "admin",
+        query={"day": STRING, "step_s": INTEGER}),
     ("GET", "/api/helpdesk/clerks"): Doc(
         "Find clerks of the offices one serves by account or name", "helpdesk",
         query={"q": TEXT64}),
@@ -147,6 +158,19 @@ DOCS: dict[tuple[str, str], Doc] = {
     ("POST", "/api/security/sessions/{handle}/end"): Doc(
         "End a session, with a reason", "security",
         body=_body(["reason"], reason={"type": "string", "minLength": 4, "maxLength": 500})),
+    ("GET", "/api/security/policy"): Doc(
+        "The access policy (admin networks, session limits, role groups), its version and "
+        "the settings that apply where it is silent", "security"),
+    ("PUT", "/api/security/policy"): Doc(
+        "Change the access policy (compare-and-set on its version), with a reason",
+        "security", body=_body(
+            ["policy", "version", "reason"], version=INTEGER,
+            reason={"type": "string", "minLength": 4, "maxLength": 500},
+            policy={"type": "object", "properties": {
+                "admin_networks": {"type": "array", "items": STRING},
+                "session_idle_s": {"type": ["integer", "null"]},
+                "session_absolute_s": {"type": ["integer", "null"]},
+                "role_groups": {"type": ["object", "null"]}}})),
     ("GET", "/api/openapi.json"): Doc("This document", "meta"),
     ("GET", "/healthz"): Doc("Whether the broker and its database answer", "meta"),
 }

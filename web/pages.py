@@ -62,6 +62,32 @@ JS_STRINGS = (
     N_("Reason: it stayed disconnected for {duration}."),
     N_("{n} min"),
     N_("{n} s"),
+    # the audit trail and the metering report (audit.js)
+    N_("Loading…"),
+    N_("No record matches."),
+    N_("Checking…"),
+    N_("The chain is intact: {n} records, none edited, deleted or reordered."),
+    N_("The chain is broken: {problems}"),
+    N_("Succeeded"),
+    N_("Refused"),
+    N_("Failed"),
+    N_("Broken"),
+    N_("District"),
+    N_("Desktop-hours"),
+    N_("Desktop pool"),
+    N_("Street office"),
+    N_("No desktop was used in these days."),
+    # the security administrator's sessions page (security.js)
+    N_("Clerk"),
+    N_("Helpdesk"),
+    N_("System administrator"),
+    N_("Security administrator"),
+    N_("Audit administrator"),
+    N_("End session"),
+    N_("{n} signed in."),
+    N_("No one matches."),
+    N_("Why end the session of {name}? (it is recorded)"),
+    N_("The session of {name} was ended."),
     # the system administrator's console (admin.js, admin/*.js)
     N_("{n} of at most {max}"),
     N_("{n} of at most {max} desktops · keeps {min} ready"),
@@ -123,7 +149,6 @@ JS_STRINGS = (
     N_("Done"),
     N_("{vcpus} vCPU · {memory} MiB · {min}-{max} desktops"),
     N_("{image} v{version} (trial)"),
-    N_("District"),
     N_("Edit"),
     N_("Pool {id}"),
     N_("New pool"),
@@ -145,7 +170,7 @@ JS_STRINGS = (
     N_("In use"),
     N_("Disconnected"),
     N_("Reclaiming"),
-    N_("Failed"),
+    N_("Faulty"),
     N_("Deleted"),
     N_("Up"),
     N_("Down"),
@@ -158,15 +183,18 @@ JS_STRINGS = (
     N_("Desktop failed"),
     N_("Host down"),
     N_("Host in maintenance"),
-    N_("System administrator"),
-    N_("Security administrator"),
-    N_("Audit administrator"),
-    N_("Helpdesk"),
 )
 
 
-# the consoles a signed-in person's roles open, linked from their start page
-CONSOLES = (("/helpdesk", Permission.HELPDESK), ("/admin", Permission.VIEW_SERVICE))
+# the consoles a signed-in person's roles open, linked from their start page (the first
+# one they may open of those that lead to the same place)
+CONSOLES = (
+    ("/admin", Permission.VIEW_SERVICE, N_("System administration console")),
+    ("/helpdesk", Permission.HELPDESK, N_("Helpdesk console")),
+    ("/audit", Permission.READ_AUDIT, N_("Audit trail and reports")),
+    ("/reports", Permission.READ_METERING, N_("Desktop use reports")),
+    ("/security", Permission.MANAGE_SESSIONS, N_("Who is signed in")),
+)
 
 
 def _environment(lang: str) -> Environment:
@@ -203,7 +231,10 @@ async def home(call: Call) -> Response:
     session = await call.api.signin.session(call.request.cookies.get(cookie_name(call.settings)))
     if session is None:
         return render(call.request, "login.html")
-    consoles = [href for href, permission in CONSOLES if allows(session.principal, permission)]
+    consoles = [(href, label) for href, permission, label in CONSOLES
+                if allows(session.principal, permission)]
+    if any(href == "/audit" for href, _ in consoles):  # the audit page has the reports
+        consoles = [(href, label) for href, label in consoles if href != "/reports"]
     return render(call.request, "portal.html", user=session.principal, consoles=consoles)
 
 
@@ -217,6 +248,23 @@ async def desktop_page(call: Call) -> Response:
 
 async def helpdesk_page(call: Call) -> Response:
     return render(call.request, "helpdesk.html", user=call.signed_in.principal,
+                  csrf=call.signed_in.csrf)
+
+
+async def audit_page(call: Call) -> Response:
+    return render(call.request, "audit.html", user=call.signed_in.principal,
+                  show_audit=True, title=translations(pick_language(call.request)).gettext(
+                      "Audit trail and reports"))
+
+
+async def reports_page(call: Call) -> Response:
+    return render(call.request, "audit.html", user=call.signed_in.principal,
+                  show_audit=False, title=translations(pick_language(call.request)).gettext(
+                      "Desktop use reports"))
+
+
+async def security_page(call: Call) -> Response:
+    return render(call.request, "security.html", user=call.signed_in.principal,
                   csrf=call.signed_in.csrf)
 
 
@@ -236,6 +284,9 @@ async def admin_page(call: Call) -> Response:
 routes: list[Route] = [
     route("/", "GET", PUBLIC, home),
     route("/helpdesk", "GET", Access(Permission.HELPDESK, redirect="/"), helpdesk_page),
+    route("/audit", "GET", Access(Permission.READ_AUDIT, redirect="/"), audit_page),
+    route("/reports", "GET", Access(Permission.READ_METERING, redirect="/"), reports_page),
+    route("/security", "GET", Access(Permission.MANAGE_SESSIONS, redirect="/"), security_page),
     route("/admin", "GET", Access(Permission.VIEW_SERVICE, redirect="/"), admin_page),
     route("/desktop/{pool}", "GET", Access(Permission.SIGNED_IN, redirect="/"), desktop_page),
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from broker.access_policy import PolicyRecord
 from broker.errors import BadRequest
 from vdi.domain import Permission
 from web.access import Access, Call, route
@@ -36,7 +37,36 @@ async def end(call: Call) -> Response:
     return JSONResponse({"ended": user})
 
 
+def policy_json(record: PolicyRecord, defaults: dict[str, object] | None = None
+                ) -> dict[str, object]:
+    return {"policy": record.policy.to_json(), "version": record.version,
+            "updated_at": record.updated_at.isoformat() if record.updated_at else None,
+            "updated_by": record.updated_by,
+            **({"defaults": defaults} if defaults is not None else {})}
+
+
+async def read_policy(call: Call) -> Response:
+    """The access policy, its version (send it back with a change) and the settings
+    that apply where it says nothing."""
+    record, defaults = await call.api.policy.read()
+    return JSONResponse(policy_json(record, defaults))
+
+
+async def change_policy(call: Call) -> Response:
+    """{"policy": {...}, "version": the version read, "reason": why (recorded)}."""
+    data = await read_json(call)
+    if data is None or not isinstance(data.get("policy"), dict) or not isinstance(
+            data.get("reason"), str) or not isinstance(data.get("version"), int) or \
+            isinstance(data.get("version"), bool):
+        raise BadRequest("Send a JSON object with policy, version and reason.")
+    record = await call.api.policy.change(call.signed_in.principal, data["policy"],
+                                          data["version"], str(data["reason"]), call.source)
+    return JSONResponse(policy_json(record))
+
+
 routes: list[Route] = [
     route("/api/security/sessions", "GET", READ, sessions),
     route("/api/security/sessions/{handle}/end", "POST", CHANGE, end),
+    route("/api/security/policy", "GET", READ, read_policy),
+    route("/api/security/policy", "PUT", CHANGE, change_policy),
 ]

@@ -40,8 +40,11 @@ cat <<'TXT'
     zhangsan  张三  东街街道办窗口  window clerk  -> desktop pool "window"
     sunqi     孙七  东街街道办窗口  window clerk
     lisi      李四  西街街道办窗口  window clerk   -> also "records" (dedicated: keeps its disk)
-    wangwu    王五  helpdesk
-    zhaoliu   赵六  IT admin (through the nested group it-ops -> vdi-admins)
+    wangwu    王五  helpdesk                     -> /helpdesk
+    zhaoliu   赵六  system administrator (through the nested group it-ops -> vdi-admins)
+    wujiu     吴九  security administrator       -> /security
+    zhengshi  郑十  audit administrator          -> /audit
+    fengyi    冯一  two administrator roles: refused (三员分立)
     zhouba    周八  in no group: is refused
 
 TXT

@@ -179,3 +179,23 @@ def test_reading_a_session_does_not_wait_for_a_writer(db: sessionmaker[Session],
     finally:
         release.set()
         t.join(30)
+
+
+def test_the_limits_follow_the_access_policy(db: sessionmaker[Session],
+                                             clock: ManualClock) -> None:
+    limits = [IDLE_S, ABSOLUTE_S]  # as the security administrator's policy says now
+    store = SessionStore(db, idle_s=IDLE_S, absolute_s=ABSOLUTE_S, clock=clock,
+                         limits=lambda: (limits[0], limits[1]))
+    raw, session = store.create(ALICE, source="10.0.0.7")
+    clock.advance(300)
+    assert store.is_live(session.id_hash)
+    limits[0] = 120  # shortened: a session idle for 300 s is over at once
+    assert not store.is_live(session.id_hash)
+    assert store.get(raw) is None
+    raw, session = store.create(ALICE, source="10.0.0.7")
+    limits[:] = [600, 900]
+    for _ in range(3):
+        clock.advance(290)
+        assert store.get(raw) is not None
+    clock.advance(100)  # in use all along, but past the new absolute limit
+    assert store.get(raw) is None

@@ -30,6 +30,9 @@ PREFIX = os.environ.get("VDI_E2E_PREFIX", "vdit-e2e-")
 assert PREFIX.startswith("vdit-"), "VDI_E2E_PREFIX must start with vdit-"
 STAFF_GROUP = "cn=window-staff,ou=groups,dc=district,dc=example"
 HELPDESK_GROUP = "cn=helpdesk,ou=groups,dc=district,dc=example"
+ADMIN_GROUP = "cn=vdi-admins,ou=groups,dc=district,dc=example"
+SECURITY_GROUP = "cn=vdi-security,ou=groups,dc=district,dc=example"
+AUDIT_GROUP = "cn=vdi-auditors,ou=groups,dc=district,dc=example"
 
 
 class BlipProxy(LoopbackRelay):
@@ -96,6 +99,9 @@ def _broker_env(slapd: SlapdServer, state: Path, port: int, proxy_port: int,
         "VDI_DOMAIN_TYPE": os.environ.get("VDI_TEST_DOMAIN_TYPE", "qemu"),
         "VDI_ROLE_STAFF_GROUPS": STAFF_GROUP,
         "VDI_ROLE_HELPDESK_GROUPS": HELPDESK_GROUP,
+        "VDI_ROLE_SYSTEM_ADMIN_GROUPS": ADMIN_GROUP,
+        "VDI_ROLE_SECURITY_ADMIN_GROUPS": SECURITY_GROUP,
+        "VDI_ROLE_AUDIT_ADMIN_GROUPS": AUDIT_GROUP,
         "VDI_WORKER_INTERVAL_S": "1",
     })
     return env

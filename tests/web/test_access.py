@@ -31,6 +31,7 @@ AUDIT = only("auditadmin")
 HELPDESK = only("helpdesk", "sysadmin")
 SECURITY = only("secadmin")
 SYSTEM_ADMIN = only("sysadmin")
+METERING = only("sysadmin", "auditadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
 TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool]]] = {
@@ -71,6 +72,9 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/admin/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit.csv"): (Permission.READ_AUDIT, False, False, AUDIT),
     ("GET", "/api/admin/audit/verify"): (Permission.READ_AUDIT, False, False, AUDIT),
+    ("GET", "/api/admin/metering"): (Permission.READ_METERING, False, False, METERING),
+    ("GET", "/api/admin/metering.csv"): (Permission.READ_METERING, False, False, METERING),
+    ("GET", "/api/admin/usage"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
     ("GET", "/api/helpdesk/clerks"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/api/helpdesk/clerks/{username}"): (Permission.HELPDESK, False, False, HELPDESK),
     ("GET", "/api/helpdesk/desktops/{desktop_id}/screen"): (Permission.HELPDESK, False, False,
@@ -89,6 +93,11 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("GET", "/helpdesk"): (Permission.HELPDESK, False, False, HELPDESK),
+    ("GET", "/audit"): (Permission.READ_AUDIT, False, False, AUDIT),
+    ("GET", "/reports"): (Permission.READ_METERING, False, False, METERING),
+    ("GET", "/security"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
+    ("GET", "/api/security/policy"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
+    ("PUT", "/api/security/policy"): (Permission.MANAGE_SESSIONS, True, False, SECURITY),
     ("GET", "/admin"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
     ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
     # the one-time token is the websocket's credential (tests/web/test_console.py)
@@ -163,7 +172,8 @@ def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) ->
         redirected = r.status_code == 303 and r.headers["location"] == "/"
         if may[who]:
             assert not refused and not redirected, f"{who} {method} {path}: {r.status_code}"
-        elif path.startswith(("/desktop/", "/helpdesk")) or path == "/admin":
+        elif path.startswith(("/desktop/", "/helpdesk", "/audit", "/reports",
+                                  "/security")) or path == "/admin":
             assert redirected, f"{who} {method} {path}: {r.status_code}"
         else:
             assert refused, f"{who} {method} {path}: {r.status_code} {r.text[:200]}"

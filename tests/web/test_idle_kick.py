@@ -23,7 +23,7 @@ from tests.conftest import LIBVIRT_URI, TEST_STORAGE_DIR, TEST_STORAGE_POOL, rem
 from tests.web.conftest import RunningBroker, start_broker, window_pool
 from tests.web.test_console import RfbClient, open_console
 from vdi.domain import DesktopState
-from vdi.models import PoolRow, ReclaimRow
+from vdi.models import DesktopUseRow, PoolRow, ReclaimRow
 
 pytestmark = pytest.mark.real
 
@@ -115,6 +115,14 @@ def test_the_disconnect_action_closes_the_open_console(kick_broker: RunningBroke
     assert taken == [(mine.id, "zhangsan", "disconnect", "idle")]
     closes = kick_broker.audit(action="console", outcome="closed")
     assert closes and closes[-1].detail == "closed by the broker: idle"
+    # metering saw one use of the desktop, from the console's opening to the kick
+    with svc.db() as s:
+        used = [(u.desktop_id, u.username, u.pool_id, u.ended_at is not None)
+                for u in s.scalars(select(DesktopUseRow))]
+        [(began, ended)] = s.execute(select(DesktopUseRow.started_at,
+                                            DesktopUseRow.ended_at)).all()
+    assert used == [(mine.id, "zhangsan", "window", True)]
+    assert ended is not None and 5 < (ended - began).total_seconds() < KICK_BOUND_S
 
     # within the grace the clerk comes back into the same desktop, and the console
     # opened after the disconnect is not closed for it

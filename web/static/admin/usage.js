@@ -44,7 +44,7 @@ export async function refresh() {
     return;
   }
   draw(r.data.points);
-  status.textContent = r.data.points.length ? "" : t("No desktop was in use that day.");
+  status.textContent = r.data.points.some((p) => p.in_use > 0) ? "" : t("No desktop was in use that day.");
 }
 
 export function wire() {

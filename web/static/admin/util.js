@@ -8,8 +8,8 @@ export const enc = encodeURIComponent;
 // the codes the API answers with, as the console shows them (translated by t)
 const LABELS = {
   ready: "Ready", booting: "Booting", in_use: "In use", disconnected: "Disconnected",
-  reclaiming: "Reclaiming", failed: "Failed", provisioning: "Booting", assigned: "In use",
-  error: "Failed", maintenance: "Maintenance", deleted: "Deleted",
+  reclaiming: "Reclaiming", failed: "Faulty", provisioning: "Booting", assigned: "In use",
+  error: "Faulty", maintenance: "Maintenance", deleted: "Deleted",
   up: "Up", down: "Down", unknown: "Not seen yet",
   released: "Released", previous: "Previous", available: "Available",
   floating: "Floating", dedicated: "Dedicated",

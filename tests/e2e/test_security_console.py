@@ -1,0 +1,56 @@
+"""The security administrator's sessions page, end to end on the running broker (real
+slapd, Chromium): a clerk is signed in; the security administrator opens "who is signed
+in" from their start page, finds the clerk by account, ends the session with a reason;
+the clerk's next request finds them signed out and the end is recorded with the reason.
+Screenshots in zh-CN and English (test-artifacts/)."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Browser, Dialog
+
+from tests.e2e.conftest import ARTIFACTS, Broker
+from tests.e2e.test_clerk_desktop import sign_in
+
+pytestmark = pytest.mark.e2e
+
+LABELS = {"zh_CN": ("在线会话", "结束会话", "办事员", "已结束 zhangsan 的会话。"),
+          "en": ("Who is signed in", "End session", "Clerk",
+                 "The session of zhangsan was ended.")}
+REASON = "账号疑似被他人使用，先行下线"
+
+
+@pytest.mark.parametrize("lang", ["zh_CN", "en"])
+def test_the_security_administrator_ends_a_clerks_session(
+        broker: Broker, browser: Browser, lang: str) -> None:
+    link, end_label, clerk_role, ended = LABELS[lang]
+    locale = "zh-CN" if lang == "zh_CN" else "en-US"
+    clerk = browser.new_context(locale=locale).new_page()
+    sign_in(clerk, broker.url, "zhangsan", "demo2026", lang)
+
+    page = browser.new_context(locale=locale, viewport={"width": 1366, "height": 768}
+                               ).new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    sign_in(page, broker.url, "wujiu", "demo2026", lang)
+    page.click(f"text={link}")
+    page.wait_for_url(f"{broker.url}/security")
+    page.fill("#filter", "zhangsan")
+    row = page.locator("#sessions tbody tr", has_text="zhangsan")
+    row.first.wait_for(timeout=10_000)
+    assert clerk_role in row.first.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"e2e-security-sessions-{lang}.png"))
+
+    def answer(dialog: Dialog) -> None:
+        assert "zhangsan" in dialog.message
+        dialog.accept(REASON)
+    page.once("dialog", answer)
+    row.last.locator("button", has_text=end_label).click()
+    page.locator("#result", has_text=ended).wait_for(timeout=10_000)
+    status = clerk.evaluate("async () => (await fetch('/api/pools', "
+                            "{credentials: 'same-origin'})).status")
+    assert status == 401, "the clerk is signed out"
+    assert not errors, errors
+    page.context.close()
+    clerk.context.close()
