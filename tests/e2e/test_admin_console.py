@@ -113,6 +113,8 @@ def test_the_admin_creates_a_pool_imports_its_image_and_sees_it_ready(
     assert ready.inner_text() == "1"
     assert page.locator("#board-hosts .host-line .state").first.inner_text() == "在线"
     assert page.locator("#usage-chart").is_visible()
+    # the day's figures came (GET /api/admin/usage): nobody has used a desktop yet
+    page.locator("#usage-status", has_text="当天没有使用中的桌面。").wait_for(timeout=10_000)
     shoot(page, "overview", "zh_CN")
     for name in ("hosts", "desktops", "sessions"):
         tab(page, name)

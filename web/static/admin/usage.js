@@ -1,6 +1,7 @@
-// "Desktops in use over the day": GET /api/admin/usage?day=YYYY-MM-DD, one point per step.
+// "Desktops in use over the day": GET /api/admin/usage?day=YYYY-MM-DD, one point per step
+// of the district's day.
 import { CategoryScale, Chart, Filler, LinearScale, LineController, LineElement, PointElement, Tooltip } from "chart.js";
-import { api, clock, fail, t } from "./util.js";
+import { api, fail, t } from "./util.js";
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, CategoryScale, Filler, Tooltip);
 
@@ -14,7 +15,12 @@ const today = () => {
 };
 
 function draw(points) {
-  const labels = points.map((p) => clock(new Date(p.at)));
+  // the district's wall clock: the day's points start at its midnight
+  const start = points.length ? new Date(points[0].at).getTime() : 0;
+  const labels = points.map((p) => {
+    const minutes = Math.round((new Date(p.at).getTime() - start) / 60000);
+    return `${String(Math.floor(minutes / 60)).padStart(2, "0")}:${String(minutes % 60).padStart(2, "0")}`;
+  });
   const values = points.map((p) => p.in_use);
   if (chart) {
     chart.data.labels = labels;
