@@ -114,6 +114,9 @@ class SystemAdmin:
                 raise AdminNotFound(f"no such pool: {pool_id}")
             if create and (not changes.display_name or not changes.image):
                 raise AdminInvalid("a new pool needs a name and an image")
+            if changes.office not in (None, "none") and self._admin_reader().offices.office(
+                    str(changes.office)) is None:
+                raise AdminInvalid(f"office: no such street office: {changes.office}")
             if policy is not None:
                 kind = changes.kind or (before.kind if before else PoolKind.FLOATING)
                 size = changes.max_size or (before.max_size if before else 4)

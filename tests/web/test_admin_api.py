@@ -107,8 +107,13 @@ def test_bad_pool_values_are_named_and_change_nothing(fake: FakeHostBroker) -> N
     refused(send(admin, "PATCH", "/api/admin/pools/window", {"kind": "dedicated"}), 409,
             "conflict", "cannot change from floating to dedicated")
     # in Chinese, the explanation follows the translated start
-    zh = send(admin, "PATCH", "/api/admin/pools/nowhere?lang=zh_CN", {"max_size": 2})
+    refused(send(admin, "PATCH", "/api/admin/pools/window", {"office": "xijie"}), 400,
+            "invalid", "office: no such street office: xijie")
+    zh = admin.client.patch("/api/admin/pools/nowhere", json={"max_size": 2},
+                            headers={"X-CSRF-Token": admin.csrf, "Accept-Language": "zh-CN"})
     assert zh.status_code == 404
+    assert zh.json()["message"] == "未找到： no such pool: nowhere", zh.json()
+    assert zh.json()["detail"] == "no such pool: nowhere"
 
 
 def another_build(directory: Path) -> ImageDisk:
