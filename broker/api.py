@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.api_tokens import ApiTokens
 from broker.audit_trail import AuditTrail
 from broker.blocking import Blocking
 from broker.consoles import Consoles
@@ -61,3 +62,4 @@ class BrokerApi:
     helpdesk: Helpdesk
     security: SecurityAdmin
     dashboard: DashboardView
+    api_tokens: ApiTokens

@@ -32,6 +32,7 @@ class Permission(enum.StrEnum):
     HELPDESK = "helpdesk"  # find the clerks of the offices one serves, see their desktops
     MANAGE_SESSIONS = "manage_sessions"  # see who is signed in from where; end a session
     VIEW_SERVICE = "view_service"  # the dashboard: pools, hosts, alerts
+    API_TOKENS = "api_tokens"  # personal API tokens for the `vdi` command and scripts
 
 
 class DesktopState(enum.StrEnum):
