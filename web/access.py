@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from broker.access import allows
 from broker.api import BrokerApi
+from broker.api_token_store import ApiToken
 from broker.errors import BrokerError, Forbidden, NotSignedIn
 from broker.sessions import WebSession
 from vdi.domain import Permission
@@ -31,6 +32,12 @@ class BadOrigin(BrokerError):
     code = "bad_origin"
 
 
+class BearerNotHere(BrokerError):
+    """An API token sent to a page, or to a route that needs the signed-in browser."""
+
+    code = "bearer_not_here"
+
+
 # what a use case may raise to refuse: answered through web.errors' table; anything
 # else is a defect and reaches Starlette's 500 with its traceback in the log
 REFUSALS: tuple[type[Exception], ...] = (BrokerError, *ANSWERS)
@@ -43,13 +50,16 @@ class Access:
     `origin`: the Origin header must be on the allow-list (sign-in, websockets).
     `redirect`: a page sends the signed-out browser there instead of a JSON 401.
     `fresh`: the directory confirms the user now (or did seconds ago), not only every
-    few minutes."""
+    few minutes. `bearer`: a personal API token (`Authorization: Bearer`) may stand in
+    for the session cookie, and then no CSRF token is needed (a page of another origin
+    cannot set that header); never on a page, whatever this says."""
 
     permission: Permission | None
     csrf: bool = False
     origin: bool = False
     redirect: str | None = None
     fresh: bool = False
+    bearer: bool = True
 
 
 PUBLIC = Access(None)
@@ -66,6 +76,7 @@ class Call:
     settings: Settings
     session: WebSession | None  # set whenever the route needs a permission
     source: str
+    token: ApiToken | None = None  # the API token the request came with, if it did
 
     @property
     def signed_in(self) -> WebSession:
@@ -102,9 +113,19 @@ def route(path: str, method: str, access: Access, handler: Handler) -> Route:
 async def admit(request: Request, access: Access) -> Call:
     """Run the checks of `access`. Raises BadOrigin, NotSignedIn, Forbidden, CsrfFailed."""
     api, settings = broker_api(request), app_settings(request)
+    secret = bearer_secret(request)
+    if secret is not None and (not access.bearer or not is_api_path(request.url.path)):
+        raise BearerNotHere()
     if access.origin and not origin_allowed(request, settings):
         raise BadOrigin()
     session = None
+    if secret is not None and access.permission is not None:
+        # the token alone: a cookie sent beside it is not looked at (nor its CSRF token)
+        use = await api.api_tokens.authenticate(secret, client_address(request),
+                                                fresh=access.fresh)
+        if not allows(use.session.principal, access.permission):
+            raise Forbidden(access.permission.value)
+        return Call(request, api, settings, use.session, client_address(request), use.token)
     if access.permission is not None:
         session = await api.signin.session(request.cookies.get(cookie_name(settings)))
         if session is None:
@@ -120,6 +141,17 @@ async def admit(request: Request, access: Access) -> Call:
             if not allows(session.principal, access.permission):
                 raise Forbidden(access.permission.value)
     return Call(request, api, settings, session, client_address(request))
+
+
+def bearer_secret(conn: HTTPConnection) -> str | None:
+    """The secret of an `Authorization: Bearer` header ("" when it is blank), or None
+    when there is no such header (another scheme is not ours to read)."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith("/api/") or path == "/healthz"
 
 
 def broker_api(conn: HTTPConnection) -> BrokerApi:

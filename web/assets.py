@@ -20,7 +20,7 @@ from starlette.routing import Route
 from web.access import PUBLIC
 
 DIST = Path(__file__).parent / "static" / "dist"
-ENTRY_POINTS = ("desktop.js", "login.js", "portal.js", "helpdesk.js")
+ENTRY_POINTS = ("desktop.js", "login.js", "portal.js", "helpdesk.js", "tokens.js")
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".map": "application/json"}

@@ -62,11 +62,18 @@ JS_STRINGS = (
     N_("Reason: it stayed disconnected for {duration}."),
     N_("{n} min"),
     N_("{n} s"),
+    # API tokens (tokens.js)
+    N_("Never"),
+    N_("expired"),
+    N_("Revoke"),
+    N_("Revoke the token {name}? What uses it stops at once."),
+    N_("Why revoke it? (it is recorded)"),
+    N_("Copied."),
 )
 
 
 # the consoles a signed-in person's roles open, linked from their start page
-CONSOLES = (("/helpdesk", Permission.HELPDESK),)
+CONSOLES = (("/helpdesk", Permission.HELPDESK), ("/tokens", Permission.API_TOKENS))
 
 
 def _environment(lang: str) -> Environment:
@@ -120,8 +127,16 @@ async def helpdesk_page(call: Call) -> Response:
                   csrf=call.signed_in.csrf)
 
 
+async def tokens_page(call: Call) -> Response:
+    principal = call.signed_in.principal
+    return render(call.request, "tokens.html", user=principal, csrf=call.signed_in.csrf,
+                  max_days=call.api.api_tokens.max_days,
+                  everyone=allows(principal, Permission.MANAGE_SESSIONS))
+
+
 routes: list[Route] = [
     route("/", "GET", PUBLIC, home),
+    route("/tokens", "GET", Access(Permission.API_TOKENS, redirect="/"), tokens_page),
     route("/helpdesk", "GET", Access(Permission.HELPDESK, redirect="/"), helpdesk_page),
     route("/desktop/{pool}", "GET", Access(Permission.SIGNED_IN, redirect="/"), desktop_page),
 ]

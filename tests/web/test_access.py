@@ -31,6 +31,7 @@ AUDIT = only("auditadmin")
 HELPDESK = only("helpdesk", "sysadmin")
 SECURITY = only("secadmin")
 SYSTEM_ADMIN = only("sysadmin")
+TOKENS = only("helpdesk", "sysadmin", "secadmin", "auditadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
 TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool]]] = {
@@ -63,11 +64,18 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/security/sessions"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
     ("POST", "/api/security/sessions/{handle}/end"): (Permission.MANAGE_SESSIONS, True, False,
                                                       SECURITY),
+    ("GET", "/api/tokens"): (Permission.API_TOKENS, False, False, TOKENS),
+    ("POST", "/api/tokens"): (Permission.API_TOKENS, True, False, TOKENS),
+    ("DELETE", "/api/tokens/{token_id}"): (Permission.API_TOKENS, True, False, TOKENS),
+    ("GET", "/api/security/tokens"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
+    ("POST", "/api/security/tokens/{token_id}/revoke"): (Permission.MANAGE_SESSIONS, True,
+                                                         False, SECURITY),
     ("GET", "/api/openapi.json"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
     ("GET", "/desktop/{pool}"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("GET", "/helpdesk"): (Permission.HELPDESK, False, False, HELPDESK),
+    ("GET", "/tokens"): (Permission.API_TOKENS, False, False, TOKENS),
     ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
     # the one-time token is the websocket's credential (tests/web/test_console.py)
     ("WS", "/console/{token}"): (None, False, True, ANYONE),
@@ -116,7 +124,7 @@ def _path(path: str) -> str:
     return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
             .replace("{import_id}", "1").replace("{username}", "zhangsan")
             .replace("{desktop_id}", "window-0").replace("{message_id}", "1")
-            .replace("{handle}", "0" * 16)
+            .replace("{handle}", "0" * 16).replace("{token_id}", "999999")
             + ("?q=zhang" if path == "/api/helpdesk/clerks" else ""))
 
 
@@ -140,7 +148,7 @@ def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) ->
         redirected = r.status_code == 303 and r.headers["location"] == "/"
         if may[who]:
             assert not refused and not redirected, f"{who} {method} {path}: {r.status_code}"
-        elif path.startswith(("/desktop/", "/helpdesk")):
+        elif path.startswith(("/desktop/", "/helpdesk", "/tokens")):
             assert redirected, f"{who} {method} {path}: {r.status_code}"
         else:
             assert refused, f"{who} {method} {path}: {r.status_code} {r.text[:200]}"
