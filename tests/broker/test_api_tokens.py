@@ -23,6 +23,7 @@ from broker.api_tokens import (
     TokenRevoked,
     TooManyTokens,
 )
+from broker.auth.directory import DirectoryUnavailable, DirectoryUser
 from broker.auth.fake_directory import FakeDirectory
 from broker.auth.throttle import LoginThrottle, Throttled
 from broker.blocking import Blocking
@@ -31,7 +32,7 @@ from broker.roles import roles_for
 from broker.sessions import hash_secret
 from tests.conftest import ManualClock
 from vdi.audit import AuditLog
-from vdi.domain import Principal
+from vdi.domain import Principal, Role
 from vdi.models import ApiTokenRow, AuditRow
 from vdi.settings import RoleMap
 
@@ -205,3 +206,30 @@ async def test_unknown_secrets_count_against_the_address_then_are_throttled(
         await tokens.authenticate("vdi_" + "B" * 43, "10.9.9.8")
     outcomes = [r.outcome for r in audit(db, "api-token-use")]
     assert outcomes == ["refused"] * 3 + ["throttled", "refused"]
+
+
+class Unanswering(FakeDirectory):
+    """The directory is down: every lookup fails."""
+
+    down = False
+
+    def lookup(self, username: str) -> DirectoryUser | None:
+        if self.down:
+            raise DirectoryUnavailable("no answer")
+        return super().lookup(username)
+
+
+async def test_while_the_directory_does_not_answer_the_roles_last_confirmed_are_kept(
+        db: sessionmaker[Session], clock: ManualClock, blocking: Blocking) -> None:
+    d = Unanswering({"wangwu": ("pw", "王五", [HELPDESK])})
+    tokens = make(db, clock, d, blocking)
+    made = await tokens.create(principal(d, "wangwu"), "script", 30, "s")
+    d.down = True
+    clock.advance(RECHECK_S + 1)
+    kept = await tokens.authenticate(made.secret, "s", fresh=True)
+    assert kept.session.principal.roles == frozenset({Role.HELPDESK})
+    d.down = False
+    d.remove_user("wangwu")
+    clock.advance(31)  # after the back-off the directory is asked again
+    with pytest.raises(TokenOwnerNotAllowed):
+        await tokens.authenticate(made.secret, "s")
