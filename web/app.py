@@ -26,6 +26,7 @@ from web import (
     openapi,
     pages,
     security_api,
+    tokens_api,
 )
 from web.assets import Assets
 
@@ -36,8 +37,8 @@ App = Starlette
 def all_routes(bundles: Assets) -> list[BaseRoute]:
     return [
         *api.routes, *idle_api.routes, *admin_api.routes, *audit_api.routes,
-        *helpdesk_api.routes, *security_api.routes, *metering_api.routes, *openapi.routes,
-        *pages.routes, *console.routes,
+        *helpdesk_api.routes, *security_api.routes, *metering_api.routes, *tokens_api.routes,
+        *openapi.routes, *pages.routes, *console.routes,
         *assets.routes(bundles),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
