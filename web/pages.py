@@ -88,6 +88,10 @@ JS_STRINGS = (
     N_("No one matches."),
     N_("Why end the session of {name}? (it is recorded)"),
     N_("The session of {name} was ended."),
+    N_("Empty: the configuration file's {idle} s idle, {absolute} s at most."),
+    N_("Version {version}, changed by {who} at {when}"),
+    N_("Never changed: the configuration file applies."),
+    N_("Saved: version {version}. Every broker follows it within seconds."),
     # API tokens (tokens.js)
     N_("Never"),
     N_("expired"),
