@@ -13,14 +13,17 @@ from vdi.domain import Permission, Principal, Role
 # entitled to pools through their groups.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.STAFF: frozenset(),
-    Role.HELPDESK: frozenset({Permission.READ_RECLAIMS, Permission.HELPDESK}),
+    Role.HELPDESK: frozenset({Permission.READ_RECLAIMS, Permission.HELPDESK,
+                              Permission.API_TOKENS}),
     Role.SYSTEM_ADMIN: frozenset({Permission.READ_RECLAIMS, Permission.MANAGE_IMAGES,
                                   Permission.HELPDESK, Permission.VIEW_SERVICE,
-                                  Permission.READ_METERING, Permission.MANAGE_SERVICE}),
-    Role.SECURITY_ADMIN: frozenset({Permission.MANAGE_SESSIONS}),
-    # reads everything recorded, changes nothing
+                                  Permission.READ_METERING, Permission.API_TOKENS,
+                                  Permission.MANAGE_SERVICE}),
+    # ending anyone's session, and revoking anyone's API token
+    Role.SECURITY_ADMIN: frozenset({Permission.MANAGE_SESSIONS, Permission.API_TOKENS}),
+    # reads everything recorded, changes nothing (but its own API tokens)
     Role.AUDIT_ADMIN: frozenset({Permission.READ_AUDIT, Permission.READ_RECLAIMS,
-                                 Permission.READ_METERING}),
+                                 Permission.READ_METERING, Permission.API_TOKENS}),
 }
 
 

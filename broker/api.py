@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.access_policy import PolicyStore
+from broker.api_tokens import ApiTokens
 from broker.audit_trail import AuditTrail
 from broker.blocking import Blocking
 from broker.consoles import Consoles
@@ -66,4 +67,5 @@ class BrokerApi:
     dashboard: DashboardView
     metering: Metering
     policy: PolicyStore
+    api_tokens: ApiTokens
     system_admin: SystemAdmin

@@ -10,10 +10,10 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
 
 from broker.admin import Admin, AdminRefused, PoolChanges
 from broker.reclaims import MAX_HOURS, read_reclaims
@@ -21,16 +21,20 @@ from pools.hosts import Host
 from pools.hypervisor import NetworkSpec
 from pools.image_file import FORMATS
 from pools.imports import ImportOptions
-from vdi import cli_district
+from vdi import cli_api, cli_district
 from vdi.catalog import CatalogError
 from vdi.db import make_engine, migrate, session_factory
 from vdi.domain import Arch, Desktop, Firmware, OsFamily, PoolKind, utc_now
+from vdi.progress import ProgressBar
 from vdi.settings import Settings, SettingsError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vdi", description="VDI connection broker")
     parser.add_argument("--config", help="TOML settings file (default: $VDI_CONFIG)")
+    parser.add_argument("--local", action="store_true",
+                        help="work on the database directly even when the broker's API is "
+                             "configured (vdi login, VDI_API_URL): on the broker's host")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="create or upgrade the database schema")
     serve = sub.add_parser("serve", help="run the broker (HTTP + websocket console)")
@@ -149,10 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("pools", help="list pools")
     sub.add_parser("desktops", help="list desktops")
     cli_district.add_parsers(sub)
+    cli_api.add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.command in cli_api.COMMANDS and not (args.local and args.command in LOCAL):
+        through_api = cli_api.run(args, os.environ)
+        if through_api is not None:
+            return through_api
     try:
         settings = load_settings(args.config)
     except SettingsError as e:
@@ -222,37 +231,6 @@ def _image_import(args: argparse.Namespace, settings: Settings, admin: Admin) ->
             print(f"image {args.image_id} v{version} released"
                   + (f" (was v{before})" if before and before != version else ""))
     return 0
-
-
-class ProgressBar:
-    """One line on a terminal (`stage [####    ]  45%`), redrawn as work goes on; one
-    line per stage when the output is not a terminal."""
-
-    WIDTH = 30
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._tty = out.isatty()
-        self._last: tuple[str, int] | None = None
-
-    def show(self, stage: str, percent: float) -> None:
-        pct = max(0, min(100, int(percent)))
-        if self._last == (stage, pct):
-            return
-        label = stage.replace("upload:", "upload to ")
-        if self._tty:
-            filled = self.WIDTH * pct // 100
-            self._out.write(f"\r{label:<24} [{'#' * filled}{' ' * (self.WIDTH - filled)}] "
-                            f"{pct:3d}%")
-        elif self._last is None or self._last[0] != stage or pct == 100:
-            self._out.write(f"{label}: {pct}%\n")
-        self._out.flush()
-        self._last = (stage, pct)
-
-    def close(self) -> None:
-        if self._tty and self._last is not None:
-            self._out.write("\n")
-            self._out.flush()
 
 
 def _image_release(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
@@ -415,6 +393,8 @@ def _default_host(settings: Settings) -> Host:
 
 
 Command = Callable[[argparse.Namespace, Settings, Admin], int]
+# the commands that work on the database directly (through the API instead when one is
+# configured and the command is in vdi.cli_api.REMOTE)
 _COMMANDS: dict[str, Command] = {
     "image-import": _image_import, "network-set": _network_set, "networks": _networks,
     "image-release": _image_release,
@@ -424,3 +404,4 @@ _COMMANDS: dict[str, Command] = {
     "desktop-remove": _desktop_remove, "pools": _pools, "desktops": _desktops,
     **cli_district.COMMANDS,
 }
+LOCAL = frozenset(_COMMANDS)

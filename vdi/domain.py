@@ -33,6 +33,7 @@ class Permission(enum.StrEnum):
     MANAGE_SESSIONS = "manage_sessions"  # see who is signed in from where; end a session
     VIEW_SERVICE = "view_service"  # the dashboard: pools, hosts, alerts
     READ_METERING = "read_metering"  # desktop-hours and sessions per office and pool
+    API_TOKENS = "api_tokens"  # personal API tokens for the `vdi` command and scripts
     MANAGE_SERVICE = "manage_service"  # change pools, hosts and desktops
 
 

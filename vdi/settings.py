@@ -85,6 +85,8 @@ class Settings:
     max_tunnels_per_user: int = 4
     max_ws_frame_bytes: int = 1 << 20
     vnc_password_valid_s: int = 30
+    # personal API tokens (docs/api-tokens.md): the longest expiry one may choose
+    api_token_max_days: int = 90
 
     # several hosts: placement and failure
     memory_overcommit: float = 1.0  # guest memory per MiB of host memory
@@ -211,6 +213,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
             raise SettingsError(f"unknown setting {key!r}")
         values[key] = _coerce(key, value)
     settings = Settings(**values)
+    if not 1 <= settings.api_token_max_days <= 366:
+        raise SettingsError("setting 'api_token_max_days' must be 1 to 366")
     if settings.domain_type not in ("auto", "kvm", "qemu"):
         raise SettingsError("setting 'domain_type' must be auto, kvm or qemu")
     try:

@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.access_policy import PolicyStore
 from broker.activity import TunnelRegistry
 from broker.api import BrokerApi, Health
+from broker.api_token_store import ApiTokenStore
+from broker.api_tokens import ApiTokens
 from broker.assignment import Assigner
 from broker.audit_trail import AuditTrail
 from broker.auth.directory import Directory
@@ -168,8 +170,9 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                         shutdown_grace_s=settings.shutdown_grace_s,
                         failpoint=failpoint_from_environment(os.environ))
     wake = worker.wake.set  # a worker in another process polls every worker_interval_s
+    throttle = LoginThrottle(db)
     api = None if directory is None else BrokerApi(
-        signin=SignIn(blocking=blocking, directory=directory, throttle=LoginThrottle(db),
+        signin=SignIn(blocking=blocking, directory=directory, throttle=throttle,
                       sessions=sessions, tokens=tokens, catalog=catalog, audit=audit,
                       tunnels=tunnels, role_map=policy.role_map,
                       directory_deadline_s=settings.ldap_timeout_s * 3 + 1,
@@ -198,6 +201,12 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                           calls=calls, assigner=assigner, tunnels=tunnels, wake_worker=wake,
                           directory_deadline_s=settings.ldap_timeout_s * 2 + 1),
         health=Health(blocking, db),
+        api_tokens=ApiTokens(blocking=blocking, store=ApiTokenStore(db), directory=directory,
+                             throttle=throttle, audit=audit, role_map=settings.role_map,
+                             max_days=settings.api_token_max_days,
+                             recheck_s=settings.session_recheck_s,
+                             confirm_s=settings.console_grant_confirm_s,
+                             directory_deadline_s=settings.ldap_timeout_s * 3 + 1),
         image_imports=ImageImports(db, folder=settings.import_dir,
                                    library=Path(settings.state_dir) / "images",
                                    targets=import_targets(db, calls)))

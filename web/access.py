@@ -15,8 +15,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.access import allows
-from broker.access_policy import NetworkRefused
+from broker.access_policy import AccessPolicy, NetworkRefused
 from broker.api import BrokerApi
+from broker.api_token_store import ApiToken
 from broker.errors import BrokerError, Forbidden, NotSignedIn
 from broker.sessions import WebSession
 from vdi.domain import Permission
@@ -32,6 +33,12 @@ class BadOrigin(BrokerError):
     code = "bad_origin"
 
 
+class BearerNotHere(BrokerError):
+    """An API token sent to a page, or to a route that needs the signed-in browser."""
+
+    code = "bearer_not_here"
+
+
 # what a use case may raise to refuse: answered through web.errors' table; anything
 # else is a defect and reaches Starlette's 500 with its traceback in the log
 REFUSALS: tuple[type[Exception], ...] = (BrokerError, *ANSWERS)
@@ -44,13 +51,16 @@ class Access:
     `origin`: the Origin header must be on the allow-list (sign-in, websockets).
     `redirect`: a page sends the signed-out browser there instead of a JSON 401.
     `fresh`: the directory confirms the user now (or did seconds ago), not only every
-    few minutes."""
+    few minutes. `bearer`: a personal API token (`Authorization: Bearer`) may stand in
+    for the session cookie, and then no CSRF token is needed (a page of another origin
+    cannot set that header); never on a page, whatever this says."""
 
     permission: Permission | None
     csrf: bool = False
     origin: bool = False
     redirect: str | None = None
     fresh: bool = False
+    bearer: bool = True
 
 
 PUBLIC = Access(None)
@@ -67,6 +77,7 @@ class Call:
     settings: Settings
     session: WebSession | None  # set whenever the route needs a permission
     source: str
+    token: ApiToken | None = None  # the API token the request came with, if it did
 
     @property
     def signed_in(self) -> WebSession:
@@ -103,10 +114,21 @@ def route(path: str, method: str, access: Access, handler: Handler) -> Route:
 async def admit(request: Request, access: Access) -> Call:
     """Run the checks of `access`. Raises BadOrigin, NotSignedIn, Forbidden, CsrfFailed."""
     api, settings = broker_api(request), app_settings(request)
+    secret = bearer_secret(request)
+    if secret is not None and (not access.bearer or not is_api_path(request.url.path)):
+        raise BearerNotHere()
     if access.origin and not origin_allowed(request, settings):
         raise BadOrigin()
     session = None
     source = client_address(request)
+    if secret is not None and access.permission is not None:
+        # the token alone: a cookie sent beside it is not looked at (nor its CSRF token)
+        policy = await api.policy.current()
+        use = await api.api_tokens.authenticate(secret, source, fresh=access.fresh)
+        if not allows(use.session.principal, access.permission):
+            raise Forbidden(access.permission.value)
+        await _check_network(api, access, policy, use.session, request.url.path, source)
+        return Call(request, api, settings, use.session, source, use.token)
     if access.permission is not None:
         policy = await api.policy.current()  # read again every few seconds at most
         session = await api.signin.session(request.cookies.get(cookie_name(settings)))
@@ -114,9 +136,7 @@ async def admit(request: Request, access: Access) -> Call:
             raise NotSignedIn()
         if not allows(session.principal, access.permission):
             raise Forbidden(access.permission.value)
-        if access.permission is not Permission.SIGNED_IN and not policy.admits(source):
-            await api.policy.refused(session.principal, request.url.path, source)
-            raise NetworkRefused()
+        await _check_network(api, access, policy, session, request.url.path, source)
         if access.csrf and not csrf_ok(request, session):
             raise CsrfFailed()
         if access.fresh:  # only for a request that passed every other check
@@ -126,6 +146,26 @@ async def admit(request: Request, access: Access) -> Call:
             if not allows(session.principal, access.permission):
                 raise Forbidden(access.permission.value)
     return Call(request, api, settings, session, source)
+
+
+async def _check_network(api: BrokerApi, access: Access, policy: AccessPolicy,
+                         session: WebSession, path: str, source: str) -> None:
+    """Administrator and helpdesk routes only from the access policy's admin networks
+    (a refusal is recorded); a clerk's routes from anywhere."""
+    if access.permission is not Permission.SIGNED_IN and not policy.admits(source):
+        await api.policy.refused(session.principal, path, source)
+        raise NetworkRefused()
+
+
+def bearer_secret(conn: HTTPConnection) -> str | None:
+    """The secret of an `Authorization: Bearer` header ("" when it is blank), or None
+    when there is no such header (another scheme is not ours to read)."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith("/api/") or path == "/healthz"
 
 
 def broker_api(conn: HTTPConnection) -> BrokerApi:

@@ -25,9 +25,12 @@ from web.access import (
 )
 
 MAX_BODY = 4096
-LOGIN = Access(None, origin=True)
-# a console is granted only to a user the directory confirms now
-GRANT = Access(Permission.SIGNED_IN, csrf=True, fresh=True)
+LOGIN = Access(None, origin=True, bearer=False)
+# a console is granted only to a user the directory confirms now, and only to a browser
+# (the websocket needs the session cookie)
+GRANT = Access(Permission.SIGNED_IN, csrf=True, fresh=True, bearer=False)
+# signing out ends a browser's session: an API token is revoked instead (/api/tokens)
+LOGOUT = Access(Permission.SIGNED_IN, csrf=True, bearer=False)
 
 
 def session_body(session: WebSession) -> dict[str, Any]:
@@ -74,6 +77,13 @@ async def login(call: Call) -> Response:
 
 
 async def whoami(call: Call) -> Response:
+    if call.token is not None:  # the token's owner: no CSRF token to give
+        t = call.token
+        body = session_body(call.signed_in)
+        del body["csrf"]
+        return JSONResponse({**body, "token": {
+            "id": t.id, "name": t.name, "fingerprint": t.fingerprint,
+            "expires_at": t.expires_at.isoformat()}})
     return JSONResponse(session_body(call.signed_in))
 
 
@@ -116,7 +126,7 @@ async def healthz(call: Call) -> Response:
 routes: list[Route] = [
     route("/api/session", "POST", LOGIN, login),
     route("/api/session", "GET", READ, whoami),
-    route("/api/session", "DELETE", CHANGE, logout),
+    route("/api/session", "DELETE", LOGOUT, logout),
     route("/api/pools", "GET", READ, list_pools),
     route("/api/pools/{pool}/connect", "POST", GRANT, connect),
     route("/api/pools/{pool}/logoff", "POST", CHANGE, log_off),

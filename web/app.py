@@ -28,6 +28,7 @@ from web import (
     openapi,
     pages,
     security_api,
+    tokens_api,
 )
 from web.assets import Assets
 
@@ -39,8 +40,8 @@ def all_routes(bundles: Assets) -> list[BaseRoute]:
     return [
         *api.routes, *idle_api.routes, *admin_api.routes, *admin_pools_api.routes,
         *admin_hosts_api.routes, *audit_api.routes, *helpdesk_api.routes,
-        *security_api.routes, *metering_api.routes, *openapi.routes, *pages.routes,
-        *console.routes,
+        *security_api.routes, *metering_api.routes, *tokens_api.routes, *openapi.routes,
+        *pages.routes, *console.routes,
         *assets.routes(bundles),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

@@ -21,7 +21,7 @@ from web.access import PUBLIC
 
 DIST = Path(__file__).parent / "static" / "dist"
 ENTRY_POINTS = ("desktop.js", "login.js", "portal.js", "helpdesk.js", "audit.js",
-                "security.js", "admin.js")
+                "security.js", "tokens.js", "admin.js")
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".map": "application/json"}

@@ -12,7 +12,15 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from broker.consoles import POLICY_VIOLATION, ConsoleRefused
-from web.access import Access, app_settings, broker_api, client_address, cookie_name, origin_allowed
+from web.access import (
+    Access,
+    app_settings,
+    bearer_secret,
+    broker_api,
+    client_address,
+    cookie_name,
+    origin_allowed,
+)
 
 CONSOLE = Access(None, origin=True)
 
@@ -45,6 +53,9 @@ async def console(ws: WebSocket) -> None:
     api, settings = broker_api(ws), app_settings(ws)
     consoles = api.consoles
     source = client_address(ws)
+    if bearer_secret(ws) is not None:  # API tokens are for the API, not for consoles
+        await ws.close(code=POLICY_VIOLATION)
+        return
     if not origin_allowed(ws, settings):
         await consoles.refuse_origin(source)
         await ws.close(code=POLICY_VIOLATION)

@@ -9,6 +9,14 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
 from broker.access_policy import LockoutRefused, NetworkRefused, PolicyChanged
+from broker.api_tokens import (
+    TokenExpired,
+    TokenNotFound,
+    TokenOwnerNotAllowed,
+    TokenRefused,
+    TokenRevoked,
+    TooManyTokens,
+)
 from broker.assignment import (
     AssignmentError,
     ConsoleUnsupported,
@@ -93,6 +101,17 @@ ANSWERS: dict[type[Exception], Answer] = {
         N_("This desktop's console type cannot be opened here yet. Call the helpdesk.")),
     AssignmentError: Answer(500, "assignment_failed", N_("Could not assign a desktop.")),
     ImportNotFound: Answer(404, "import_not_found", N_("No such image import.")),
+    TokenRefused: Answer(401, "token_invalid", N_("The API token is not valid.")),
+    TokenExpired: Answer(401, "token_expired",
+                         N_("The API token has expired. Make a new one in the console.")),
+    TokenRevoked: Answer(401, "token_revoked",
+                         N_("The API token was revoked. Make a new one in the console.")),
+    TokenOwnerNotAllowed: Answer(
+        401, "token_not_allowed",
+        N_("The API token's owner no longer holds a role that may use API tokens.")),
+    TokenNotFound: Answer(404, "token_not_found", N_("No such API token.")),
+    TooManyTokens: Answer(409, "too_many_tokens",
+                          N_("You have as many API tokens as one may have. Revoke one first.")),
     # the system administrator's operations: the operation's own explanation follows
     AdminInvalid: Answer(400, "invalid", N_("A value is not valid:")),
     AdminNotFound: Answer(404, "not_found", N_("Not found:")),
@@ -124,6 +143,9 @@ ANSWERS: dict[type[Exception], Answer] = {
 ANSWERS_BY_CODE: dict[str, Answer] = {
     "csrf": Answer(403, "csrf", N_("The request lacks a valid CSRF token.")),
     "bad_origin": Answer(403, "bad_origin", N_("This page may not sign in here.")),
+    "bearer_not_here": Answer(
+        403, "bearer_not_here",
+        N_("API tokens are for the API: sign in to open pages, consoles and to make tokens.")),
 }
 # what a clerk waiting in a pool's queue is told besides (web: the page keeps waiting)
 QUEUE_MESSAGES = {
@@ -157,7 +179,12 @@ BAD_REQUEST_MESSAGES = (N_("Send a JSON object with username and password."),
                         N_("from must not be after to."),
                         N_("A report covers at most 366 days."),
                         N_("by must be office or pool."),
-                        N_("step_s must be one of 60, 300, 900, 1800, 3600."))
+                        N_("step_s must be one of 60, 300, 900, 1800, 3600."),
+                        # API tokens (broker.api_tokens)
+                        N_("Send a JSON object with name and days."),
+                        N_("Give the token a name of 1 to 64 characters."),
+                        N_("The expiry is a number of days, up to the longest allowed."),
+                        N_("Send a JSON object with reason."))
 UNKNOWN = Answer(500, "internal_error", N_("Something went wrong. Try again or call the helpdesk."))
 
 

@@ -171,6 +171,16 @@ DOCS: dict[tuple[str, str], Doc] = {
                 "session_idle_s": {"type": ["integer", "null"]},
                 "session_absolute_s": {"type": ["integer", "null"]},
                 "role_groups": {"type": ["object", "null"]}}})),
+    ("GET", "/api/tokens"): Doc("One's API tokens (never their secrets)", "tokens"),
+    ("POST", "/api/tokens"): Doc(
+        "Make an API token: its secret is in this answer only", "tokens", ok=201,
+        body=_body(["name", "days"], name={"type": "string", "minLength": 1, "maxLength": 64},
+                   days={"type": "integer", "minimum": 1})),
+    ("DELETE", "/api/tokens/{token_id}"): Doc("Revoke one of one's API tokens", "tokens"),
+    ("GET", "/api/security/tokens"): Doc("Everyone's live API tokens", "security"),
+    ("POST", "/api/security/tokens/{token_id}/revoke"): Doc(
+        "Revoke anyone's API token, with a reason", "security",
+        body=_body(["reason"], reason={"type": "string", "minLength": 4, "maxLength": 500})),
     ("GET", "/api/openapi.json"): Doc("This document", "meta"),
     ("GET", "/healthz"): Doc("Whether the broker and its database answer", "meta"),
 }
@@ -207,6 +217,9 @@ def document(routes: list[BaseRoute], cookie: str) -> dict[str, Any]:
             "schemas": {"Error": ERROR},
             "securitySchemes": {
                 "session": {"type": "apiKey", "in": "cookie", "name": cookie},
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "a personal API token (vdi_...), made in the "
+                                          "console: no CSRF token then"},
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}}},
     }
 
@@ -225,7 +238,8 @@ def _operation(path: str, method: str, doc: Doc, access: Access) -> dict[str, An
     for code, text in _REFUSALS.items():
         responses[str(code)] = {"description": text, "content": error}
     if access.permission is not None:
-        responses["401"] = {"description": "Not signed in", "content": error}
+        responses["401"] = {"description": "Not signed in, or the API token is not valid "
+                                           "(expired, revoked)", "content": error}
         responses["403"] = {"description": "The role does not allow it, or a missing "
                                            "CSRF token", "content": error}
     elif access.origin:
@@ -237,6 +251,8 @@ def _operation(path: str, method: str, doc: Doc, access: Access) -> dict[str, An
                           else None}
     if access.permission is not None:
         op["security"] = [{"session": [], "csrf": []} if access.csrf else {"session": []}]
+        if access.bearer:
+            op["security"].append({"bearer": []})
     if doc.body is not None:
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": doc.body}}}

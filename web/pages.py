@@ -88,6 +88,17 @@ JS_STRINGS = (
     N_("No one matches."),
     N_("Why end the session of {name}? (it is recorded)"),
     N_("The session of {name} was ended."),
+    N_("Empty: the configuration file's {idle} s idle, {absolute} s at most."),
+    N_("Version {version}, changed by {who} at {when}"),
+    N_("Never changed: the configuration file applies."),
+    N_("Saved: version {version}. Every broker follows it within seconds."),
+    # API tokens (tokens.js)
+    N_("Never"),
+    N_("expired"),
+    N_("Revoke"),
+    N_("Revoke the token {name}? What uses it stops at once."),
+    N_("Why revoke it? (it is recorded)"),
+    N_("Copied."),
     # the system administrator's console (admin.js, admin/*.js)
     N_("{n} of at most {max}"),
     N_("{n} of at most {max} desktops · keeps {min} ready"),
@@ -194,6 +205,7 @@ CONSOLES = (
     ("/audit", Permission.READ_AUDIT, N_("Audit trail and reports")),
     ("/reports", Permission.READ_METERING, N_("Desktop use reports")),
     ("/security", Permission.MANAGE_SESSIONS, N_("Who is signed in")),
+    ("/tokens", Permission.API_TOKENS, N_("API tokens")),
 )
 
 
@@ -266,6 +278,11 @@ async def reports_page(call: Call) -> Response:
 async def security_page(call: Call) -> Response:
     return render(call.request, "security.html", user=call.signed_in.principal,
                   csrf=call.signed_in.csrf)
+async def tokens_page(call: Call) -> Response:
+    principal = call.signed_in.principal
+    return render(call.request, "tokens.html", user=principal, csrf=call.signed_in.csrf,
+                  max_days=call.api.api_tokens.max_days,
+                  everyone=allows(principal, Permission.MANAGE_SESSIONS))
 
 
 # what the idle policy may do, as the pool form offers it (pools.reclaim.Action)
@@ -283,6 +300,7 @@ async def admin_page(call: Call) -> Response:
 
 routes: list[Route] = [
     route("/", "GET", PUBLIC, home),
+    route("/tokens", "GET", Access(Permission.API_TOKENS, redirect="/"), tokens_page),
     route("/helpdesk", "GET", Access(Permission.HELPDESK, redirect="/"), helpdesk_page),
     route("/audit", "GET", Access(Permission.READ_AUDIT, redirect="/"), audit_page),
     route("/reports", "GET", Access(Permission.READ_METERING, redirect="/"), reports_page),

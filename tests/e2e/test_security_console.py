@@ -51,6 +51,19 @@ def test_the_security_administrator_ends_a_clerks_session(
     status = clerk.evaluate("async () => (await fetch('/api/pools', "
                             "{credentials: 'same-origin'})).status")
     assert status == 401, "the clerk is signed out"
+
+    # the access policy: the admin networks, saved with a reason, version 1
+    page.fill("#policy textarea[name=admin_networks]", "127.0.0.0/8\n10.20.0.0/16")
+    page.fill("#policy input[name=session_idle_s]", "900")
+    page.fill("#policy input[name=reason]", "等保整改：管理页面仅限本机与管理网段")
+    page.click("#policy button[type=submit]")
+    page.locator("#policy-result.intact").wait_for(timeout=10_000)
+    assert "wujiu" in page.locator("#policy-version").inner_text()
+    page.screenshot(path=str(ARTIFACTS / f"e2e-security-policy-{lang}.png"), full_page=True)
+    policy = page.evaluate("async () => (await (await fetch('/api/security/policy', "
+                           "{credentials: 'same-origin'})).json()).policy")
+    assert policy["admin_networks"] == ["127.0.0.0/8", "10.20.0.0/16"]
+    assert policy["session_idle_s"] == 900
     assert not errors, errors
     page.context.close()
     clerk.context.close()

@@ -32,6 +32,7 @@ HELPDESK = only("helpdesk", "sysadmin")
 SECURITY = only("secadmin")
 SYSTEM_ADMIN = only("sysadmin")
 METERING = only("sysadmin", "auditadmin")
+TOKENS = only("helpdesk", "sysadmin", "secadmin", "auditadmin")
 
 # (method, path) -> (permission, csrf, origin, who may use it)
 TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool]]] = {
@@ -88,6 +89,12 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/api/security/sessions"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
     ("POST", "/api/security/sessions/{handle}/end"): (Permission.MANAGE_SESSIONS, True, False,
                                                       SECURITY),
+    ("GET", "/api/tokens"): (Permission.API_TOKENS, False, False, TOKENS),
+    ("POST", "/api/tokens"): (Permission.API_TOKENS, True, False, TOKENS),
+    ("DELETE", "/api/tokens/{token_id}"): (Permission.API_TOKENS, True, False, TOKENS),
+    ("GET", "/api/security/tokens"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
+    ("POST", "/api/security/tokens/{token_id}/revoke"): (Permission.MANAGE_SESSIONS, True,
+                                                         False, SECURITY),
     ("GET", "/api/openapi.json"): (Permission.SIGNED_IN, False, False, SIGNED_IN),
     ("GET", "/healthz"): (None, False, False, ANYONE),
     ("GET", "/"): (None, False, False, ANYONE),
@@ -98,6 +105,7 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/security"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
     ("GET", "/api/security/policy"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
     ("PUT", "/api/security/policy"): (Permission.MANAGE_SESSIONS, True, False, SECURITY),
+    ("GET", "/tokens"): (Permission.API_TOKENS, False, False, TOKENS),
     ("GET", "/admin"): (Permission.VIEW_SERVICE, False, False, SYSTEM_ADMIN),
     ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
     # the one-time token is the websocket's credential (tests/web/test_console.py)
@@ -147,8 +155,8 @@ def _path(path: str) -> str:
     return (path.replace("{pool}", "window").replace("{name}", "desktop.js")
             .replace("{import_id}", "1").replace("{username}", "zhangsan")
             .replace("{desktop_id}", "window-0").replace("{message_id}", "1")
-            .replace("{handle}", "0" * 16).replace("{image}", "guest")
-            .replace("{host}", "local")
+            .replace("{handle}", "0" * 16).replace("{token_id}", "999999")
+            .replace("{image}", "guest").replace("{host}", "local")
             + ("?q=zhang" if path == "/api/helpdesk/clerks" else ""))
 
 
@@ -173,7 +181,7 @@ def test_each_role_gets_what_the_table_grants(fake: FakeHostBroker, who: str) ->
         if may[who]:
             assert not refused and not redirected, f"{who} {method} {path}: {r.status_code}"
         elif path.startswith(("/desktop/", "/helpdesk", "/audit", "/reports",
-                                  "/security")) or path == "/admin":
+                              "/security", "/tokens")) or path == "/admin":
             assert redirected, f"{who} {method} {path}: {r.status_code}"
         else:
             assert refused, f"{who} {method} {path}: {r.status_code} {r.text[:200]}"

@@ -71,7 +71,17 @@ def test_the_security_administrator_sets_the_access_policy(fake: FakeHostBroker)
         "zhaoliu", "/api/admin/dashboard", OTHER)
     clerk = from_other_machine(broker, "zhangsan")
     assert clerk.get("/api/pools").status_code == 200
-    assert broker.login("zhaoliu").client.get("/api/admin/dashboard").status_code == 200
+    here = broker.login("zhaoliu")
+    assert here.client.get("/api/admin/dashboard").status_code == 200
+    # an API token is held to the same networks as a session
+    made = here.client.post("/api/tokens", json={"name": "nightly", "days": 1},
+                            headers={"X-CSRF-Token": here.csrf})
+    assert made.status_code == 201, made.text
+    bearer = {"Authorization": f"Bearer {made.json()['secret']}"}
+    assert httpx.get(f"{broker.url}/api/admin/dashboard", headers=bearer).status_code == 200
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=OTHER)) as script:
+        far = script.get(f"{broker.url}/api/admin/dashboard", headers=bearer)
+    assert far.status_code == 403 and far.json()["error"] == "network_not_allowed"
 
     # role groups from the policy: the auditors' group now grants the helpdesk role only
     groups = {"staff": [STAFF_GROUP], "helpdesk": [AUDIT_GROUP],

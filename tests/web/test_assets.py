@@ -63,8 +63,8 @@ def test_missing_build_is_a_clear_start_up_error(tmp_path: Path) -> None:
     (tmp_path / "dist").mkdir()
     (tmp_path / "dist" / "login.js").write_text("")
     with pytest.raises(RuntimeError,
-                       match=r"desktop\.js, portal\.js, helpdesk\.js, audit\.js, security\.js, "
-                             r"admin\.js missing.*make setup"):
+                       match=r"desktop\.js, portal\.js, helpdesk\.js, audit\.js, "
+                             r"security\.js, tokens\.js, admin\.js missing.*make setup"):
         Assets(tmp_path / "dist")
 
 

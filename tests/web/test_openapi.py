@@ -45,7 +45,8 @@ def test_every_api_route_is_described_and_the_document_validates(
     assert described == api_routes
     images = doc["paths"]["/api/admin/images"]["post"]
     assert images["x-permission"] == "manage_images"
-    assert images["security"] == [{"session": [], "csrf": []}]
+    assert images["security"] == [{"session": [], "csrf": []}, {"bearer": []}]
+    assert doc["paths"]["/api/tokens"]["post"]["security"] == [{"session": [], "csrf": []}]
     cookie = doc["components"]["securitySchemes"]["session"]["name"]
     assert cookie == cookie_name(fake.broker.settings)
 

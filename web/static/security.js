@@ -67,3 +67,70 @@ async function end(s) {
 $("filter").addEventListener("input", draw);
 load();
 setInterval(() => { if (!document.hidden) load(); }, REFRESH_MS);
+
+// --- the access policy ------------------------------------------------------------------
+const ROLE_KEYS = ["staff", "helpdesk", "system_admin", "security_admin", "audit_admin"];
+const form = $("policy");
+let version = 0;
+let defaults = null;
+const lines = (text) => text.split("\n").map((l) => l.trim()).filter((l) => l);
+
+function showPolicy(data) {
+  version = data.version;
+  if (data.defaults) defaults = data.defaults;
+  const p = data.policy;
+  form.elements.admin_networks.value = p.admin_networks.join("\n");
+  form.elements.session_idle_s.value = p.session_idle_s ?? "";
+  form.elements.session_absolute_s.value = p.session_absolute_s ?? "";
+  form.elements.session_idle_s.placeholder = defaults.session_idle_s;
+  form.elements.session_absolute_s.placeholder = defaults.session_absolute_s;
+  $("session-defaults").textContent = fill(t("Empty: the configuration file's {idle} s idle, {absolute} s at most."),
+    { idle: defaults.session_idle_s, absolute: defaults.session_absolute_s });
+  const own = p.role_groups !== null;
+  form.elements.own_groups.checked = own;
+  const groups = own ? p.role_groups : defaults.role_groups;
+  for (const k of ROLE_KEYS) {
+    form.elements[k].value = groups[k].join("\n");
+    form.elements[k].disabled = !own;
+  }
+  $("policy-version").textContent = data.updated_by
+    ? fill(t("Version {version}, changed by {who} at {when}"), { version: data.version, who: data.updated_by, when: when(data.updated_at) })
+    : t("Never changed: the configuration file applies.");
+}
+
+async function loadPolicy() {
+  const r = await api("GET", "/api/security/policy");
+  if (r.status !== 200) { $("policy-result").textContent = fail(r); return; }
+  showPolicy(r.data);
+}
+
+form.elements.own_groups.addEventListener("change", () => {
+  for (const k of ROLE_KEYS) form.elements[k].disabled = !form.elements.own_groups.checked;
+});
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const number = (name) => (form.elements[name].value.trim() === "" ? null : Number(form.elements[name].value));
+  const policy = {
+    admin_networks: lines(form.elements.admin_networks.value),
+    session_idle_s: number("session_idle_s"),
+    session_absolute_s: number("session_absolute_s"),
+    role_groups: form.elements.own_groups.checked
+      ? Object.fromEntries(ROLE_KEYS.map((k) => [k, lines(form.elements[k].value)])) : null,
+  };
+  const out = $("policy-result");
+  out.className = "verdict";
+  const r = await api("PUT", "/api/security/policy",
+    { policy, version, reason: form.elements.reason.value.trim() }, csrf);
+  if (r.status === 200) {
+    showPolicy(r.data);
+    form.elements.reason.value = "";
+    out.classList.add("intact");
+    out.textContent = fill(t("Saved: version {version}. Every broker follows it within seconds."), { version: r.data.version });
+  } else {
+    out.classList.add("broken");
+    out.textContent = fail(r);
+  }
+});
+
+loadPolicy();
