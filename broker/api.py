@@ -19,6 +19,7 @@ from broker.dashboard import DashboardView
 from broker.helpdesk import Helpdesk
 from broker.image_imports import ImageImports
 from broker.portal import Portal
+from broker.readonly_views import ReadOnlyViews
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
 from broker.signin import SignIn
@@ -59,5 +60,6 @@ class BrokerApi:
     image_imports: ImageImports
     audit_trail: AuditTrail
     helpdesk: Helpdesk
+    views: ReadOnlyViews
     security: SecurityAdmin
     dashboard: DashboardView
