@@ -61,6 +61,14 @@ class ViewOffer:
 
 
 @dataclass(frozen=True)
+class OpenedView:
+    id: int
+    desktop_id: str
+    clerk: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ViewAdmission:
     view_id: int
     viewer: Principal
@@ -92,7 +100,7 @@ class ViewStore:
                                       seconds=VIEW_GRANT_S)))
         return raw
 
-    def open(self, raw: str, session_hash: str) -> HelpdeskViewRow | None:
+    def open(self, raw: str, session_hash: str) -> OpenedView | None:
         """Mark the view of this token open (once, before it expires, with the session
         it was granted to); None otherwise."""
         if not TOKEN_RE.fullmatch(raw):
@@ -110,9 +118,8 @@ class ViewStore:
             if opened is None:
                 return None
             row = s.get(HelpdeskViewRow, opened)
-            if row is not None:
-                s.expunge(row)
-            return row
+            return OpenedView(row.id, row.desktop_id, row.clerk, row.reason) \
+                if row is not None else None
 
     def alive(self, view_id: int) -> None:
         with self._sessions.begin() as s:
