@@ -22,6 +22,7 @@ from broker.helpdesk import Helpdesk
 from broker.image_imports import ImageImports
 from broker.metering import Metering
 from broker.portal import Portal
+from broker.readonly_views import ReadOnlyViews
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
 from broker.signin import SignIn
@@ -63,6 +64,7 @@ class BrokerApi:
     image_imports: ImageImports
     audit_trail: AuditTrail
     helpdesk: Helpdesk
+    views: ReadOnlyViews
     security: SecurityAdmin
     dashboard: DashboardView
     metering: Metering

@@ -89,7 +89,7 @@ def may_have_tokens(who: Principal) -> bool:
 
 class ApiTokens:
     def __init__(self, *, blocking: Blocking, store: ApiTokenStore, directory: Directory,
-                 throttle: LoginThrottle, audit: AuditLog, role_map: RoleMap,
+                 throttle: LoginThrottle, audit: AuditLog, role_map: Callable[[], RoleMap],
                  max_days: int, recheck_s: float, confirm_s: float,
                  directory_deadline_s: float,
                  clock: Callable[[], datetime] = utc_now) -> None:
@@ -222,7 +222,7 @@ class ApiTokens:
             await self._blocking.db(self._store.confirm, token.id, gone)
             return None
         principal = Principal(username=user.username, display_name=user.display_name,
-                              roles=roles_for(user.groups, self._role_map), groups=user.groups)
+                              roles=roles_for(user.groups, self._role_map()), groups=user.groups)
         await self._blocking.db(self._store.confirm, token.id, principal)
         if principal.roles != token.principal.roles:
             await self._blocking.db(lambda: self._audit.record(

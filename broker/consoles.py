@@ -28,6 +28,7 @@ from broker.assignment import (
     PoolNotFound,
 )
 from broker.blocking import Blocking
+from broker.disconnects import DisconnectStore
 from broker.idle import IdleNotices
 from broker.sessions import SessionStore, WebSession
 from broker.tokens import ConsoleGrant, TokenRejected, TokenStore
@@ -122,9 +123,11 @@ class Consoles:
             kind = desktop.console.kind if desktop.console else ConsoleKind.VNC
             if kind not in RELAYS:  # made before its pool changed kind
                 return ConsoleUnsupported(kind.value)
-            if self._notices.notices(who.username, [pool_id]):
-                with self._db.begin() as s:  # the clerk is back: the reclaim is old news
+            news = self._notices.notices(who.username, [pool_id])
+            with self._db.begin() as s:  # the clerk is back: a reclaim or a disconnect
+                if news:  # by the helpdesk is old news
                     self._notices.mark_seen(s, who.username, pool_id, self._clock())
+                DisconnectStore.mark_seen(s, who.username, pool_id, self._clock())
             entry = self._audit.row(actor=who.username, role=roles_text(who),
                                     action="connect", target=desktop.id, source=source,
                                     outcome="ok")

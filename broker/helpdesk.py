@@ -18,6 +18,7 @@ from broker.activity import TunnelRegistry
 from broker.assignment import Assigner, NothingToLogOff, PoolNotFound
 from broker.auth.directory import Directory, DirectoryUnavailable, DirectoryUser
 from broker.blocking import Blocking
+from broker.disconnects import DisconnectStore
 from broker.errors import BadRequest, BrokerError
 from broker.messages import MESSAGE_CHARS, MessageStore
 from broker.offices import OfficeStore, Scope, offices_of, scope_of
@@ -31,7 +32,7 @@ from vdi.models import AuditRow, DesktopRow, PoolRow, ReclaimRow, SessionRow
 T = TypeVar("T")
 TIMELINE_DAYS = 7
 SCREEN_NOTE_EVERY = timedelta(minutes=5)
-ACTIONS = ("reboot", "logoff", "reset")
+ACTIONS = ("reboot", "logoff", "reset", "disconnect")
 SEARCH_WIDE, SEARCH_SHOWN = 100, 20
 REASON_CHARS = (4, 500)
 TIMELINE_MAX = 200
@@ -98,6 +99,7 @@ class Helpdesk:
         self._audit = audit
         self._offices = OfficeStore(db)
         self._messages = MessageStore(db, clock)
+        self._disconnects = DisconnectStore(db, clock)
         self._catalog = Catalog(db)
         self._clock = clock
 
@@ -144,7 +146,7 @@ class Helpdesk:
         """The screen of a desktop in use by a clerk the caller serves, as PNG. The first
         look at a desktop is recorded, then one every SCREEN_NOTE_EVERY while the
         console refreshes it. Raises DesktopNotFound, HostUnavailable."""
-        desktop = await self._served_desktop(who, desktop_id)
+        desktop = await self.served_desktop(who, desktop_id)
         png = await self._on_host(desktop, lambda host: host.screenshot(desktop.domain_name))
         key, now = (who.username, desktop.id), self._clock()
         if len(self._screens_noted) > 1000:  # forget looks long past
@@ -163,19 +165,27 @@ class Helpdesk:
         it): "reboot" (the reset button: the guest starts again, its disk kept),
         "logoff" (the clerk's use ends: a floating desktop goes back to the pool
         through a fresh clone, a dedicated one stays theirs; their consoles close),
-        "reset" (a floating desktop made afresh from its image). What was done, for the
+        "reset" (a floating desktop made afresh from its image), "disconnect" (the
+        clerk's consoles to it close on every broker, the desktop keeps running and
+        stays theirs; their page says the helpdesk did it). What was done, for the
         helpdesk. Raises DesktopNotFound, BadRequest, HostUnavailable."""
         if action not in ACTIONS:
             raise BadRequest(f"action: one of {', '.join(ACTIONS)}")
-        reason = " ".join(reason.split())
-        if not REASON_CHARS[0] <= len(reason) <= REASON_CHARS[1] or not reason.isprintable():
-            raise BadRequest(f"Give a reason of {REASON_CHARS[0]} to {REASON_CHARS[1]} "
-                             "characters.")
-        desktop = await self._served_desktop(who, desktop_id)
+        reason = clean_reason(reason)
+        desktop = await self.served_desktop(who, desktop_id)
         clerk = desktop.assigned_user or "-"
         if action == "reboot":
             await self._on_host(desktop, lambda host: host.reset_desktop(desktop.domain_name))
             done = "rebooted"
+        elif action == "disconnect":
+            # recorded first: a broker whose round comes before the kicks here sees it
+            await self._blocking.db(lambda: self._disconnects.record(
+                desktop_id=desktop.id, pool_id=desktop.pool_id, username=clerk,
+                by_user=who.username, by_name=who.display_name, reason=reason))
+            kicked = self._tunnels.open_for(desktop_id=desktop.id, username=clerk)
+            for tunnel in kicked:
+                self._tunnels.kick(tunnel, "helpdesk")
+            done = f"disconnected ({len(kicked)} console(s) here; other brokers follow)"
         else:
             pool = await self._blocking.db(self._catalog.pool, desktop.pool_id)
             if action == "reset" and (pool is None or pool.persistent):
@@ -205,7 +215,7 @@ class Helpdesk:
         if not MESSAGE_CHARS[0] <= len(text) <= MESSAGE_CHARS[1] or "\0" in text:
             raise BadRequest(f"A message has {MESSAGE_CHARS[0]} to {MESSAGE_CHARS[1]} "
                              "characters.")
-        desktop = await self._served_desktop(who, desktop_id)
+        desktop = await self.served_desktop(who, desktop_id)
         clerk = desktop.assigned_user or "-"
         message_id = await self._blocking.db(lambda: self._messages.send(
             desktop_id=desktop.id, pool_id=desktop.pool_id, username=clerk,
@@ -222,7 +232,7 @@ class Helpdesk:
         except HypervisorError as e:  # HostUnavailable among them
             raise HostNotAnswering(str(e)) from e
 
-    async def _served_desktop(self, who: Principal, desktop_id: str) -> Desktop:
+    async def served_desktop(self, who: Principal, desktop_id: str) -> Desktop:
         """A desktop in use whose pool is of an office the caller serves, or of the
         district and held by a clerk the caller serves. Raises DesktopNotFound."""
         def read() -> tuple[Desktop | None, str | None, list[Office], list[str]]:
@@ -277,6 +287,16 @@ class Helpdesk:
                    for r in reclaims]
         events.sort(key=lambda e: e.at, reverse=True)
         return desktops, tuple(events[:TIMELINE_MAX])
+
+
+def clean_reason(reason: str) -> str:
+    """The reason for an act, its white space made single; raises BadRequest unless it
+    has REASON_CHARS characters, all printable."""
+    reason = " ".join(reason.split())
+    if not REASON_CHARS[0] <= len(reason) <= REASON_CHARS[1] or not reason.isprintable():
+        raise BadRequest(f"Give a reason of {REASON_CHARS[0]} to {REASON_CHARS[1]} "
+                         "characters.")
+    return reason
 
 
 def _clerk(user: DirectoryUser, offices: list[Office]) -> Clerk:

@@ -10,9 +10,11 @@ from broker.access import roles_text
 from broker.activity import TunnelRegistry
 from broker.assignment import Assigner, NothingToLogOff, PoolNotFound
 from broker.blocking import Blocking
+from broker.disconnects import Disconnect, DisconnectStore
 from broker.errors import NoDesktop, NoMessage
 from broker.idle import DesktopStatus, IdleNotices, Notice
 from broker.messages import Message, MessageStore
+from broker.readonly_views import ViewStore
 from broker.roles import entitled
 from broker.sessions import WebSession
 from vdi.audit import AuditLog
@@ -29,6 +31,16 @@ class PoolView:
 
 
 @dataclass(frozen=True)
+class PageStatus:
+    """What the desktop page learns each time it asks."""
+
+    desktop: DesktopStatus  # the idle policy's warning or news
+    message: Message | None  # the helpdesk's message not acknowledged yet
+    viewers: tuple[str, ...]  # the names of the helpdesk members viewing it now
+    disconnected: Disconnect | None  # the helpdesk ended the clerk's consoles
+
+
+@dataclass(frozen=True)
 class LoggedOff:
     desktop_id: str
     reverted: bool
@@ -38,9 +50,12 @@ class Portal:
     def __init__(self, *, blocking: Blocking, assigner: Assigner, catalog: Catalog,
                  notices: IdleNotices, audit: AuditLog, tunnels: TunnelRegistry,
                  wake_worker: Callable[[], None], messages: MessageStore,
+                 views: ViewStore, disconnects: DisconnectStore,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self._blocking = blocking
         self._messages = messages
+        self._views = views
+        self._disconnects = disconnects
         self._assigner = assigner
         self._catalog = catalog
         self._notices = notices
@@ -100,17 +115,19 @@ class Portal:
                    f"tunnels closed: {closed}"))
         return LoggedOff(done.desktop.id, done.reverted)
 
-    async def status(self, session: WebSession, pool_id: str
-                     ) -> tuple[DesktopStatus, Message | None]:
+    async def status(self, session: WebSession, pool_id: str) -> PageStatus:
         """The page's view of its desktop: an idle warning to count down, or why the
-        desktop went away; and the helpdesk's message not yet acknowledged. Raises
+        desktop went away; the helpdesk's message not yet acknowledged, who of the
+        helpdesk is viewing it, whether the helpdesk disconnected the clerk. Raises
         PoolNotFound."""
         await self.entitled_pool(session, pool_id)
         username = session.principal.username
 
-        def read() -> tuple[DesktopStatus, Message | None]:  # one database trip
-            return (self._notices.status(username, pool_id),
-                    self._messages.pending(username, pool_id))
+        def read() -> PageStatus:  # one trip to a database thread
+            return PageStatus(self._notices.status(username, pool_id),
+                              self._messages.pending(username, pool_id),
+                              tuple(self._views.viewers(username, pool_id)),
+                              self._disconnects.pending(username, pool_id))
         return await self._blocking.db(read)
 
     async def message_seen(self, session: WebSession, pool_id: str, message_id: int) -> None:

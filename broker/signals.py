@@ -1,7 +1,7 @@
 """The consoles' signals, written by each broker: input times and the heartbeat of the
 consoles open here. The same round closes the consoles this broker should no longer
-carry: the idle policy took their desktop back, or their session ended (logged out,
-expired) through any broker."""
+carry: the idle policy took their desktop back, the helpdesk disconnected them, or their
+session ended (logged out, expired) through any broker."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.activity import Tunnel, TunnelRegistry
+from broker.disconnects import DisconnectStore
 from broker.roles import groups_entitled
 from broker.sessions import SessionStore
 from vdi import desktops
@@ -80,6 +81,7 @@ class ConsoleSignals:
                 pool_id: groups for pool_id, groups in s.execute(
                     select(PoolRow.id, PoolRow.entitled_groups).where(
                         PoolRow.id.in_(list({r.pool_id for r in rows}))))}
+            disconnected = DisconnectStore.latest(s, open_here)
         live = self._sessions.live_among(
             t.session_hash for tunnels in open_here.values() for t in tunnels)
         kicks = []
@@ -89,6 +91,9 @@ class ConsoleSignals:
                     kicks.append((tunnel, "reclaimed"))
                 elif kicked_at is not None and kicked_at >= tunnel.opened_at:
                     kicks.append((tunnel, "idle"))
+                elif (cut_at := disconnected.get(desktop_id)) is not None and \
+                        cut_at >= tunnel.opened_at:
+                    kicks.append((tunnel, "helpdesk"))
                 elif tunnel.session_hash not in live:
                     kicks.append((tunnel, SESSION_ENDED))
                 elif not groups_entitled(pool_groups.get(pool_id, ()),

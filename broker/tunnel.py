@@ -3,7 +3,8 @@
 The broker authenticates to the VNC server itself (a per-connection password set through
 libvirt a moment before) and offers the browser only "no authentication", so the
 browser never sees a VNC password. Every byte from the browser goes through the RFB
-parser, which bounds message sizes and tells which messages are real user input.
+parser, which bounds message sizes and tells which messages are real user input; for
+the helpdesk's read-only view it forwards only display requests (broker.rfb.filters).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol, cast
 
 from broker.rfb import (
     BrowserHandshake,
-    ClientStreamParser,
+    ClientFilter,
     RfbProtocolError,
     ServerHandshake,
 )
@@ -221,27 +222,27 @@ async def greet_browser(ws: BrowserSocket) -> bytes:
 
 async def relay(ws: BrowserSocket, desktop: DesktopStream, *, first_from_browser: bytes,
                 first_from_server: bytes, on_input: Callable[[], None],
-                max_cut_text: int) -> str:
+                max_cut_text: int, read_only: bool = False) -> str:
     """Relay both ways until one side ends. Returns why it ended.
 
     `on_input()` is called for the first keyboard or mouse input, then at most once per
     INPUT_REPORT_INTERVAL_S while input goes on: idle policies count minutes, and a mouse
-    drag sends a hundred PointerEvents a second."""
-    parser = ClientStreamParser(max_cut_text=max_cut_text, skip_client_init=True)
+    drag sends a hundred PointerEvents a second. `read_only`: only the browser's display
+    requests reach the desktop (no input at all, so `on_input` is never called)."""
+    client = ClientFilter(read_only=read_only, max_cut_text=max_cut_text)
     loop = asyncio.get_running_loop()
     next_input_report = 0.0
 
     def forward_browser_bytes(data: bytes) -> None:
         nonlocal next_input_report
-        messages = parser.feed(data)  # raises RfbProtocolError on hostile input
-        for message in messages:
-            if message.input is not None:
-                now = loop.time()
-                if now >= next_input_report:
-                    on_input()
-                    next_input_report = now + INPUT_REPORT_INTERVAL_S
-                break
-        desktop.write(data)
+        forward, has_input = client.feed(data)  # raises RfbProtocolError on hostile input
+        if has_input:
+            now = loop.time()
+            if now >= next_input_report:
+                on_input()
+                next_input_report = now + INPUT_REPORT_INTERVAL_S
+        if forward:
+            desktop.write(forward)
 
     async def browser_to_server() -> str:
         if first_from_browser:
@@ -288,9 +289,10 @@ async def relay(ws: BrowserSocket, desktop: DesktopStream, *, first_from_browser
 
 async def run_tunnel(ws: BrowserSocket, connect: Callable[[], Awaitable[ConsoleTarget]], *,
                      on_input: Callable[[], None], max_cut_text: int = 1 << 20,
-                     setup_lock: asyncio.Lock | None = None) -> str:
+                     setup_lock: asyncio.Lock | None = None, read_only: bool = False) -> str:
     """Prepare the console (connect() sets the password and says where), authenticate,
-    greet the browser, relay. Raises TunnelError before relaying; returns why it ended.
+    greet the browser, relay (`read_only`: display requests only). Raises TunnelError
+    before relaying; returns why it ended.
 
     `setup_lock` (one per desktop) is held from connect() until the VNC server accepted
     the password: the desktop has one VNC password, and another tunnel's connect()
@@ -305,4 +307,4 @@ async def run_tunnel(ws: BrowserSocket, connect: Callable[[], Awaitable[ConsoleT
         raise
     return await relay(ws, desktop, first_from_browser=from_browser,
                        first_from_server=from_server, on_input=on_input,
-                       max_cut_text=max_cut_text)
+                       max_cut_text=max_cut_text, read_only=read_only)

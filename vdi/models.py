@@ -405,6 +405,8 @@ class AccessPolicyRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_by: Mapped[str] = mapped_column(String(128))
+
+
 class ApiTokenRow(Base):
     """A personal API token (broker.api_token_store): the secret is shown once and kept
     only as its hash. The owner's roles and groups as the directory last confirmed them
@@ -425,3 +427,46 @@ class ApiTokenRow(Base):
     roles: Mapped[list[str]] = mapped_column(JSON)
     groups: Mapped[list[str]] = mapped_column(JSON)
     checked_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class HelpdeskViewRow(Base):
+    """A helpdesk member's read-only view of a clerk's desktop: granted with a reason
+    (the token's hash is the websocket's credential, once), open while `alive_at` is
+    kept fresh by the broker carrying it, closed at `closed_at`. The clerk's page says
+    who is viewing while it is open."""
+
+    __tablename__ = "helpdesk_views"
+    __table_args__ = (Index("ix_helpdesk_views_clerk", "clerk", "closed_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    session_hash: Mapped[str] = mapped_column(String(64))
+    viewer: Mapped[str] = mapped_column(String(128))
+    viewer_name: Mapped[str] = mapped_column(String(200))
+    desktop_id: Mapped[str] = mapped_column(String(64))
+    pool_id: Mapped[str] = mapped_column(String(64))
+    clerk: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    granted_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    alive_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class ConsoleDisconnectRow(Base):
+    """The helpdesk ended a clerk's console connections to a desktop (which keeps
+    running): every broker closes the clerk's consoles to it opened before `at`, and
+    the clerk's page says who did it until they connect again (`seen_at`)."""
+
+    __tablename__ = "console_disconnects"
+    __table_args__ = (Index("ix_console_disconnects_user", "username", "seen_at"),
+                      Index("ix_console_disconnects_desktop", "desktop_id", "at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    desktop_id: Mapped[str] = mapped_column(String(64))
+    pool_id: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String(128))
+    by_user: Mapped[str] = mapped_column(String(128))
+    by_name: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

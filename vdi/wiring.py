@@ -35,12 +35,14 @@ from broker.auth.throttle import LoginThrottle
 from broker.blocking import Blocking
 from broker.consoles import Consoles
 from broker.dashboard import DashboardView
+from broker.disconnects import DisconnectStore
 from broker.helpdesk import Helpdesk
 from broker.idle import IdleNotices
 from broker.image_imports import ImageImports
 from broker.messages import MessageStore
 from broker.metering import Metering
 from broker.portal import Portal
+from broker.readonly_views import ReadOnlyViews, ViewStore
 from broker.reclaims import ReclaimLog
 from broker.security_admin import SecurityAdmin
 from broker.sessions import SessionStore
@@ -171,7 +173,11 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                         failpoint=failpoint_from_environment(os.environ))
     wake = worker.wake.set  # a worker in another process polls every worker_interval_s
     throttle = LoginThrottle(db)
-    api = None if directory is None else BrokerApi(
+    helpdesk = None if directory is None else Helpdesk(
+        blocking=blocking, db=db, directory=directory, audit=audit, calls=calls,
+        assigner=assigner, tunnels=tunnels, wake_worker=wake,
+        directory_deadline_s=settings.ldap_timeout_s * 2 + 1)
+    api = None if directory is None or helpdesk is None else BrokerApi(
         signin=SignIn(blocking=blocking, directory=directory, throttle=throttle,
                       sessions=sessions, tokens=tokens, catalog=catalog, audit=audit,
                       tunnels=tunnels, role_map=policy.role_map,
@@ -180,7 +186,8 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
                       grant_confirm_s=settings.console_grant_confirm_s),
         portal=Portal(blocking=blocking, assigner=assigner, catalog=catalog, notices=notices,
                       audit=audit, tunnels=tunnels, wake_worker=wake,
-                      messages=MessageStore(db)),
+                      messages=MessageStore(db), views=ViewStore(db),
+                      disconnects=DisconnectStore(db)),
         consoles=Consoles(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                           assigner=assigner, notices=notices, audit=audit, tunnels=tunnels,
                           calls=calls, wake_worker=wake,
@@ -197,12 +204,14 @@ def build_runtime(settings: Settings, *, directory: Directory | None = None,
         system_admin=SystemAdmin(blocking=blocking, db=db, wake_worker=wake),
         security=SecurityAdmin(blocking=blocking, db=db, sessions=sessions, tokens=tokens,
                                tunnels=tunnels, audit=audit),
-        helpdesk=Helpdesk(blocking=blocking, db=db, directory=directory, audit=audit,
-                          calls=calls, assigner=assigner, tunnels=tunnels, wake_worker=wake,
-                          directory_deadline_s=settings.ldap_timeout_s * 2 + 1),
+        helpdesk=helpdesk,
+        views=ReadOnlyViews(blocking=blocking, db=db, sessions=sessions, helpdesk=helpdesk,
+                            audit=audit, calls=calls, tunnels=tunnels,
+                            vnc_password_valid_s=settings.vnc_password_valid_s,
+                            max_cut_text=settings.max_ws_frame_bytes),
         health=Health(blocking, db),
         api_tokens=ApiTokens(blocking=blocking, store=ApiTokenStore(db), directory=directory,
-                             throttle=throttle, audit=audit, role_map=settings.role_map,
+                             throttle=throttle, audit=audit, role_map=policy.role_map,
                              max_days=settings.api_token_max_days,
                              recheck_s=settings.session_recheck_s,
                              confirm_s=settings.console_grant_confirm_s,

@@ -1,7 +1,9 @@
-"""The websocket console route: /console/{token}. The token is the credential (bound to
-the session cookie, checked by broker.consoles). The route declares its access like every
-other (CONSOLE: Origin on the allow-list), and checks it with web.access's own check
-before anything else, as a websocket is not a Starlette Route."""
+"""The websocket console routes: /console/{token} (the clerk's console) and
+/helpdesk/view/{token} (the helpdesk's read-only view, broker.readonly_views). The token
+is the credential (bound to the session cookie, checked by the use case). The routes
+declare their access like every other (CONSOLE: Origin on the allow-list), and check it
+with web.access's own check before anything else, as a websocket is not a Starlette
+Route."""
 
 from __future__ import annotations
 
@@ -76,8 +78,31 @@ async def console(ws: WebSocket) -> None:
         await ws.close(code=closing.code, reason=closing.reason)
 
 
+async def helpdesk_view(ws: WebSocket) -> None:
+    """A read-only view: refusals come before the upgrade (HTTP 403 for the browser)."""
+    api, settings = broker_api(ws), app_settings(ws)
+    source = client_address(ws)
+    if not origin_allowed(ws, settings):
+        await api.consoles.refuse_origin(source)
+        await ws.close(code=POLICY_VIOLATION)
+        return
+    try:
+        admission = await api.views.admit(ws.path_params["token"],
+                                          ws.cookies.get(cookie_name(settings)), source)
+    except ConsoleRefused:
+        await ws.close(code=POLICY_VIOLATION)
+        return
+    requested = ws.scope.get("subprotocols") or []
+    await ws.accept(subprotocol="binary" if "binary" in requested else None)
+    closing = await api.views.relay(admission, StarletteSocket(ws))
+    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # already closed
+        await ws.close(code=closing.code, reason=closing.reason)
+
+
 console.access = CONSOLE  # type: ignore[attr-defined]  # read by the route table test
-routes = [WebSocketRoute("/console/{token}", console)]
+helpdesk_view.access = CONSOLE  # type: ignore[attr-defined]
+routes = [WebSocketRoute("/console/{token}", console),
+          WebSocketRoute("/helpdesk/view/{token}", helpdesk_view)]
 
 
 def _cancel(task: asyncio.Task[object]) -> None:

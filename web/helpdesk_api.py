@@ -50,7 +50,7 @@ async def screen(call: Call) -> Response:
 
 
 async def act(call: Call) -> Response:
-    """{"action": "reboot" | "logoff" | "reset", "reason": why (recorded)}."""
+    """{"action": "reboot" | "logoff" | "reset" | "disconnect", "reason": why (recorded)}."""
     data = await read_json(call)
     if data is None or not isinstance(data.get("action"), str) or not isinstance(
             data.get("reason"), str):
@@ -72,10 +72,23 @@ async def message(call: Call) -> Response:
     return JSONResponse({"message": message_id})
 
 
+async def view(call: Call) -> Response:
+    """{"reason": why (recorded)}: a one-time websocket path for a read-only view of
+    the desktop, to be opened within `expires_in` seconds."""
+    data = await read_json(call)
+    if data is None or not isinstance(data.get("reason"), str):
+        raise BadRequest("Send a JSON object with reason.")
+    offer = await call.api.views.grant(call.signed_in, call.request.path_params["desktop_id"],
+                                       str(data["reason"]))
+    return JSONResponse({"desktop": offer.desktop_id, "view": f"/helpdesk/view/{offer.token}",
+                         "expires_in": offer.expires_in})
+
+
 routes: list[Route] = [
     route("/api/helpdesk/clerks", "GET", READ, find),
     route("/api/helpdesk/clerks/{username}", "GET", READ, clerk),
     route("/api/helpdesk/desktops/{desktop_id}/screen", "GET", READ, screen),
     route("/api/helpdesk/desktops/{desktop_id}/actions", "POST", ACT, act),
     route("/api/helpdesk/desktops/{desktop_id}/messages", "POST", ACT, message),
+    route("/api/helpdesk/desktops/{desktop_id}/view", "POST", ACT, view),
 ]

@@ -20,9 +20,11 @@ def iso(t: datetime | None) -> str | None:
 
 async def desktop_status(call: Call) -> Response:
     """The page's view of its desktop: an idle warning to count down, or why the
-    desktop went away. `now` lets the page correct its own clock."""
-    st, message = await call.api.portal.status(call.signed_in,
-                                               call.request.path_params["pool"])
+    desktop went away; the helpdesk's message, who of the helpdesk is viewing it, and
+    whether the helpdesk disconnected the clerk. `now` lets the page correct its own
+    clock."""
+    page = await call.api.portal.status(call.signed_in, call.request.path_params["pool"])
+    st, message, gone = page.desktop, page.message, page.disconnected
     now = call.api.portal.clock()
     warning = None
     if st.warning is not None:
@@ -35,7 +37,10 @@ async def desktop_status(call: Call) -> Response:
                          "notice": st.notice.as_json() if st.notice else None,
                          "message": {"id": message.id, "from": message.sender_name,
                                      "text": message.text, "at": iso(message.at)}
-                         if message else None})
+                         if message else None,
+                         "viewers": [{"name": name} for name in page.viewers],
+                         "disconnected": {"by": gone.by_name, "at": iso(gone.at)}
+                         if gone else None})
 
 
 async def still_here(call: Call) -> Response:

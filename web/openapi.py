@@ -144,10 +144,14 @@ DOCS: dict[tuple[str, str], Doc] = {
     ("GET", "/api/helpdesk/desktops/{desktop_id}/screen"): Doc(
         "The screen of a served clerk's desktop in use", "helpdesk", answer="image/png"),
     ("POST", "/api/helpdesk/desktops/{desktop_id}/actions"): Doc(
-        "Reboot, log off or reset a served clerk's desktop, with a reason", "helpdesk",
-        body=_body(["action", "reason"],
-                   action={"type": "string", "enum": ["reboot", "logoff", "reset"]},
+        "Reboot, log off, reset or disconnect a served clerk's desktop, with a reason",
+        "helpdesk", body=_body(["action", "reason"], action={
+            "type": "string", "enum": ["reboot", "logoff", "reset", "disconnect"]},
                    reason={"type": "string", "minLength": 4, "maxLength": 500})),
+    ("POST", "/api/helpdesk/desktops/{desktop_id}/view"): Doc(
+        "A one-time websocket path for a read-only view of a served clerk's desktop, "
+        "with a reason", "helpdesk", body=_body(
+            ["reason"], reason={"type": "string", "minLength": 4, "maxLength": 500})),
     ("POST", "/api/helpdesk/desktops/{desktop_id}/messages"): Doc(
         "A message shown on the clerk's desktop page until acknowledged", "helpdesk",
         body=_body(["text"], text={"type": "string", "minLength": 1, "maxLength": 500})),

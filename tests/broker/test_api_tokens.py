@@ -67,7 +67,7 @@ def make(db: sessionmaker[Session], clock: ManualClock, d: FakeDirectory,
          blocking: Blocking) -> ApiTokens:
     return ApiTokens(blocking=blocking, store=ApiTokenStore(db, clock=clock), directory=d,
                      throttle=LoginThrottle(db, limit=3, clock=clock),
-                     audit=AuditLog(db, clock=clock), role_map=ROLE_MAP, max_days=90,
+                     audit=AuditLog(db, clock=clock), role_map=lambda: ROLE_MAP, max_days=90,
                      recheck_s=RECHECK_S, confirm_s=10, directory_deadline_s=5, clock=clock)
 
 

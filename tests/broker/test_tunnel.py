@@ -41,6 +41,7 @@ class FakeVnc:
     after: Handler
     port: int = 0
     failures: list[str] = field(default_factory=list)
+    client_inits: list[bytes] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -55,7 +56,7 @@ class FakeVnc:
                 await writer.drain()
                 return
             writer.write(struct.pack(">I", 0))
-            await reader.readexactly(1)  # ClientInit
+            self.client_inits.append(await reader.readexactly(1))  # ClientInit
             writer.write(SERVER_INIT)
             await self.after(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -306,3 +307,45 @@ async def test_input_is_reported_at_once_then_at_most_once_per_interval() -> Non
         assert reports[1] - reports[0] >= INPUT_REPORT_INTERVAL_S
         await browser.inbox.put(None)
         assert await task == "browser closed"
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_clientinit_always_asks_for_a_shared_desktop(read_only: bool) -> None:
+    browser = QueueSocket()
+    async with vnc_server(echo) as vnc:
+        async def connect() -> ConsoleTarget:
+            return ConsoleTarget("127.0.0.1", vnc.port, PASSWORD)
+
+        task = asyncio.create_task(run_tunnel(browser, connect, on_input=lambda: None,
+                                              read_only=read_only))
+        assert await browser.received(12) == b"RFB 003.008\n"
+        for message in (b"RFB 003.008\n", b"\x01", b"\x00"):  # exclusive, please
+            await browser.inbox.put(message)
+        await browser.received(12 + 2 + 4 + len(SERVER_INIT))
+        await browser.inbox.put(None)
+        assert await asyncio.wait_for(task, 5) == "browser closed"
+    assert vnc.client_inits == [b"\x01"]
+
+
+async def test_a_read_only_relay_forwards_display_requests_and_drops_input() -> None:
+    inputs: list[int] = []
+    browser = QueueSocket()
+    async with vnc_server(echo) as vnc:
+        desktop, leftover = await open_console(ConsoleTarget("127.0.0.1", vnc.port, PASSWORD))
+        task = asyncio.create_task(relay(
+            browser, desktop, first_from_browser=b"\x01", first_from_server=leftover,
+            on_input=lambda: inputs.append(1), max_cut_text=1 << 20, read_only=True))
+        paste = struct.pack(">B3xI", 6, 5) + b"hello"
+        pointer = struct.pack(">BBHH", 5, 1, 10, 10)
+        for message in (KEY_DOWN, pointer + UPDATE_REQUEST, paste[:3], paste[3:],
+                        UPDATE_REQUEST):
+            await browser.inbox.put(message)
+        echoed = await browser.received(len(SERVER_INIT) + 2 * len(UPDATE_REQUEST))
+        await asyncio.sleep(0.2)  # anything else would have been echoed by now
+        assert b"".join(browser.sent)[len(SERVER_INIT):] == UPDATE_REQUEST * 2, echoed
+        assert inputs == []  # nothing reached the desktop: no input to report
+        await browser.inbox.put(bytes([4, 1, 0]))  # a KeyEvent cut short, then garbage
+        await browser.inbox.put(bytes([0, 0, 0, 0x61, 77]))
+        await browser.inbox.put(bytes([77]))
+        reason = await asyncio.wait_for(task, 5)
+    assert reason.startswith("protocol error from browser: unknown client message type 77")

@@ -84,6 +84,8 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
                                                              HELPDESK),
     ("POST", "/api/helpdesk/desktops/{desktop_id}/messages"): (Permission.HELPDESK, True,
                                                               False, HELPDESK),
+    ("POST", "/api/helpdesk/desktops/{desktop_id}/view"): (Permission.HELPDESK, True,
+                                                           False, HELPDESK),
     ("POST", "/api/pools/{pool}/messages/{message_id}/seen"): (Permission.SIGNED_IN, True,
                                                               False, SIGNED_IN),
     ("GET", "/api/security/sessions"): (Permission.MANAGE_SESSIONS, False, False, SECURITY),
@@ -110,6 +112,7 @@ TABLE: dict[tuple[str, str], tuple[Permission | None, bool, bool, dict[str, bool
     ("GET", "/static/dist/{name}"): (None, False, False, ANYONE),
     # the one-time token is the websocket's credential (tests/web/test_console.py)
     ("WS", "/console/{token}"): (None, False, True, ANYONE),
+    ("WS", "/helpdesk/view/{token}"): (None, False, True, ANYONE),
     ("MOUNT", "/static"): (None, False, False, ANYONE),
 }
 

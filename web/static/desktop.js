@@ -2,7 +2,9 @@
 // through the broker's websocket tunnel. After a network blip it reconnects to the
 // same desktop with a fresh token. While connected it asks for the desktop's status:
 // an idle warning is shown with a countdown and an "I'm still here" button; when the
-// idle policy took the desktop back, the page says why and does not reconnect by itself.
+// idle policy took the desktop back, the page says why and does not reconnect by itself;
+// nor when the helpdesk disconnected the clerk. While the helpdesk views the desktop
+// (read-only), the page says who, at its top.
 import RFB from "@novnc/novnc";
 import { api, fill, noticeText, t, wireLogout } from "./common.js";
 
@@ -18,6 +20,7 @@ const idleText = document.getElementById("idle-text");
 const idleCountdown = document.getElementById("idle-countdown");
 const stillHereButton = document.getElementById("still-here");
 const noticeBox = document.getElementById("notice");
+const viewingBox = document.getElementById("viewing");
 const messageBox = document.getElementById("helpdesk-message");
 const messageFrom = document.getElementById("helpdesk-from");
 const messageText = document.getElementById("helpdesk-text");
@@ -82,6 +85,15 @@ async function pollStatus() {
   if (!statusTimer) return; // the console closed while asking: nothing to warn about
   if (st && st.warning) showWarning(st.warning, st.now); else if (st) hideWarning();
   if (st && st.message && st.message.id !== messageId) showMessage(st.message);
+  if (st) showViewers(st.viewers || []);
+}
+
+// -- the helpdesk viewing the desktop (read-only) ----------------------------------------
+
+function showViewers(viewers) {
+  const names = viewers.map((v) => v.name).join(t(", "));
+  viewingBox.textContent = names ? fill(t("Helpdesk {name} is viewing your desktop"), { name: names }) : "";
+  viewingBox.hidden = !names;
 }
 
 // -- a message from the helpdesk ------------------------------------------------------
@@ -103,6 +115,7 @@ messageOk.addEventListener("click", async () => {
 
 function watchStatus(on) {
   if (statusTimer) { clearInterval(statusTimer); statusTimer = null; }
+  if (!on) showViewers([]); // said again by the next status, once connected
   if (on) { statusTimer = setInterval(pollStatus, STATUS_EVERY_MS); pollStatus(); }
 }
 
@@ -113,10 +126,15 @@ stillHereButton.addEventListener("click", async () => {
   if (r.status !== 200) show((r.data && r.data.message) || t("Something went wrong. Try again or call the helpdesk."), false);
 });
 
-// After the console closed: was it the idle policy? Then say why and let the clerk choose.
-async function reclaimNotice() {
+// After the console closed: was it the idle policy, or the helpdesk? Then say so and let
+// the clerk choose when to connect again.
+async function whyClosed() {
   const st = await readStatus();
-  return st && st.notice ? st.notice : null;
+  if (st && st.disconnected) {
+    return fill(t("The helpdesk ({name}) disconnected you from your desktop. It is still running: press Reconnect to go on."),
+      { name: st.disconnected.by });
+  }
+  return st && st.notice ? noticeText(st.notice) : null;
 }
 
 async function requestConsole() {
@@ -179,9 +197,9 @@ async function connect() {
     watchStatus(false);
     hideWarning();
     if (loggingOff) return;
-    const notice = await reclaimNotice();
-    if (notice) {
-      noticeBox.textContent = noticeText(notice);
+    const why = await whyClosed();
+    if (why) {
+      noticeBox.textContent = why;
       noticeBox.hidden = false;
       show("", false);
       reconnectButton.hidden = false;
