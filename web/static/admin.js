@@ -11,8 +11,9 @@ import * as usage from "./admin/usage.js";
 
 wireLogout();
 const TABS = { overview: null, pools, images, hosts, desktops, sessions };
-// the tabs whose contents change on their own, read again with the overview
-const LIVE = new Set(["hosts", "desktops", "sessions"]);
+// the tabs whose contents change on their own, read again with the overview (not the
+// sessions: each reading of them is recorded in the audit trail)
+const LIVE = new Set(["hosts", "desktops"]);
 let current = "overview";
 
 function show(name) {
