@@ -87,6 +87,20 @@ class Closing:
     reason: str
 
 
+
+async def console_target(calls: HostCalls, desktop: Desktop, valid_s: int) -> ConsoleTarget:
+    """Where the broker connects for the desktop's console, with a one-time VNC password
+    set on its host now (valid `valid_s`). Raises TunnelError when the host fails."""
+    endpoint = desktop.console
+    assert endpoint is not None
+    password = new_vnc_password()
+    try:
+        await calls.run(desktop.host_uri, lambda h: h.set_console_password(
+            desktop.domain_name, password, valid_s))
+    except HypervisorError as e:
+        raise TunnelError(f"desktop host unavailable: {e}") from e
+    return ConsoleTarget(host=endpoint.host, port=endpoint.port, password=password)
+
 class Consoles:
     def __init__(self, *, blocking: Blocking, db: sessionmaker[Session],
                  sessions: SessionStore, tokens: TokenStore, assigner: Assigner,
@@ -196,13 +210,7 @@ class Consoles:
         run_relay = RELAYS[endpoint.kind]  # admitted only for a kind that has one
 
         async def prepare() -> ConsoleTarget:
-            password = new_vnc_password()
-            try:
-                await self._calls.run(desktop.host_uri, lambda h: h.set_console_password(
-                    desktop.domain_name, password, self._password_valid_s))
-            except HypervisorError as e:
-                raise TunnelError(f"desktop host unavailable: {e}") from e
-            return ConsoleTarget(host=endpoint.host, port=endpoint.port, password=password)
+            return await console_target(self._calls, desktop, self._password_valid_s)
 
         closing = Closing(NORMAL, "bye")
         reason = "closed"

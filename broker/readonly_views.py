@@ -34,6 +34,7 @@ from broker.consoles import (
     TRY_AGAIN_LATER,
     Closing,
     ConsoleRefused,
+    console_target,
 )
 from broker.errors import BrokerError
 from broker.helpdesk import Helpdesk, clean_reason
@@ -41,7 +42,6 @@ from broker.sessions import SessionStore, WebSession, hash_secret
 from broker.tokens import TOKEN_RE
 from broker.tunnel import BrowserRefused, BrowserSocket, ConsoleTarget, TunnelError, run_tunnel
 from pools.calls import HostCalls
-from pools.hypervisor import HypervisorError, new_vnc_password
 from vdi.audit import AuditLog
 from vdi.catalog import Catalog
 from vdi.domain import ConsoleKind, Desktop, DesktopState, Principal, utc_now
@@ -201,17 +201,9 @@ class ReadOnlyViews:
         """Relay the view read-only until the viewer leaves, the desktop goes, or it is
         no longer the clerk's or the viewer's session ends; records the end."""
         desktop = admission.desktop
-        endpoint = desktop.console
-        assert endpoint is not None
 
         async def prepare() -> ConsoleTarget:
-            password = new_vnc_password()
-            try:
-                await self._calls.run(desktop.host_uri, lambda h: h.set_console_password(
-                    desktop.domain_name, password, self._password_valid_s))
-            except HypervisorError as e:
-                raise TunnelError(f"desktop host unavailable: {e}") from e
-            return ConsoleTarget(host=endpoint.host, port=endpoint.port, password=password)
+            return await console_target(self._calls, desktop, self._password_valid_s)
 
         tunnel = asyncio.create_task(run_tunnel(
             browser, prepare, on_input=lambda: None, max_cut_text=self._max_cut_text,

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.e2e
 
 REASON = "张三来电说桌面卡住，先只读查看"
 CUT_REASON = "画面卡死，断开后请重新连接"
+RESET_REASON = "重新连接后仍然卡死，恢复为镜像"
 WORDS = {"zh_CN": {"console": "服务台控制台", "viewing": "服务台 王五 正在查看您的桌面",
                    "gone": "服务台（王五）断开了您与桌面的连接", "login": "登录",
                    "done": "已完成。"},
@@ -221,5 +222,31 @@ def test_a_read_only_view_never_types_and_a_disconnect_is_said_on_the_clerks_pag
     assert not said.is_visible()
     [cut] = [a for a in audit(broker, "helpdesk-disconnect") if CUT_REASON in a.detail][-1:]
     assert cut.actor == "wangwu" and cut.target == desktop_id
+
+    # still frozen: the helpdesk resets the desktop to its image
+    helpdesk.once("dialog", lambda dialog: dialog.accept(RESET_REASON))
+    card.locator(".result").evaluate("el => { el.textContent = ''; }")
+    card.locator("button[data-action=reset]").click()
+    card.locator(".result", has_text=words["done"]).wait_for(timeout=30_000)
     helpdesk.context.close()
     clerk.context.close()
+
+    # the audit administrator sees the helpdesk's acts with their reasons, and exports them
+    auditor = browser.new_context(locale=locale, viewport={"width": 1366, "height": 900},
+                                  accept_downloads=True).new_page()
+    sign_in(auditor, broker.url, "zhengshi", "demo2026", lang)
+    auditor.goto(f"{broker.url}/audit")
+    auditor.fill("#trail-filter input[name=actor]", "wangwu")
+    auditor.click("#trail-filter button[type=submit]")
+    for action, reason in (("helpdesk-watch-start", REASON),
+                           ("helpdesk-disconnect", CUT_REASON),
+                           ("helpdesk-reset", RESET_REASON)):
+        auditor.locator("#trail tbody tr", has_text=action).filter(
+            has_text=reason).first.wait_for(timeout=10_000)
+    auditor.screenshot(path=str(ARTIFACTS / f"e2e-audit-helpdesk-acts-{lang}.png"))
+    with auditor.expect_download() as got:
+        auditor.click("#trail-csv")
+    exported = got.value.path().read_bytes().decode("utf-8")
+    assert all(r in exported for r in (REASON, CUT_REASON, RESET_REASON))
+    assert all(line.split(",")[2] == "wangwu" for line in exported.splitlines()[1:] if line)
+    auditor.context.close()

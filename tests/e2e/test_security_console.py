@@ -46,7 +46,7 @@ def test_the_security_administrator_ends_a_clerks_session(
         assert "zhangsan" in dialog.message
         dialog.accept(REASON)
     page.once("dialog", answer)
-    row.last.locator("button", has_text=end_label).click()
+    row.first.locator("button", has_text=end_label).click()  # the newest: this clerk's
     page.locator("#result", has_text=ended).wait_for(timeout=10_000)
     status = clerk.evaluate("async () => (await fetch('/api/pools', "
                             "{credentials: 'same-origin'})).status")

@@ -11,7 +11,10 @@ wireLogout();
 
 const $ = (id) => document.getElementById(id);
 const fail = (r) => (r.data && r.data.message) || t("Something went wrong. Try again or call the helpdesk.");
-const OUTCOMES = { ok: "Succeeded", refused: "Refused", failed: "Failed", broken: "Broken" };
+const OUTCOMES = {
+  ok: "Succeeded", refused: "Refused", denied: "Refused", failed: "Failed", broken: "Broken",
+  closed: "Closed",
+};
 const lang = document.documentElement.lang || "zh-CN";
 
 function cells(tr, values, numeric = []) {
