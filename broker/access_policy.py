@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.access import roles_text
@@ -27,6 +28,7 @@ from broker.blocking import Blocking
 from broker.errors import BadRequest, BrokerError
 from broker.roles import roles_for
 from vdi.audit import AuditLog
+from vdi.db import rows_changed
 from vdi.domain import Principal, Role, utc_now
 from vdi.models import AccessPolicyRow
 from vdi.settings import RoleMap
@@ -37,6 +39,7 @@ MAX_GROUPS = 50
 IDLE_S = (60, 24 * 3600)
 ABSOLUTE_S = (300, 7 * 24 * 3600)
 REASON_CHARS = (4, 500)
+REFUSAL_EVERY_S = 300.0
 # what a malformed policy is told (web.errors shows these, translated)
 NETWORKS_MESSAGE = "admin_networks must list at most 64 networks such as 10.20.0.0/16."
 BOUNDS_MESSAGES = {
@@ -94,6 +97,8 @@ class AccessPolicy:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
         return any(ip in ipaddress.ip_network(n) for n in self.admin_networks)
 
 
@@ -174,6 +179,7 @@ class PolicyStore:
         self._clock = clock
         self._cached = AccessPolicy()
         self._read_at = float("-inf")
+        self._refusals_noted: dict[tuple[str, str, str], float] = {}
 
     def load(self) -> AccessPolicy:
         """Read the policy now. Blocks on the database (at start-up, in a thread)."""
@@ -200,7 +206,15 @@ class PolicyStore:
         return (p.session_idle_s or self._idle_s, p.session_absolute_s or self._absolute_s)
 
     async def refused(self, who: Principal, path: str, source: str) -> None:
-        """Record an administrator's or helpdesk request refused for its network."""
+        """Record an administrator's or helpdesk request refused for its network: once
+        per person, address and path every REFUSAL_EVERY_S here (a page left open
+        outside the networks polls every few seconds; the trail keeps one line)."""
+        key, at = (who.username, source, path), time.monotonic()
+        if at - self._refusals_noted.get(key, float("-inf")) < REFUSAL_EVERY_S:
+            return
+        if len(self._refusals_noted) > 10_000:
+            self._refusals_noted.clear()
+        self._refusals_noted[key] = at
         await self._blocking.db(lambda: self._audit.record(
             actor=who.username, role=roles_text(who), action="network-refused",
             target=path[:255], source=source, outcome="refused",
@@ -231,6 +245,12 @@ class PolicyStore:
 
         def store() -> PolicyRecord:
             stored = json.loads(json.dumps(policy.to_json()))
+            try:
+                return write(stored)
+            except IntegrityError:  # another first version was written meanwhile
+                raise PolicyChanged() from None
+
+        def write(stored: dict[str, object]) -> PolicyRecord:
             with self._db.begin() as s:
                 row = s.get(AccessPolicyRow, 1)
                 current = row.version if row is not None else 0
@@ -239,11 +259,13 @@ class PolicyStore:
                 if row is None:
                     s.add(AccessPolicyRow(id=1, data=stored, version=1, updated_at=now,
                                           updated_by=who.username))
-                else:
-                    s.execute(update(AccessPolicyRow).where(
+                    s.flush()
+                elif rows_changed(s.execute(update(AccessPolicyRow).where(
                         AccessPolicyRow.id == 1, AccessPolicyRow.version == version)
                         .values(data=stored, version=version + 1, updated_at=now,
-                                updated_by=who.username))
+                                updated_by=who.username)
+                        .execution_options(synchronize_session=False))) != 1:
+                    raise PolicyChanged()  # changed between the read and the write
                 s.add(self._audit.row(
                     actor=who.username, role=roles_text(who), action="policy-change",
                     target="access-policy", source=source, outcome="ok",

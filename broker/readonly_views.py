@@ -145,9 +145,13 @@ class ReadOnlyViews:
     def __init__(self, *, blocking: Blocking, db: sessionmaker[Session],
                  sessions: SessionStore, helpdesk: Helpdesk, audit: AuditLog,
                  calls: HostCalls, tunnels: TunnelRegistry, vnc_password_valid_s: int,
-                 max_cut_text: int, clock: Callable[[], datetime] = utc_now) -> None:
+                 max_cut_text: int, clock: Callable[[], datetime] = utc_now,
+                 admits: Callable[[str], bool] = lambda source: True) -> None:
+        """`admits`: whether a viewer's address is inside the access policy's admin
+        networks now (an open view ends within a round when it no longer is)."""
         self._blocking = blocking
         self._sessions = sessions
+        self._admits = admits
         self._helpdesk = helpdesk
         self._audit = audit
         self._calls = calls
@@ -248,6 +252,8 @@ class ReadOnlyViews:
                     return "the desktop is no longer the clerk's"
                 if not self._sessions.live_among([admission.session_hash]):
                     return "the viewer's session ended"
+                if not self._admits(admission.source):
+                    return "the viewer's address is outside the admin networks now"
                 self._store.alive(admission.view_id)
                 return None
 

@@ -121,22 +121,25 @@ async def admit(request: Request, access: Access) -> Call:
         raise BadOrigin()
     session = None
     source = client_address(request)
+    # read again every few seconds at most, for every request: sign-in maps roles with it
+    policy = await api.policy.current()
     if secret is not None and access.permission is not None:
         # the token alone: a cookie sent beside it is not looked at (nor its CSRF token)
-        policy = await api.policy.current()
         use = await api.api_tokens.authenticate(secret, source, fresh=access.fresh)
         if not allows(use.session.principal, access.permission):
             raise Forbidden(access.permission.value)
-        await _check_network(api, access, policy, use.session, request.url.path, source)
+        # tokens are for administrators and the helpdesk: every route, their networks
+        await _check_network(api, policy, use.session, request.url.path, source,
+                             always=True)
         return Call(request, api, settings, use.session, source, use.token)
     if access.permission is not None:
-        policy = await api.policy.current()  # read again every few seconds at most
         session = await api.signin.session(request.cookies.get(cookie_name(settings)))
         if session is None:
             raise NotSignedIn()
         if not allows(session.principal, access.permission):
             raise Forbidden(access.permission.value)
-        await _check_network(api, access, policy, session, request.url.path, source)
+        await _check_network(api, policy, session, request.url.path, source,
+                             always=access.permission is not Permission.SIGNED_IN)
         if access.csrf and not csrf_ok(request, session):
             raise CsrfFailed()
         if access.fresh:  # only for a request that passed every other check
@@ -148,11 +151,11 @@ async def admit(request: Request, access: Access) -> Call:
     return Call(request, api, settings, session, source)
 
 
-async def _check_network(api: BrokerApi, access: Access, policy: AccessPolicy,
-                         session: WebSession, path: str, source: str) -> None:
-    """Administrator and helpdesk routes only from the access policy's admin networks
-    (a refusal is recorded); a clerk's routes from anywhere."""
-    if access.permission is not Permission.SIGNED_IN and not policy.admits(source):
+async def _check_network(api: BrokerApi, policy: AccessPolicy, session: WebSession,
+                         path: str, source: str, *, always: bool) -> None:
+    """Administrator and helpdesk routes (`always`) only from the access policy's admin
+    networks (a refusal is recorded); a clerk's routes from anywhere."""
+    if always and not policy.admits(source):
         await api.policy.refused(session.principal, path, source)
         raise NetworkRefused()
 

@@ -82,13 +82,22 @@ async def helpdesk_view(ws: WebSocket) -> None:
     """A read-only view: refusals come before the upgrade (HTTP 403 for the browser)."""
     api, settings = broker_api(ws), app_settings(ws)
     source = client_address(ws)
+    if bearer_secret(ws) is not None:  # API tokens are for the API, not for views
+        await ws.close(code=POLICY_VIOLATION)
+        return
     if not origin_allowed(ws, settings):
         await api.consoles.refuse_origin(source)
         await ws.close(code=POLICY_VIOLATION)
         return
+    cookie = ws.cookies.get(cookie_name(settings))
+    if not (await api.policy.current()).admits(source):  # the helpdesk's networks only
+        session = await api.signin.session(cookie)
+        if session is not None:
+            await api.policy.refused(session.principal, "/helpdesk/view", source)
+        await ws.close(code=POLICY_VIOLATION)
+        return
     try:
-        admission = await api.views.admit(ws.path_params["token"],
-                                          ws.cookies.get(cookie_name(settings)), source)
+        admission = await api.views.admit(ws.path_params["token"], cookie, source)
     except ConsoleRefused:
         await ws.close(code=POLICY_VIOLATION)
         return

@@ -90,5 +90,7 @@ routes: list[Route] = [
     route("/api/helpdesk/desktops/{desktop_id}/screen", "GET", READ, screen),
     route("/api/helpdesk/desktops/{desktop_id}/actions", "POST", ACT, act),
     route("/api/helpdesk/desktops/{desktop_id}/messages", "POST", ACT, message),
-    route("/api/helpdesk/desktops/{desktop_id}/view", "POST", ACT, view),
+    # a view opens in the helpdesk console's browser: never for a script's API token
+    route("/api/helpdesk/desktops/{desktop_id}/view", "POST",
+          Access(Permission.HELPDESK, csrf=True, bearer=False), view),
 ]

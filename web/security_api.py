@@ -13,7 +13,8 @@ from web.access import Access, Call, route
 from web.api import read_json
 
 READ = Access(Permission.MANAGE_SESSIONS)
-CHANGE = Access(Permission.MANAGE_SESSIONS, csrf=True, fresh=True)
+# ending a session and changing the policy: signed in, never with a script's API token
+CHANGE = Access(Permission.MANAGE_SESSIONS, csrf=True, fresh=True, bearer=False)
 
 
 async def sessions(call: Call) -> Response:

@@ -21,7 +21,7 @@ MINE = Access(Permission.API_TOKENS)
 CREATE = Access(Permission.API_TOKENS, csrf=True, fresh=True, bearer=False)
 REVOKE = Access(Permission.API_TOKENS, csrf=True)
 EVERYONE = Access(Permission.MANAGE_SESSIONS)
-REVOKE_ANY = Access(Permission.MANAGE_SESSIONS, csrf=True, fresh=True)
+REVOKE_ANY = Access(Permission.MANAGE_SESSIONS, csrf=True, fresh=True, bearer=False)
 NO_STORE = {"Cache-Control": "no-store"}
 
 

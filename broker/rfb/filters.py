@@ -18,6 +18,18 @@ SHARED = 1
 # dropped: key and pointer events, ClientCutText, QEMU's extended key events and audio,
 # XVP (power actions), SetDesktopSize (the guest's resolution).
 DISPLAY_REQUESTS = frozenset({CLIENT_INIT_TYPE, 0, 2, 3, 150, 248})
+SET_ENCODINGS = 2
+# The extended clipboard pseudo-encoding: a viewer announcing it would be sent what the
+# clerk copies (ID numbers, say). A read-only view's SetEncodings goes without it, so the
+# server never offers the clerk's clipboard to the viewer.
+EXTENDED_CLIPBOARD = (0xC0A1E5CE).to_bytes(4, "big")
+
+
+def without_clipboard(message: bytes) -> bytes:
+    """A complete SetEncodings message without the extended clipboard pseudo-encoding."""
+    encodings = [message[i:i + 4] for i in range(4, len(message), 4)]
+    kept = [e for e in encodings if e != EXTENDED_CLIPBOARD]
+    return message[:2] + len(kept).to_bytes(2, "big") + b"".join(kept)
 
 
 class ClientFilter:
@@ -63,6 +75,8 @@ class ClientFilter:
             if message.type in DISPLAY_REQUESTS:
                 if message.type == CLIENT_INIT_TYPE:
                     out.append(SHARED)
+                elif message.type == SET_ENCODINGS:
+                    out += without_clipboard(bytes(self._held) + data[pos:end])
                 else:
                     out += self._held
                     out += data[pos:end]

@@ -34,6 +34,10 @@ from tests.broker.test_rfb import (
 # Hextile, Raw, the pseudo-encodings incl. QEMU extended key events and LED state)
 NOVNC_ENCODINGS = set_encodings([7, 16, 5, 1, 0, -32, -223, -224, -239, -258, -261,
                                  -307, -308, -309, -312, -313, 0x574D5664, -1063131698])
+# what the server gets of it from a read-only view: no extended clipboard (the clerk's
+# clipboard is never offered to the viewer)
+NOVNC_ENCODINGS_VIEWED = set_encodings([7, 16, 5, 1, 0, -32, -223, -224, -239, -258, -261,
+                                        -307, -308, -309, -312, -313, 0x574D5664])
 NOVNC_PIXEL_FORMAT = bytes([0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0, 8, 16,
                             0, 0, 0])
 DISPLAY = [SET_PIXEL_FORMAT, NOVNC_PIXEL_FORMAT, NOVNC_ENCODINGS, set_encodings([]),
@@ -43,6 +47,11 @@ INPUT = [key_event(True, 0x65), key_event(False, 0x65), pointer_event(5, 5, 1),
          pointer_event(6, 7, 0), qemu_extended_key(0x65, 0x12), cut_text(b"rm -rf ~\n"),
          cut_text(b"x" * 3000), cut_text(b"", -5) + b"\x10\x00\x00\x01\x00", XVP,
          set_desktop_size(1), QEMU_AUDIO_ENABLE, QEMU_AUDIO_DISABLE, QEMU_AUDIO_SET_FORMAT]
+
+
+def viewed(message: bytes) -> bytes:
+    """A display request as a read-only view forwards it."""
+    return NOVNC_ENCODINGS_VIEWED if message == NOVNC_ENCODINGS else message
 
 
 def run(f: ClientFilter, chunks: list[bytes]) -> bytes:
@@ -62,7 +71,7 @@ def test_a_viewer_session_as_novnc_sends_it_reaches_the_server_without_its_input
               + FRAMEBUFFER_UPDATE_REQUEST + cut_text("密码".encode()) + XVP)
     f = ClientFilter(read_only=True)
     forwarded, has_input = f.feed(stream)
-    assert forwarded == (b"\x01" + NOVNC_PIXEL_FORMAT + NOVNC_ENCODINGS
+    assert forwarded == (b"\x01" + NOVNC_PIXEL_FORMAT + NOVNC_ENCODINGS_VIEWED
                          + FRAMEBUFFER_UPDATE_REQUEST * 2)
     assert not has_input
     assert f.dropped == 1 + 14 + 1 + 1 + 1
@@ -77,8 +86,17 @@ def test_each_input_message_alone_is_dropped_and_each_display_request_passes() -
     for message in DISPLAY:
         f = ClientFilter(read_only=True)
         f.feed(b"\x01")
-        assert f.feed(message) == (message, False)
+        assert f.feed(message) == (viewed(message), False)
         assert f.dropped == 0
+
+
+def test_a_view_never_announces_the_extended_clipboard() -> None:
+    only = set_encodings([-1063131698])
+    f = ClientFilter(read_only=True)
+    assert run(f, cut(b"\x01" + NOVNC_ENCODINGS + only, [3, 9, 40])) == (
+        b"\x01" + NOVNC_ENCODINGS_VIEWED + set_encodings([]))
+    clerk = ClientFilter(read_only=False)  # the clerk's own console keeps its clipboard
+    assert clerk.feed(b"\x01" + NOVNC_ENCODINGS)[0] == b"\x01" + NOVNC_ENCODINGS
 
 
 def test_a_long_clipboard_text_is_skipped_not_buffered() -> None:
@@ -130,7 +148,7 @@ def test_any_mix_cut_anywhere_forwards_exactly_the_display_requests(
     stream = bytes([shared]) + b"".join(m for _, m in messages)
     f = ClientFilter(read_only=True)
     forwarded = run(f, cut(stream, points))
-    assert forwarded == b"\x01" + b"".join(m for display, m in messages if display)
+    assert forwarded == b"\x01" + b"".join(viewed(m) for display, m in messages if display)
     assert f.dropped == sum(1 for display, _ in messages if not display)
     clerk = ClientFilter(read_only=False)
     assert run(clerk, cut(stream, points)) == b"\x01" + stream[1:]

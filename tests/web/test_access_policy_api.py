@@ -82,6 +82,17 @@ def test_the_security_administrator_sets_the_access_policy(fake: FakeHostBroker)
     with httpx.Client(transport=httpx.HTTPTransport(local_address=OTHER)) as script:
         far = script.get(f"{broker.url}/api/admin/dashboard", headers=bearer)
     assert far.status_code == 403 and far.json()["error"] == "network_not_allowed"
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=OTHER)) as script:
+        # a token is an administrator's or helpdesk member's: no route from outside
+        me = script.get(f"{broker.url}/api/session", headers=bearer)
+    assert me.status_code == 403 and me.json()["error"] == "network_not_allowed"
+    # a page polling from outside leaves one record, not one a request
+    for _ in range(3):
+        assert admin.get("/api/admin/dashboard").status_code == 403
+    # zhaoliu from 127.0.0.2: the dashboard (by session, then by token: one record) and
+    # the session route by token
+    assert [(a.actor, a.target) for a in broker.audit(action="network-refused")] == [
+        ("zhaoliu", "/api/admin/dashboard"), ("zhaoliu", "/api/session")]
 
     # role groups from the policy: the auditors' group now grants the helpdesk role only
     groups = {"staff": [STAFF_GROUP], "helpdesk": [AUDIT_GROUP],
@@ -107,6 +118,7 @@ def test_the_policy_from_its_json() -> None:
     assert p.admin_networks == ("10.20.0.0/16", "192.168.1.0/24", "::1/128")
     assert p.admits("10.20.200.1") and p.admits("::1") and not p.admits("10.21.0.1")
     assert not p.admits("unknown")
+    assert p.admits("::ffff:10.20.1.2") and not p.admits("::ffff:10.21.1.2")
     assert AccessPolicy().admits("203.0.113.9")  # no networks: from anywhere
     assert parse_policy(p.to_json()) == p
     with_groups = parse_policy({"role_groups": {

@@ -37,7 +37,13 @@ pytestmark = pytest.mark.real
 
 # routes a token may not stand in for the browser's session on (each says why in web/)
 BROWSER_ONLY = {("POST", "/api/session"), ("DELETE", "/api/session"),
-                ("POST", "/api/pools/{pool}/connect"), ("POST", "/api/tokens")}
+                ("POST", "/api/pools/{pool}/connect"), ("POST", "/api/tokens"),
+                # what a leaked script token must never do: end sessions, rewrite the
+                # access policy, revoke others' tokens; and a view opens in a browser
+                ("POST", "/api/security/sessions/{handle}/end"),
+                ("PUT", "/api/security/policy"),
+                ("POST", "/api/security/tokens/{token_id}/revoke"),
+                ("POST", "/api/helpdesk/desktops/{desktop_id}/view")}
 
 
 def make_token(me: SignedIn, name: str = "script", days: int = 30) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from tests.web.conftest import FakeHostBroker, SignedIn, wait_for
 from tests.web.test_console import open_ws
 from tests.web.test_helpdesk_api import EAST, WEST
 from vdi.catalog import Catalog
+from vdi.domain import utc_now
+from vdi.models import AccessPolicyRow
 
 REASON = "张三来电：屏幕卡住，先看一下"
 
@@ -148,3 +150,25 @@ def test_a_disconnect_closes_the_clerks_consoles_everywhere_and_their_page_says_
                        desktop_id=desktop, close=lambda: None)
     assert (again, "helpdesk") not in ConsoleSignals(runtime.db, there, runtime.sessions,
                                                      flush_s=1).flush()
+
+
+def test_a_view_opens_only_from_the_admin_networks(fake: FakeHostBroker) -> None:
+    OfficeStore(fake.broker.runtime.db).save(EAST)
+    clerk = fake.broker.login("zhangsan")
+    desktop = clerk.connect_when_ready("window")["desktop"]
+    helpdesk = fake.broker.login("wangwu")
+    path = grant(helpdesk, desktop).json()["view"]
+    # the access policy now admits the helpdesk from 10.20.0.0/16 only (written as a
+    # security administrator elsewhere would have; this broker reads it at once)
+    api = fake.broker.runtime.api
+    assert api is not None
+    with fake.broker.runtime.db.begin() as s:
+        s.add(AccessPolicyRow(id=1, data={"admin_networks": ["10.20.0.0/16"]}, version=1,
+                              updated_at=utc_now(), updated_by="wujiu"))
+    api.policy.load()
+    with pytest.raises(InvalidStatus) as refused:
+        open_ws(fake.broker, path, cookie=helpdesk.cookie_header).close()
+    assert refused.value.response.status_code == 403
+    [noted] = fake.broker.audit(action="network-refused")
+    assert (noted.actor, noted.target) == ("wangwu", "/helpdesk/view")
+    assert not fake.broker.audit(action="helpdesk-watch-start", outcome="ok")
