@@ -8,9 +8,9 @@ so a use never outlives the console it records. At most one use per desktop is o
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import insert, literal, select, update
+from sqlalchemy import case, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from vdi.models import DesktopRow, DesktopUseRow, PoolRow
@@ -30,11 +30,20 @@ def begin(s: Session, desktop_id: str, username: str, now: datetime) -> None:
         .where(DesktopRow.id == desktop_id)))
 
 
+# A use whose console has not been seen for this long was left open by a broker that
+# died (the heartbeat is every few seconds): it ended when it was last seen, not now.
+STALE = timedelta(minutes=5)
+
+
 def end(s: Session, desktop_id: str, now: datetime) -> None:
-    """The desktop's open use, if any, ends now."""
+    """The desktop's open use, if any, ends now; or, when its console was last seen
+    more than STALE ago (its broker died), at that last sight."""
     s.execute(update(DesktopUseRow)
               .where(DesktopUseRow.desktop_id == desktop_id, DesktopUseRow.ended_at.is_(None))
-              .values(ended_at=now, seen_at=now)
+              .values(ended_at=case(
+                  (DesktopUseRow.seen_at >= now - STALE,
+                   literal(now, DesktopUseRow.ended_at.type)),  # stored as UTC like the rest
+                  else_=DesktopUseRow.seen_at))
               .execution_options(synchronize_session=False))
 
 

@@ -78,10 +78,21 @@ def test_a_console_use_from_open_to_close(window: sessionmaker[Session]) -> None
     run(window, lambda s: desktops.console_heartbeat(s, ["d1"], at(10)))
     assert uses(window) == [{"pool": "window", "office": "jx", "user": "clerk1",
                              "start": at(0), "seen": at(10), "end": None}]
+    run(window, lambda s: desktops.console_heartbeat(s, ["d1"], at(24)))
     assert run(window, lambda s: desktops.close_console(s, "d1", "clerk1", at(25)))
     assert uses(window)[0]["end"] == at(25)
     run(window, lambda s: desktops.console_heartbeat(s, ["d1"], at(30)))
-    assert uses(window)[0]["seen"] == at(25), "an ended use is not seen again"
+    assert uses(window)[0]["seen"] == at(24), "an ended use is not seen again"
+
+
+def test_a_use_left_open_by_a_dead_broker_ends_at_its_last_sight(
+        window: sessionmaker[Session]) -> None:
+    open_at(window, 0)
+    run(window, lambda s: desktops.console_heartbeat(s, ["d1"], at(40)))
+    # the broker died at minute 40; the clerk comes back the next morning
+    open_at(window, 15 * 60)
+    got = uses(window)
+    assert [(u["start"], u["end"]) for u in got] == [(at(0), at(40)), (at(15 * 60), None)]
 
 
 def test_a_second_console_ends_the_first_use(window: sessionmaker[Session]) -> None:
@@ -103,6 +114,11 @@ def _read() -> desktops.AsRead:
                            last_disconnect_at=None, last_input_at=None, warned_at=None)
 
 
+def uses_seen(s: Session, now: datetime) -> None:
+    from vdi import uses as use_rows
+    use_rows.seen(s, ["d1"], now)
+
+
 ENDINGS: dict[str, Callable[[Session], bool]] = {
     "log_off": lambda s: desktops.log_off(s, "d1", "clerk1", at(7)),
     "reclaim_on_host": lambda s: desktops.reclaim_on_host(
@@ -119,6 +135,7 @@ ENDINGS: dict[str, Callable[[Session], bool]] = {
 def test_taking_the_console_away_ends_the_use(window: sessionmaker[Session],
                                               name: str) -> None:
     open_at(window, 0)
+    run(window, lambda s: uses_seen(s, at(6)))  # the heartbeat, not the idle signals
     assert run(window, ENDINGS[name])
     assert [(u["start"], u["end"]) for u in uses(window)] == [(at(0), at(7))]
 

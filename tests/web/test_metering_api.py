@@ -29,8 +29,10 @@ def test_metering_per_office_and_pool(fake: FakeHostBroker) -> None:
     # a morning, and an evening past midnight, of Nov 3 (the district's days)
     with db.begin() as s:
         uses.begin(s, desktop, "zhangsan", local(3, 9))
+        uses.seen(s, [desktop], local(3, 11.49))  # the consoles' heartbeat
         uses.end(s, desktop, local(3, 11.5))
         uses.begin(s, desktop, "zhangsan", local(3, 23))
+        uses.seen(s, [desktop], local(4, 0.49))
         uses.end(s, desktop, local(4, 0.5))
     admin = broker.login("zhaoliu")
     auditor = broker.login("zhengshi")
