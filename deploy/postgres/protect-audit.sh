@@ -11,8 +11,11 @@
 # start-postgres.sh). Idempotent. It:
 #   - creates the role `vdi_audit_owner` (NOLOGIN: nobody signs in as it);
 #   - makes it the owner of the `audit` table, its id sequence and its trigger functions;
-#   - gives the `public` schema to the superuser and the broker's role only USAGE and
-#     CREATE on it (a schema's owner may drop any table in it);
+#   - gives the database and its `public` schema to the superuser, the broker's role
+#     CONNECT and TEMPORARY on the one and USAGE and CREATE on the other (a database's
+#     owner may drop it, a schema's owner any table in it);
+#   - refuses to run while the broker's role is a superuser or may create roles (it
+#     could then make itself the audit owner);
 #   - grants the broker's role SELECT and INSERT on `audit` and what the chain needs of
 #     the id sequence (USAGE, SELECT, UPDATE: ids are given under an advisory lock).
 # Environment: VDI_PG_DATABASE (default vdi), VDI_PG_USER (default vdi).
@@ -38,6 +41,14 @@ else
     as_pg() { "$@"; }
 fi
 
+# A role that is a superuser or may create roles could make itself the audit owner.
+if ! powers=$(as_pg "$psql_bin" -X -q -t -A -h "$run_dir" -p "$port" -U postgres -d "$database" \
+                -c "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = '$role'" 2>&1); then
+    die "could not read the role '$role': $powers"
+fi
+[[ -n $powers ]] || die "no role '$role' in the cluster"
+[[ $powers == f ]] || die "the role '$role' is a superuser or may create roles: it could make itself the audit owner (ALTER ROLE $role NOSUPERUSER NOCREATEROLE first)"
+
 sql=$(cat <<'SQL'
 \set ON_ERROR_STOP on
 \getenv role VDI_PG_ROLE
@@ -50,6 +61,9 @@ BEGIN;
 SELECT 'CREATE ROLE vdi_audit_owner NOLOGIN'
     WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vdi_audit_owner') \gexec
 ALTER SCHEMA public OWNER TO postgres;
+SELECT format('ALTER DATABASE %I OWNER TO postgres', current_database()) \gexec
+SELECT format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', current_database(), :'role')
+    \gexec
 SELECT format('GRANT USAGE, CREATE ON SCHEMA public TO %I', :'role') \gexec
 ALTER TABLE audit OWNER TO vdi_audit_owner;
 SELECT format('ALTER SEQUENCE %s OWNER TO vdi_audit_owner',

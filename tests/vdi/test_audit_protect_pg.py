@@ -65,3 +65,14 @@ def test_the_broker_role_cannot_undo_the_protection(
     with pytest.raises(DatabaseError, match=refusal), engine.begin() as conn:
         conn.execute(text(statement))
     assert AuditLog(session_factory(engine)).verify().intact
+
+
+def test_the_broker_role_cannot_drop_the_database(protected: tuple[PgServer, Engine]) -> None:
+    server, _ = protected
+    other_db = make_engine(server.url.rsplit("/", 1)[0] + "/postgres").execution_options(
+        isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(DatabaseError, match="must be owner"), other_db.connect() as conn:
+            conn.execute(text("DROP DATABASE vdi"))
+    finally:
+        other_db.dispose()
