@@ -277,3 +277,33 @@ class PolicyStore:
         self._cached = record.policy
         self._read_at = time.monotonic()
         return record
+
+
+def stored_policy(db: sessionmaker[Session]) -> PolicyRecord:
+    """The stored policy (for the `vdi` command). Blocks on the database."""
+    return _read(db)
+
+
+def reset_policy(db: sessionmaker[Session], audit: AuditLog, *, actor: str, reason: str,
+                 now: datetime) -> PolicyRecord:
+    """Back to the configuration file's settings (no admin networks, the file's session
+    limits and role groups), recorded with the reason: the way back in when the policy
+    has locked every security administrator out. Run on the broker's machine by whoever
+    may read its configuration; blocks on the database. Raises BadRequest (reason)."""
+    reason = " ".join(reason.split())
+    if not REASON_CHARS[0] <= len(reason) <= REASON_CHARS[1] or not reason.isprintable():
+        raise BadRequest(REASON_MESSAGE)
+    empty = AccessPolicy().to_json()
+    with db.begin() as s:
+        row = s.get(AccessPolicyRow, 1)
+        version = (row.version if row is not None else 0) + 1
+        if row is None:
+            s.add(AccessPolicyRow(id=1, data=empty, version=version, updated_at=now,
+                                  updated_by=actor))
+        else:
+            row.data, row.version, row.updated_at, row.updated_by = empty, version, now, actor
+        s.add(audit.row(actor=actor, role="local", action="policy-reset",
+                        target="access-policy", source="cli", outcome="ok",
+                        detail=f"version {version}: back to the configuration file; "
+                               f"reason: {reason}"))
+    return PolicyRecord(AccessPolicy(), version, now, actor)

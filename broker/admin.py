@@ -102,6 +102,11 @@ class Admin:
 
     # -- audit -------------------------------------------------------------------------
 
+    @property
+    def actor(self) -> str:
+        """Who the operations are recorded as done by."""
+        return self._actor
+
     def note(self, action: str, target: str, detail: str) -> None:
         """Record an action of this admin's that changes nothing (an export, a check)."""
         self._audit(action, target, detail)

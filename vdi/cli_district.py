@@ -4,13 +4,16 @@ and the audit trail (check and export). Parsers and handlers, called by vdi.cli.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.access_policy import reset_policy, stored_policy
 from broker.admin import Admin, AdminRefused
 from broker.audit_trail import MAX_EXPORT_ROWS, Filter, as_csv, read_trail
 from broker.errors import BadRequest
+from vdi.audit import AuditLog
 from vdi.domain import Office, utc_now
 from vdi.settings import Settings
 
@@ -36,6 +39,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ex.add_argument("--actor")
     ex.add_argument("--action")
     ex.add_argument("--out", type=Path, help="the file to write (default: standard output)")
+    ap = sub.add_parser("access-policy", help="show the security administrator's access "
+                                              "policy, or put it back to this file's settings")
+    ap.add_argument("--reset", action="store_true",
+                    help="back to the configuration file (no admin networks, its session "
+                         "limits and role groups): when the policy locked everyone out")
+    ap.add_argument("--reason", help="why (recorded; with --reset)")
 
 
 def _office_set(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
@@ -89,5 +98,25 @@ def _audit_export(args: argparse.Namespace, admin: Admin) -> int:
     return 0
 
 
+def _access_policy(args: argparse.Namespace, settings: Settings, admin: Admin) -> int:
+    if args.reset:
+        if not args.reason:
+            raise AdminRefused("say why with --reason (it is recorded)")
+        try:
+            record = reset_policy(admin.db, AuditLog(admin.db), actor=admin.actor,
+                                  reason=args.reason, now=utc_now())
+        except BadRequest as e:
+            raise AdminRefused(str(e)) from e
+        print(f"access policy version {record.version}: back to the configuration file; "
+              "every broker follows it within seconds")
+        return 0
+    record = stored_policy(admin.db)
+    print(json.dumps({"version": record.version, "updated_by": record.updated_by,
+                      "updated_at": record.updated_at.isoformat() if record.updated_at
+                      else None, "policy": record.policy.to_json()},
+                     ensure_ascii=False, indent=2))
+    return 0
+
+
 COMMANDS: dict[str, Command] = {"office-set": _office_set, "offices": _offices,
-                                "audit": _audit}
+                                "audit": _audit, "access-policy": _access_policy}

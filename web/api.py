@@ -49,13 +49,13 @@ def id_param(call: Call, name: str) -> int:
     return int(raw)
 
 
-async def read_json(call: Call) -> dict[str, Any] | None:
-    """The body as a JSON object, or None: malformed, not an object, or over MAX_BODY
-    (read no further than that, whatever Content-Length claims)."""
+async def read_json(call: Call, max_body: int = MAX_BODY) -> dict[str, Any] | None:
+    """The body as a JSON object, or None: malformed, not an object, or over `max_body`
+    bytes (read no further than that, whatever Content-Length claims)."""
     body = bytearray()
     async for chunk in call.request.stream():
         body += chunk
-        if len(body) > MAX_BODY:
+        if len(body) > max_body:
             return None
     try:
         data = json.loads(body or b"{}")

@@ -13,6 +13,7 @@ from web.access import Access, Call, route
 from web.api import read_json
 
 READ = Access(Permission.MANAGE_SESSIONS)
+POLICY_BODY = 256 * 1024
 # ending a session and changing the policy: signed in, never with a script's API token
 CHANGE = Access(Permission.MANAGE_SESSIONS, csrf=True, fresh=True, bearer=False)
 
@@ -54,8 +55,9 @@ async def read_policy(call: Call) -> Response:
 
 
 async def change_policy(call: Call) -> Response:
-    """{"policy": {...}, "version": the version read, "reason": why (recorded)}."""
-    data = await read_json(call)
+    """{"policy": {...}, "version": the version read, "reason": why (recorded)}. Up to
+    POLICY_BODY bytes: 64 networks and 5 x 50 group DNs of up to 512 characters fit."""
+    data = await read_json(call, POLICY_BODY)
     if data is None or not isinstance(data.get("policy"), dict) or not isinstance(
             data.get("reason"), str) or not isinstance(data.get("version"), int) or \
             isinstance(data.get("version"), bool):

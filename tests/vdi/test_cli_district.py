@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from sqlalchemy import select
 from tests.vdi.test_cli import config, database, vdi  # noqa: F401 (the fixture)
 from vdi.audit import AuditLog
 from vdi.db import make_engine, session_factory
-from vdi.models import AuditRow, PoolRow
+from vdi.domain import utc_now
+from vdi.models import AccessPolicyRow, AuditRow, PoolRow
 
 G = "ou=groups,dc=district,dc=example"
 
@@ -72,3 +74,28 @@ def test_full_width_formula_starts_are_text_too() -> None:
 
     assert [cell(v) for v in ("＝1+1", "＠SUM(A1)", "\nx", "-", "-1+2", "张三")] == [
         "'＝1+1", "'＠SUM(A1)", "'\nx", "-", "'-1+2", "张三"]
+
+
+def test_the_access_policy_is_shown_and_put_back_from_the_broker_machine(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    assert vdi(config, "migrate") == 0
+    engine = make_engine(database(config))
+    db = session_factory(engine)
+    with db.begin() as s:  # a policy that locked everyone out (an admin network renumbered)
+        s.add(AccessPolicyRow(id=1, data={"admin_networks": ["10.99.0.0/16"]}, version=4,
+                              updated_at=utc_now(), updated_by="wujiu"))
+    capsys.readouterr()
+    assert vdi(config, "access-policy") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 4 and shown["policy"]["admin_networks"] == ["10.99.0.0/16"]
+    assert vdi(config, "access-policy", "--reset") == 2
+    assert "--reason" in capsys.readouterr().err
+    assert vdi(config, "access-policy", "--reset", "--reason", "管理网段调整后无人能进入") == 0
+    assert "version 5" in capsys.readouterr().out
+    with db() as s:
+        row = s.get(AccessPolicyRow, 1)
+        assert row is not None and row.data["admin_networks"] == [] and row.version == 5
+        [noted] = s.scalars(select(AuditRow).where(AuditRow.action == "policy-reset")).all()
+    assert noted.actor.startswith("cli:") and "reason: 管理网段调整后无人能进入" in noted.detail
+    assert AuditLog(db).verify().intact
+    engine.dispose()

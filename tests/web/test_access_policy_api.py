@@ -105,7 +105,14 @@ def test_the_security_administrator_sets_the_access_policy(fake: FakeHostBroker)
     auditor = broker.login("zhengshi")
     assert auditor.body["roles"] == ["helpdesk"]
     assert auditor.client.get("/api/admin/audit").status_code == 403
-    back = put({"admin_networks": []}, 2, reason="恢复配置文件中的角色组")
+    # a policy as large as the limits allow is taken (the body is far over 4 KiB)
+    big_groups = {k: [f"cn={k}-{i:02d}-{'x' * 400},ou=groups,dc=district,dc=example"
+                      for i in range(50)] for k in groups}
+    big_groups["security_admin"][0] = SECURITY_GROUP
+    nets = [f"10.{i}.0.0/16" for i in range(63)] + ["127.0.0.0/8"]
+    big = put({"admin_networks": nets, "role_groups": big_groups}, 2, reason="大" * 500)
+    assert big.status_code == 200, big.text[:300]
+    back = put({"admin_networks": []}, 3, reason="恢复配置文件中的角色组")
     assert back.status_code == 200 and back.json()["policy"]["role_groups"] is None
     assert broker.login("zhengshi").body["roles"] == ["auditadmin"]
 
