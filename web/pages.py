@@ -216,6 +216,7 @@ JS_STRINGS = (
     N_("Desktop failed"),
     N_("Host down"),
     N_("Host in maintenance"),
+    N_("Domains the broker did not make"),
 )
 
 
