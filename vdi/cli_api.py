@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 from vdi.api_client import (
     ApiClient,
@@ -193,8 +194,46 @@ def _status(args: argparse.Namespace, api: ApiClient) -> int:
     return 0
 
 
+def _image_release(args: argparse.Namespace, api: ApiClient) -> int:
+    done = api.post(f"/api/admin/images/{quote(args.image_id)}/release",
+                    {"version": args.version})
+    print(f"image {args.image_id} v{args.version} released (was v{done['before']}); spares "
+          "are remade as they come free")
+    return 0
+
+
+def _image_rollback(args: argparse.Namespace, api: ApiClient) -> int:
+    done = api.post(f"/api/admin/images/{quote(args.image_id)}/rollback", {})
+    print(f"image {args.image_id} rolled back from v{done['before']} to v{done['released']}")
+    return 0
+
+
+def _host_maintenance(args: argparse.Namespace, api: ApiClient) -> int:
+    mode = "drain" if args.command == "host-drain" else args.state
+    done = api.post(f"/api/admin/hosts/{quote(args.host)}/maintenance", {"mode": mode})
+    print(f"host {done['name']}: maintenance {'on' if done['maintenance'] else 'off'}")
+    moves = done.get("moves")
+    if isinstance(moves, dict):
+        print(f"host {done['name']}: {moves['migrated']} dedicated desktop(s) to live-migrate, "
+              f"{moves['relocated']} spare(s) to remake elsewhere, {moves['waiting']} waiting "
+              "(no shared storage); the broker's worker does the moves")
+    return 0
+
+
+def _desktop_remove(args: argparse.Namespace, api: ApiClient) -> int:
+    done = api.post(f"/api/admin/desktops/{quote(args.desktop_id)}/remove",
+                    {"even_if_held": bool(args.yes)})
+    held = f" (held by {done['held_by']})" if done.get("held_by") else ""
+    print(f"desktop {args.desktop_id}{held}: removal queued; the broker deletes its domain "
+          "and disk, and the pool makes a fresh one when it needs one")
+    return 0
+
+
 REMOTE: dict[str, RemoteCommand] = {
     "image-import": _image_import, "audit": _audit, "status": _status,
+    "image-release": _image_release, "image-rollback": _image_rollback,
+    "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,
+    "desktop-remove": _desktop_remove,
 }
 # commands with no local way: they need an API configured
 API_ONLY = frozenset({"status"})
