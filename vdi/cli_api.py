@@ -229,11 +229,51 @@ def _desktop_remove(args: argparse.Namespace, api: ApiClient) -> int:
     return 0
 
 
+def _pool_set(args: argparse.Namespace, api: ApiClient) -> int:
+    body: dict[str, object] = {k: v for k, v in (
+        ("name", args.name), ("image", args.image), ("kind", args.kind),
+        ("vcpus", args.vcpus), ("memory_mib", args.memory_mib),
+        ("min_ready", args.min_ready), ("max_size", args.max_size), ("groups", args.group),
+        ("boot_timeout_s", args.boot_timeout), ("secure_boot", args.secure_boot),
+        ("network", args.network)) if v is not None}
+    if args.host is not None:
+        body["hosts"] = [] if args.host == ["any"] else args.host
+    if args.office is not None:
+        body["office"] = None if args.office == "none" else args.office
+    if args.image_version is not None:
+        if args.image_version == "released":
+            body["image_version"] = None
+        elif args.image_version.isascii() and args.image_version.isdigit():
+            body["image_version"] = int(args.image_version)
+        else:
+            raise ApiError("--image-version: a version number or 'released'")
+    if args.user_data is not None:
+        try:
+            body["user_data"] = args.user_data.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ApiError(f"--user-data {args.user_data}: cannot read it as UTF-8 text "
+                           f"({e})") from e
+    path = f"/api/admin/pools/{quote(args.pool_id)}"
+    try:
+        api.get(path)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        api.post("/api/admin/pools", {"id": args.pool_id, **body})
+        print(f"pool {args.pool_id} created")
+        return 0
+    if not body:
+        raise ApiError("give at least one option to change")
+    api.patch(path, body)
+    print(f"pool {args.pool_id} saved")
+    return 0
+
+
 REMOTE: dict[str, RemoteCommand] = {
     "image-import": _image_import, "audit": _audit, "status": _status,
     "image-release": _image_release, "image-rollback": _image_rollback,
     "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,
-    "desktop-remove": _desktop_remove,
+    "desktop-remove": _desktop_remove, "pool-set": _pool_set,
 }
 # commands with no local way: they need an API configured
 API_ONLY = frozenset({"status"})
