@@ -47,7 +47,7 @@ class HostLine:
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # desktop_failed | host_down | host_maintenance
+    kind: str  # desktop_failed | host_down | host_maintenance | foreign_domains
     target: str
     detail: str
 
@@ -108,6 +108,11 @@ class DashboardView:
                 alerts.append(Alert("host_down", h.name, h.error or ""))
             elif h.maintenance:
                 alerts.append(Alert("host_maintenance", h.name, ""))
+            if h.foreign_domains:
+                shown = ", ".join(h.foreign_domains[:5])
+                more = len(h.foreign_domains) - 5
+                alerts.append(Alert("foreign_domains", h.name,
+                                    shown + (f" (+{more})" if more > 0 else "")))
         return Dashboard(
             at=now,
             pools=tuple(PoolLine(p.id, p.display_name, p.office, p.min_ready, p.max_size,

@@ -182,6 +182,10 @@ class HostMonitor:
         listed_at = self._clock()
         domains = await self._calls.run(uri, lambda h: h.list_desktops())
         ours = {d.name: d for d in domains if d.name.startswith(self._prefix)}
+        every = await self._calls.run(uri, lambda h: h.list_domain_names())
+        # what the broker did not make: no metadata of its own, or another prefix's
+        foreign = [n for n in every if n not in ours]
+        await asyncio.to_thread(self.registry.note_foreign, uri, foreign)
         plan = await asyncio.to_thread(self._plan_repairs, uri, ours, listed_at)
         removed = []
         for name, keep_disk in plan.strays:

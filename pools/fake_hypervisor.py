@@ -91,6 +91,8 @@ class FakeHypervisor:
         # (image_id, version) -> files, as publish_image recorded them
         self.images: dict[tuple[str, int], ImageFiles] = {}
         self.domains: dict[str, FakeDomain] = {}
+        # domains someone else defined on the host (no broker metadata)
+        self.foreign: set[str] = set()
         # the current VNC password of each domain, and for how long it was made valid
         self.passwords: dict[str, str] = {}
         self.password_valid_s: dict[str, int] = {}
@@ -289,6 +291,11 @@ class FakeHypervisor:
             self._answer()
             return [DomainInfo(name=name, desktop_id=d.spec.desktop_id, pool_id=d.spec.pool_id,
                                running=d.running) for name, d in self.domains.items()]
+
+    def list_domain_names(self) -> list[str]:
+        with self._lock:
+            self._answer()
+            return sorted({*self.domains, *self.foreign})
 
     def serial_log_path(self, name: str) -> str:
         with self._lock:

@@ -34,6 +34,9 @@ class HostError(ValueError):
     """A host definition or change is refused; the message says why."""
 
 
+MAX_FOREIGN = 50  # names of domains the broker did not make kept per host
+
+
 @dataclass(frozen=True)
 class Host:
     uri: str
@@ -51,6 +54,8 @@ class Host:
     last_seen_at: datetime | None = None
     down_since: datetime | None = None
     error: str | None = None
+    # domains on it that this broker did not make, as its last reconcile saw them
+    foreign_domains: tuple[str, ...] = ()
 
     @property
     def accepts_desktops(self) -> bool:
@@ -71,7 +76,8 @@ def host_from_row(row: HostRow) -> Host:
                 maintenance=row.maintenance, status=HostStatus(row.status),
                 memory_mib=row.memory_mib, cpus=row.cpus, arches=arches_of(row.arches),
                 last_seen_at=row.last_seen_at,
-                down_since=row.down_since, error=row.error)
+                down_since=row.down_since, error=row.error,
+                foreign_domains=tuple(row.foreign_domains or ()))
 
 
 # --- placement (pure) --------------------------------------------------------------------
@@ -201,6 +207,13 @@ class HostRegistry:
         with self._sessions.begin() as s:
             s.execute(update(HostRow).where(HostRow.uri == host.uri).values(maintenance=on))
         return replace(host, maintenance=on)
+
+    def note_foreign(self, uri: str, names: list[str]) -> None:
+        """The domains on the host that the broker did not make (at most MAX_FOREIGN
+        names kept; an empty list clears the alert)."""
+        with self._sessions.begin() as s:
+            s.execute(update(HostRow).where(HostRow.uri == uri).values(
+                foreign_domains=sorted(names)[:MAX_FOREIGN]))
 
     def seen(self, uri: str, info: HostInfo) -> HostStatus:
         """The host answered. Returns its status before."""

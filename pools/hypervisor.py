@@ -220,6 +220,10 @@ class Hypervisor(Protocol):
         """Domains on this host that carry the broker's metadata."""
         ...
 
+    def list_domain_names(self) -> list[str]:
+        """The names of every domain defined on this host, the broker's or not."""
+        ...
+
     def serial_log_path(self, name: str) -> str:
         """Where the host writes the domain's serial console."""
         ...

@@ -171,6 +171,9 @@ class ApiClient:
     def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return _json(self.call("POST", path, body=body))
 
+    def patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return _json(self.call("PATCH", path, body=body))
+
     def delete(self, path: str) -> dict[str, Any]:
         return _json(self.call("DELETE", path))
 

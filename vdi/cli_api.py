@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 from vdi.api_client import (
     ApiClient,
@@ -193,8 +194,86 @@ def _status(args: argparse.Namespace, api: ApiClient) -> int:
     return 0
 
 
+def _image_release(args: argparse.Namespace, api: ApiClient) -> int:
+    done = api.post(f"/api/admin/images/{quote(args.image_id)}/release",
+                    {"version": args.version})
+    print(f"image {args.image_id} v{args.version} released (was v{done['before']}); spares "
+          "are remade as they come free")
+    return 0
+
+
+def _image_rollback(args: argparse.Namespace, api: ApiClient) -> int:
+    done = api.post(f"/api/admin/images/{quote(args.image_id)}/rollback", {})
+    print(f"image {args.image_id} rolled back from v{done['before']} to v{done['released']}")
+    return 0
+
+
+def _host_maintenance(args: argparse.Namespace, api: ApiClient) -> int:
+    mode = "drain" if args.command == "host-drain" else args.state
+    done = api.post(f"/api/admin/hosts/{quote(args.host)}/maintenance", {"mode": mode})
+    print(f"host {done['name']}: maintenance {'on' if done['maintenance'] else 'off'}")
+    moves = done.get("moves")
+    if isinstance(moves, dict):
+        print(f"host {done['name']}: {moves['migrated']} dedicated desktop(s) to live-migrate, "
+              f"{moves['relocated']} spare(s) to remake elsewhere, {moves['waiting']} waiting "
+              "(no shared storage); the broker's worker does the moves")
+    return 0
+
+
+def _desktop_remove(args: argparse.Namespace, api: ApiClient) -> int:
+    done = api.post(f"/api/admin/desktops/{quote(args.desktop_id)}/remove",
+                    {"even_if_held": bool(args.yes)})
+    held = f" (held by {done['held_by']})" if done.get("held_by") else ""
+    print(f"desktop {args.desktop_id}{held}: removal queued; the broker deletes its domain "
+          "and disk, and the pool makes a fresh one when it needs one")
+    return 0
+
+
+def _pool_set(args: argparse.Namespace, api: ApiClient) -> int:
+    body: dict[str, object] = {k: v for k, v in (
+        ("name", args.name), ("image", args.image), ("kind", args.kind),
+        ("vcpus", args.vcpus), ("memory_mib", args.memory_mib),
+        ("min_ready", args.min_ready), ("max_size", args.max_size), ("groups", args.group),
+        ("boot_timeout_s", args.boot_timeout), ("secure_boot", args.secure_boot),
+        ("network", args.network)) if v is not None}
+    if args.host is not None:
+        body["hosts"] = [] if args.host == ["any"] else args.host
+    if args.office is not None:
+        body["office"] = None if args.office == "none" else args.office
+    if args.image_version is not None:
+        if args.image_version == "released":
+            body["image_version"] = None
+        elif args.image_version.isascii() and args.image_version.isdigit():
+            body["image_version"] = int(args.image_version)
+        else:
+            raise ApiError("--image-version: a version number or 'released'")
+    if args.user_data is not None:
+        try:
+            body["user_data"] = args.user_data.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ApiError(f"--user-data {args.user_data}: cannot read it as UTF-8 text "
+                           f"({e})") from e
+    path = f"/api/admin/pools/{quote(args.pool_id)}"
+    try:
+        api.get(path)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        api.post("/api/admin/pools", {"id": args.pool_id, **body})
+        print(f"pool {args.pool_id} created")
+        return 0
+    if not body:
+        raise ApiError("give at least one option to change")
+    api.patch(path, body)
+    print(f"pool {args.pool_id} saved")
+    return 0
+
+
 REMOTE: dict[str, RemoteCommand] = {
     "image-import": _image_import, "audit": _audit, "status": _status,
+    "image-release": _image_release, "image-rollback": _image_rollback,
+    "host-maintenance": _host_maintenance, "host-drain": _host_maintenance,
+    "desktop-remove": _desktop_remove, "pool-set": _pool_set,
 }
 # commands with no local way: they need an API configured
 API_ONLY = frozenset({"status"})

@@ -149,6 +149,8 @@ class HostRow(Base):
     down_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # domains on it the broker did not make (seen at its last reconcile), for the alert
+    foreign_domains: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class ImageRow(Base):

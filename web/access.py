@@ -99,7 +99,8 @@ def route(path: str, method: str, access: Access, handler: Handler) -> Route:
             if access.redirect is not None:
                 return RedirectResponse(access.redirect, status_code=303)
             return _clear_cookie(error_response(request, NotSignedIn()), request)
-        except Forbidden as e:  # a page the role does not open: back to one's start page
+        except (Forbidden, NetworkRefused) as e:
+            # a page the role does not open, or not from here: back to one's start page
             if access.redirect is not None:
                 return RedirectResponse(access.redirect, status_code=303)
             return error_response(request, e)

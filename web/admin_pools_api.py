@@ -20,6 +20,8 @@ READ = Access(Permission.VIEW_SERVICE)
 CHANGE = Access(Permission.MANAGE_SERVICE, csrf=True)
 TEXT_MAX = 4096
 USER_DATA_MAX = 64 * 1024
+# a pool's values with its user-data and its idle policy and spare schedule
+POOL_BODY = 2 * USER_DATA_MAX + 64 * 1024
 
 
 def pool_json(v: PoolView) -> dict[str, Any]:
@@ -103,7 +105,7 @@ def pool_changes(data: dict[str, Any]) -> tuple[PoolChanges, object | None]:
 
 
 async def _body(call: Call) -> dict[str, Any]:
-    data = await read_json(call)
+    data = await read_json(call, POOL_BODY)
     if data is None:
         raise AdminInvalid("send a JSON object of the pool's values")
     return data

@@ -216,6 +216,7 @@ JS_STRINGS = (
     N_("Desktop failed"),
     N_("Host down"),
     N_("Host in maintenance"),
+    N_("Domains the broker did not make"),
 )
 
 
@@ -265,8 +266,10 @@ async def home(call: Call) -> Response:
     session = await call.api.signin.session(call.request.cookies.get(cookie_name(call.settings)))
     if session is None:
         return render(call.request, "login.html")
+    # the consoles, from the admin networks only (elsewhere they refuse: no link)
+    admitted = (await call.api.policy.current()).admits(call.source)
     consoles = [(href, label) for href, permission, label in CONSOLES
-                if allows(session.principal, permission)]
+                if admitted and allows(session.principal, permission)]
     if any(href == "/audit" for href, _ in consoles):  # the audit page has the reports
         consoles = [(href, label) for href, label in consoles if href != "/reports"]
     return render(call.request, "portal.html", user=session.principal, consoles=consoles)

@@ -397,6 +397,11 @@ class LibvirtHost:
         if self._conn.is_local:
             Path(self.serial_log_path(name)).unlink(missing_ok=True)
 
+    def list_domain_names(self) -> list[str]:
+        conn = self._conn.get()
+        with self._conn.errors("list domains"):
+            return sorted(dom.name() for dom in conn.listAllDomains(0))
+
     def list_desktops(self) -> list[DomainInfo]:
         conn = self._conn.get()
         out: list[DomainInfo] = []

@@ -308,9 +308,12 @@ async def test_reconciler_repairs_drift(rig: Rig, guest_image: ImageDisk) -> Non
                                      pool_id="window", vcpus=1, memory_mib=128, image=files))
     rig.a.create_desktop(DesktopSpec(name="someone-elses", desktop_id="x", pool_id="x",
                                      vcpus=1, memory_mib=128, image=files))
+    rig.a.foreign.add("kylin-by-hand")  # defined at the host's console, no metadata of ours
     rig.clock.advance(10)  # the reconciler leaves desktops changed just before
     repairs = await rig.worker.monitor.reconcile(rig.a.uri)
     assert repairs.removed == [f"{PREFIX}stray-1"]
+    host = HostRegistry(rig.db).host(rig.a.uri)
+    assert host is not None and host.foreign_domains == ("kylin-by-hand", "someone-elses")
     assert sorted(repairs.remade) == sorted([gone.id, own.id])
     await rig.settle()
     assert "someone-elses" in rig.a.domains  # not ours by name: left alone

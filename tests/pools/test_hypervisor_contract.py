@@ -161,6 +161,7 @@ def test_create_desktop_again_reuses_the_domain(subject: Subject) -> None:
     assert second == first
     mine = [d for d in subject.host.list_desktops() if d.desktop_id == spec.desktop_id]
     assert [d.name for d in mine] == [spec.name]
+    assert spec.name in subject.host.list_domain_names()  # every domain, ours among them
     if subject.fake is not None:
         assert subject.fake.defined_count == 1
     else:  # the same running domain, not a restarted or redefined one
@@ -185,6 +186,7 @@ def test_a_desktop_whose_disk_must_exist_is_never_made_blank(subject: Subject) -
         subject.host.create_desktop(spec)  # no disk yet: nothing is made
     assert not isinstance(err.value, HostUnavailable)
     assert spec.name not in {d.name for d in subject.host.list_desktops()}
+    assert spec.name not in subject.host.list_domain_names()
     subject.host.create_desktop(replace(spec, disk_must_exist=False))
     subject.host.destroy_desktop(spec.name, keep_disk=True)
     subject.host.create_desktop(spec)  # its kept disk: started again

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.assignment import Assigner
 from pools.calls import HostCalls
+from pools.hosts import Host, HostRegistry
 from pools.hypervisor import DesktopSpec, Hypervisor, ImageDisk
 from pools.images import ImageStore
 from pools.jobs.queue import JobKind, JobState
@@ -80,6 +81,14 @@ def virsh(*args: str) -> str:
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, f"virsh {' '.join(args)}: {result.stderr.strip()}"
     return result.stdout
+
+
+def virsh_define(xml: str) -> None:
+    """An admin defines a domain of their own on the host, behind the broker's back."""
+    result = subprocess.run(["virsh", "-q", "-c", LIBVIRT_URI, "define", "/dev/stdin"],
+                            input=xml, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
 
 
 @dataclass(frozen=True)
@@ -349,6 +358,26 @@ async def test_a_stray_domain_is_undefined_and_its_disk_kept(rig: Rig) -> None:
     assert rig.catalog.desktop(known.id) == known
     assert rig.jobs(known.id) == [(JobKind.PROVISION.value, JobState.DONE.value)]
     # the rig's teardown removes the kept volume with everything else under the prefix
+
+
+async def test_a_domain_the_broker_did_not_make_is_noted_for_the_alert(rig: Rig) -> None:
+    by_hand = rig.prefix.rstrip("-") + "x-by-hand"  # the session's prefix, not the rig's
+    HostRegistry(rig.db).add(Host(uri=LIBVIRT_URI, name="local", graphics_listen="127.0.0.1",
+                                  storage_pool=TEST_STORAGE_POOL,
+                                  storage_dir=str(TEST_STORAGE_DIR),
+                                  log_dir=str(LIBVIRT_LOG_DIR)))
+    virsh_define(f"<domain type='qemu'><name>{by_hand}</name><memory unit='MiB'>64</memory>"
+                 "<os><type>hvm</type></os></domain>")
+    try:
+        await rig.worker.monitor.reconcile(LIBVIRT_URI)
+        host = HostRegistry(rig.db).host(LIBVIRT_URI)
+        assert host is not None and by_hand in host.foreign_domains
+        assert rig.virt.domain(by_hand) is not None  # noted, never touched
+    finally:
+        virsh("undefine", by_hand)
+    await rig.worker.monitor.reconcile(LIBVIRT_URI)
+    host = HostRegistry(rig.db).host(LIBVIRT_URI)
+    assert host is not None and by_hand not in host.foreign_domains
 
 
 class BrokerKilled(Exception):

@@ -209,3 +209,49 @@ def test_without_an_api_the_local_way_is_kept(tmp_path: Path) -> None:
     assert local.returncode == 0 and "chain intact" in local.stdout, local.stderr
     status = vdi(env, "status")
     assert status.returncode == 2 and "vdi login" in status.stderr
+
+
+def test_the_admin_commands_through_the_api(broker: RunningBroker, tmp_path: Path) -> None:
+    env = env_for(tmp_path, VDI_API_URL=broker.url,
+                  VDI_API_TOKEN=token_of(broker.login("zhaoliu")))
+    broker.save_pool(window_pool(min_ready=1, max_size=2))
+    broker.wait_ready("window")
+    [spare] = broker.desktops("window")
+    removed = vdi(env, "desktop-remove", spare.id)
+    assert removed.returncode == 0, removed.stderr
+    assert f"desktop {spare.id}: removal queued" in removed.stdout
+
+    on = vdi(env, "host-maintenance", "local", "on")
+    assert on.returncode == 0, on.stderr
+    assert on.stdout == "host local: maintenance on\n"
+    drained = vdi(env, "host-drain", "local")
+    assert drained.returncode == 0 and "spare(s) to remake elsewhere" in drained.stdout
+    assert vdi(env, "host-maintenance", "local", "off").stdout == "host local: maintenance off\n"
+    missing = vdi(env, "host-maintenance", "nowhere", "on")
+    assert missing.returncode == 1 and "nowhere" in missing.stderr
+
+    released = vdi(env, "image-release", "guest", "1")
+    assert released.returncode == 0, released.stderr
+    assert "image guest v1 released" in released.stdout
+    nothing_older = vdi(env, "image-rollback", "guest")
+    assert nothing_older.returncode == 1 and "conflict" in nothing_older.stderr
+    # a pool made and changed from the workstation, user-data read from a file there
+    seed = tmp_path / "join.yaml"
+    seed.write_text("#cloud-config\nhostname: 东街-窗口\n", encoding="utf-8")
+    made = vdi(env, "pool-set", "records", "--name", "档案室", "--image", "guest",
+               "--kind", "dedicated", "--min-ready", "0", "--max-size", "2", "--group",
+               "cn=window-staff,ou=groups,dc=district,dc=example", "--user-data", str(seed))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == "pool records created\n"
+    saved = vdi(env, "pool-set", "records", "--max-size", "4", "--image-version", "1")
+    assert saved.returncode == 0 and saved.stdout == "pool records saved\n", saved.stderr
+    records = broker.runtime.catalog.pool("records")
+    assert records is not None and (records.max_size, records.image_version) == (4, 1)
+    assert records.user_data == "#cloud-config\nhostname: 东街-窗口\n"
+    wrong = vdi(env, "pool-set", "records", "--office", "nowhere")
+    assert wrong.returncode == 1 and "nowhere" in wrong.stderr
+    # each as the administrator, from the API, on record
+    actions = {(a.action, a.actor, a.source) for a in broker.audit()}
+    for action in ("host-maintenance", "host-drain", "desktop-remove", "image-release",
+                   "pool-set"):
+        assert (action, "zhaoliu", "127.0.0.1") in actions, action

@@ -4,6 +4,7 @@ desktops and hosts down."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -48,3 +49,16 @@ def test_the_buckets() -> None:
     assert [bucket(s, None, now, stale) for s in (
         "ready", "provisioning", "reclaiming", "error", "maintenance", "deleted")] == [
         "ready", "booting", "reclaiming", "failed", "reclaiming", None]
+
+
+def test_domains_the_broker_did_not_make_are_an_alert(fake: FakeHostBroker) -> None:
+    admin = fake.broker.login("zhaoliu")
+    fake.host.foreign.update({"kylin-by-hand", "old-pc-image", "a", "b", "c", "d"})
+    asyncio.run(fake.broker.runtime.worker.monitor.reconcile(fake.host.uri))
+    alerts = admin.client.get("/api/admin/dashboard").json()["alerts"]
+    [foreign] = [a for a in alerts if a["kind"] == "foreign_domains"]
+    assert foreign["detail"] == "a, b, c, d, kylin-by-hand (+1)"
+    fake.host.foreign.clear()  # removed at the host: the alert goes at the next round
+    asyncio.run(fake.broker.runtime.worker.monitor.reconcile(fake.host.uri))
+    alerts = admin.client.get("/api/admin/dashboard").json()["alerts"]
+    assert not [a for a in alerts if a["kind"] == "foreign_domains"]

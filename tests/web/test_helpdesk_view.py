@@ -172,3 +172,8 @@ def test_a_view_opens_only_from_the_admin_networks(fake: FakeHostBroker) -> None
     [noted] = fake.broker.audit(action="network-refused")
     assert (noted.actor, noted.target) == ("wangwu", "/helpdesk/view")
     assert not fake.broker.audit(action="helpdesk-watch-start", outcome="ok")
+    # the console page sends them back to their start page, which has no link to it
+    page = helpdesk.client.get("/helpdesk", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/"
+    start = helpdesk.client.get("/")
+    assert start.status_code == 200 and 'href="/helpdesk"' not in start.text

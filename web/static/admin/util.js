@@ -14,6 +14,7 @@ const LABELS = {
   released: "Released", previous: "Previous", available: "Available",
   floating: "Floating", dedicated: "Dedicated",
   desktop_failed: "Desktop failed", host_down: "Host down", host_maintenance: "Host in maintenance",
+  foreign_domains: "Domains the broker did not make",
   sysadmin: "System administrator", secadmin: "Security administrator",
   auditadmin: "Audit administrator", helpdesk: "Helpdesk", staff: "Staff",
 };
