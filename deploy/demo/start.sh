@@ -41,7 +41,7 @@ cat <<'TXT'
     sunqi     孙七  东街街道办窗口  window clerk
     lisi      李四  西街街道办窗口  window clerk   -> also "records" (dedicated: keeps its disk)
     wangwu    王五  helpdesk                     -> /helpdesk
-    zhaoliu   赵六  system administrator (through the nested group it-ops -> vdi-admins)
+    zhaoliu   赵六  system administrator         -> /admin (group it-ops -> vdi-admins, nested)
     wujiu     吴九  security administrator       -> /security
     zhengshi  郑十  audit administrator          -> /audit
     fengyi    冯一  two administrator roles: refused (三员分立)
