@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
-from harness.browser import CHROMIUM, CHROMIUM_FLAGS
+from harness.browser import chromium
 from harness.ldap_server import SlapdServer, free_loopback_port
 from harness.relay import LoopbackRelay
 
@@ -195,11 +195,5 @@ def wait_ready_spare(b: Broker, timeout_s: float = 120) -> None:
 def browser() -> Iterator[Browser]:
     """Module-scoped: Playwright's sync API keeps an event loop running in this thread
     while it is open, and the async tests that follow need the thread free of it."""
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: run deploy/bootstrap.sh (Debian chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from harness.browser import CHROMIUM, CHROMIUM_FLAGS
+from harness.browser import chromium
 from harness.ldap_server import DEMO_PASSWORD
 from tests.web.conftest import FakeHostBroker
 
@@ -25,14 +25,8 @@ TEXT = {"zh_CN": ("API 令牌", "创建令牌", "已复制。", "所有人的 AP
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: run deploy/bootstrap.sh (Debian chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.mark.parametrize("lang", ["zh_CN", "en"])
